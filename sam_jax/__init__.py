@@ -1,0 +1,8 @@
+"""sam-jax: Segment Anything (SAM v1) in JAX / Flax NNX."""
+
+from .build_sam import build_sam, load, sam_model_registry
+from .config import SamConfig, get_config
+from .modeling import Sam
+
+__all__ = ["Sam", "SamConfig", "build_sam", "get_config", "load", "sam_model_registry"]
+__version__ = "0.1.0"

@@ -1,0 +1,89 @@
+"""Building blocks shared by the encoder and decoder (the official `modeling/common.py`), plus the
+exact PyTorch `F.interpolate` used by the relative-position tables and the mask postprocessing."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """torch.nn.GELU: the exact erf form (jax.nn.gelu defaults to the tanh approximation)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+class GELU(nnx.Module):
+    """Parameter-free activation layer, so Sequential indexes match the official nn.Sequential."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return gelu(x)
+
+
+class Sequential(nnx.List):
+    """nn.Sequential whose parameter paths are `name/<index>/...` like the official state-dict keys."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for layer in self:
+            x = layer(x)
+        return x
+
+
+class Buffer(nnx.Variable):
+    """A non-trainable tensor that the official model keeps in its state dict (a registered buffer)."""
+
+
+def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # Two-pass variance, like torch: the one-pass E[x^2]-E[x]^2 loses digits on large activations.
+    return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs)
+
+
+def LayerNorm2d(dim: int, eps: float = 1e-6, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """The official LayerNorm2d normalises channels of NCHW maps; on our NHWC maps that is a LayerNorm."""
+    return layer_norm(dim, eps, rngs)
+
+
+class MLPBlock(nnx.Module):
+    def __init__(self, embedding_dim: int, mlp_dim: int, act: Callable = gelu, *, rngs: nnx.Rngs):
+        self.lin1 = nnx.Linear(embedding_dim, mlp_dim, rngs=rngs)
+        self.lin2 = nnx.Linear(mlp_dim, embedding_dim, rngs=rngs)
+        self.act = act
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.lin2(self.act(self.lin1(x)))
+
+
+def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, ...]:
+    """Source indexes and weights of torch's linear resampling (align_corners=False, no antialias).
+
+    Computed in float32 like torch's CPU kernel, so the weights are the same floats."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    i0 = np.minimum(src.astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    w1 = (src - i0.astype(np.float32)).astype(np.float32)
+    return i0, i1, np.float32(1.0) - w1, w1
+
+
+def interpolate_linear(x: jax.Array, size: int, axis: int) -> jax.Array:
+    """F.interpolate(mode='linear'/'bilinear', align_corners=False) along one axis; size is static."""
+    if x.shape[axis] == size:
+        return x
+    i0, i1, w0, w1 = _linear_taps(x.shape[axis], size)
+    shape = [1] * x.ndim
+    shape[axis] = size
+    w0, w1 = jnp.asarray(w0.reshape(shape), x.dtype), jnp.asarray(w1.reshape(shape), x.dtype)
+    return jnp.take(x, i0, axis=axis) * w0 + jnp.take(x, i1, axis=axis) * w1
+
+
+def interpolate_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """F.interpolate(x, size, mode='bilinear', align_corners=False) on (..., H, W) arrays.
+
+    Separable gather-and-lerp rather than a resize kernel: no antialiasing when shrinking (the
+    torch default), and O(1) work per output pixel instead of a dense resampling matmul."""
+    x = interpolate_linear(x, size[1], axis=-1)
+    return interpolate_linear(x, size[0], axis=-2)

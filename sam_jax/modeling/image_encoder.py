@@ -1,0 +1,217 @@
+"""ViT image encoder (the official `modeling/image_encoder.py`), on NHWC activations."""
+
+from __future__ import annotations
+
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .common import LayerNorm2d, MLPBlock, Sequential, interpolate_linear, layer_norm
+
+
+class ImageEncoderViT(nnx.Module):
+    def __init__(
+        self,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        out_chans: int = 256,
+        qkv_bias: bool = True,
+        use_abs_pos: bool = True,
+        use_rel_pos: bool = False,
+        window_size: int = 0,
+        global_attn_indexes: tuple[int, ...] = (),
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.img_size = img_size
+        grid = img_size // patch_size
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, rngs=rngs)
+        self.pos_embed = nnx.Param(jnp.zeros((1, grid, grid, embed_dim))) if use_abs_pos else None
+        self.blocks = nnx.List(
+            [
+                Block(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio,
+                    qkv_bias,
+                    use_rel_pos,
+                    window_size=window_size if i not in global_attn_indexes else 0,
+                    input_size=(grid, grid),
+                    rngs=rngs,
+                )
+                for i in range(depth)
+            ]
+        )
+        self.neck = Sequential(
+            [
+                nnx.Conv(embed_dim, out_chans, (1, 1), use_bias=False, rngs=rngs),
+                LayerNorm2d(out_chans, rngs=rngs),
+                nnx.Conv(out_chans, out_chans, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, rngs=rngs),
+                LayerNorm2d(out_chans, rngs=rngs),
+            ]
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, 3, S, S) normalised, padded images -> (B, out_chans, S/16, S/16) image embeddings."""
+        x = self.patch_embed(jnp.transpose(x, (0, 2, 3, 1)))
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[...]
+        for blk in self.blocks:
+            x = blk(x)
+        return jnp.transpose(self.neck(x), (0, 3, 1, 2))
+
+
+class Block(nnx.Module):
+    """Transformer block with windowed (window_size > 0) or global attention."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = False,
+        window_size: int = 0,
+        input_size: tuple[int, int] | None = None,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.norm1 = layer_norm(dim, 1e-6, rngs)
+        attn_size = input_size if window_size == 0 else (window_size, window_size)
+        self.attn = Attention(dim, num_heads, qkv_bias, use_rel_pos, attn_size, rngs=rngs)
+        self.norm2 = layer_norm(dim, 1e-6, rngs)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), rngs=rngs)
+        self.window_size = window_size
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            H, W = x.shape[1], x.shape[2]
+            x, pad_hw = window_partition(x, self.window_size)
+        x = self.attn(x)
+        if self.window_size > 0:
+            x = window_unpartition(x, self.window_size, pad_hw, (H, W))
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with decomposed relative position bias."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = False,
+        input_size: tuple[int, int] | None = None,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.scale = head_dim**-0.5
+        self.qkv = nnx.Linear(dim, dim * 3, use_bias=qkv_bias, rngs=rngs)
+        self.proj = nnx.Linear(dim, dim, rngs=rngs)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            if input_size is None:
+                raise ValueError("input_size must be provided when using relative positional encoding")
+            self.rel_pos_h = nnx.Param(jnp.zeros((2 * input_size[0] - 1, head_dim)))
+            self.rel_pos_w = nnx.Param(jnp.zeros((2 * input_size[1] - 1, head_dim)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, dim) -> (B, H, W, dim)."""
+        B, H, W, _ = x.shape
+        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, HW, heads, head_dim)
+        attn = jnp.einsum("bqhc,bkhc->bhqk", q * self.scale, k)
+        if self.use_rel_pos:
+            attn = add_decomposed_rel_pos(attn, q, self.rel_pos_h[...], self.rel_pos_w[...], (H, W), (H, W))
+        attn = jax.nn.softmax(attn, axis=-1)
+        x = jnp.einsum("bhqk,bkhc->bqhc", attn, v).reshape(B, H, W, -1)
+        return self.proj(x)
+
+
+def window_partition(x: jax.Array, window_size: int) -> tuple[jax.Array, tuple[int, int]]:
+    """(B, H, W, C) -> (B * num_windows, ws, ws, C), zero-padding H and W at the end to multiples of ws.
+
+    The padded tokens are zeros that take part in attention as keys, exactly as in the official code."""
+    B, H, W, C = x.shape
+    pad_h = (window_size - H % window_size) % window_size
+    pad_w = (window_size - W % window_size) % window_size
+    if pad_h or pad_w:
+        x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    Hp, Wp = H + pad_h, W + pad_w
+    x = x.reshape(B, Hp // window_size, window_size, Wp // window_size, window_size, C)
+    windows = x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, C)
+    return windows, (Hp, Wp)
+
+
+def window_unpartition(
+    windows: jax.Array, window_size: int, pad_hw: tuple[int, int], hw: tuple[int, int]
+) -> jax.Array:
+    """Inverse of window_partition: (B * num_windows, ws, ws, C) -> (B, H, W, C) without padding."""
+    Hp, Wp = pad_hw
+    H, W = hw
+    B = windows.shape[0] // (Hp * Wp // window_size // window_size)
+    x = windows.reshape(B, Hp // window_size, Wp // window_size, window_size, window_size, -1)
+    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, -1)
+    return x[:, :H, :W, :]
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: jax.Array) -> jax.Array:
+    """(L, C) table -> (q_size, k_size, C) embeddings of the relative positions.
+
+    When L differs from 2 * max(q_size, k_size) - 1 the table is linearly resampled first, as the
+    official code does with F.interpolate(mode='linear')."""
+    max_rel_dist = int(2 * max(q_size, k_size) - 1)
+    rel_pos_resized = interpolate_linear(rel_pos, max_rel_dist, axis=0)
+    # Same float arithmetic as the official coordinates, truncated to integers like `.long()`.
+    q_coords = jnp.arange(q_size)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = jnp.arange(k_size)[None, :] * max(q_size / k_size, 1.0)
+    relative_coords = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos_resized[relative_coords.astype(jnp.int32)]
+
+
+def add_decomposed_rel_pos(
+    attn: jax.Array,
+    q: jax.Array,
+    rel_pos_h: jax.Array,
+    rel_pos_w: jax.Array,
+    q_size: tuple[int, int],
+    k_size: tuple[int, int],
+) -> jax.Array:
+    """Adds the decomposed relative position bias (MViTv2) to attention logits.
+
+    attn: (B, heads, q_h*q_w, k_h*k_w) logits; q: (B, q_h*q_w, heads, C) unscaled queries.
+    The bias is broadcast into the logits, never materialised as a (q, k) tensor of its own."""
+    q_h, q_w = q_size
+    k_h, k_w = k_size
+    Rh = get_rel_pos(q_h, k_h, rel_pos_h)
+    Rw = get_rel_pos(q_w, k_w, rel_pos_w)
+    B, _, heads, dim = q.shape
+    r_q = q.reshape(B, q_h, q_w, heads, dim)
+    rel_h = jnp.einsum("byxnc,ykc->bnyxk", r_q, Rh)
+    rel_w = jnp.einsum("byxnc,xkc->bnyxk", r_q, Rw)
+    attn = attn.reshape(B, heads, q_h, q_w, k_h, k_w) + rel_h[..., :, None] + rel_w[..., None, :]
+    return attn.reshape(B, heads, q_h * q_w, k_h * k_w)
+
+
+class PatchEmbed(nnx.Module):
+    """Image to patch embedding: a stride-`patch_size` convolution."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, *, rngs: nnx.Rngs):
+        p = (patch_size, patch_size)
+        self.proj = nnx.Conv(in_chans, embed_dim, p, strides=p, padding="VALID", rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) -> (B, H/p, W/p, embed_dim)."""
+        return self.proj(x)
