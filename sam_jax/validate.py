@@ -1,0 +1,105 @@
+"""Input checks for the predictor: each bad input gets a ValueError that names the argument and
+what was expected, before anything reaches the device."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ImageNotSetError(RuntimeError, ValueError):
+    """predict() before set_image(). A RuntimeError like the official one, and a ValueError."""
+
+
+def check_image(image, name: str = "image") -> np.ndarray:
+    """Returns the image as a C-contiguous (H, W, 3) uint8 array, or raises ValueError."""
+    if not isinstance(image, np.ndarray):
+        try:
+            image = np.asarray(image)
+        except Exception:
+            raise ValueError(f"{name} must be an HxWx3 uint8 NumPy array, got {type(image).__name__}") from None
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        raise ValueError(
+            f"{name} must be HxWx3 RGB, got grayscale shape {image.shape}; convert it with "
+            "np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2) or PIL's .convert('RGB')"
+        )
+    if image.ndim == 3 and image.shape[2] == 4:
+        raise ValueError(
+            f"{name} must be HxWx3 RGB, got RGBA shape {image.shape}; drop alpha with img[..., :3] "
+            "or composite it onto a background with PIL's .convert('RGB')"
+        )
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{name} must be an HxWx3 array, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(
+            f"{name} must have dtype uint8 (pixel values 0..255), got {image.dtype}; for floats in [0, 1] "
+            "use (img * 255).round().astype(np.uint8)"
+        )
+    return np.ascontiguousarray(image)
+
+
+def _finite(a: np.ndarray, name: str) -> None:
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def check_points(coords, labels, batch: int | None) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """coords (N, 2) / labels (N,), or (B, N, 2) / (B, N) when `batch` is not None (B == batch if > 0)."""
+    if coords is None and labels is None:
+        return None, None
+    if coords is None or labels is None:
+        raise ValueError("point_labels must be supplied with point_coords (and point_coords with point_labels)")
+    coords = np.asarray(coords, dtype=np.float64)
+    labels = np.asarray(labels)
+    lead = 1 if batch is None else 2
+    shape_c = "(N, 2)" if batch is None else "(B, N, 2)"
+    if coords.ndim != lead + 1 or coords.shape[-1] != 2:
+        raise ValueError(f"point_coords must have shape {shape_c} (xy pixels), got {coords.shape}")
+    if labels.shape != coords.shape[:-1]:
+        raise ValueError(f"point_labels must have shape {coords.shape[:-1]} to match point_coords, got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.number) or not np.all(np.isin(labels, (-1, 0, 1))):
+        raise ValueError("point_labels must be 1 (foreground), 0 (background) or -1 (ignored)")
+    _finite(coords, "point_coords")
+    return coords, labels.astype(np.int32)
+
+
+def check_boxes(boxes, batch: int | None) -> np.ndarray | None:
+    """One xyxy box (4,) (or (1, 4)), or (B, 4) boxes when batched; x1 >= x0 and y1 >= y0."""
+    if boxes is None:
+        return None
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if batch is None:
+        if boxes.shape not in ((4,), (1, 4)):
+            raise ValueError(f"box must have shape (4,) as x0, y0, x1, y1 pixels, got {boxes.shape}")
+        boxes = boxes.reshape(1, 4)
+    elif boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (B, 4) as x0, y0, x1, y1 pixels, got {boxes.shape}")
+    _finite(boxes, "box")
+    bad = np.nonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))[0]
+    if bad.size:
+        raise ValueError(f"box {bad[0]} is {boxes[bad[0]].tolist()}: expected x0, y0, x1, y1 with x1 >= x0 and y1 >= y0")
+    return boxes
+
+
+def check_mask_input(mask_input, size: int, batch: int | None) -> np.ndarray | None:
+    """(1, size, size) low-res logits, or (B, 1, size, size) when batched."""
+    if mask_input is None:
+        return None
+    mask_input = np.asarray(mask_input)
+    expected = (1, size, size) if batch is None else (mask_input.shape[0] if mask_input.ndim else -1, 1, size, size)
+    if mask_input.shape != expected:
+        want = f"(1, {size}, {size})" if batch is None else f"(B, 1, {size}, {size})"
+        raise ValueError(f"mask_input must have shape {want} (low-res logits from a previous predict), got {mask_input.shape}")
+    if not np.issubdtype(mask_input.dtype, np.floating):
+        raise ValueError(f"mask_input must be float logits, got dtype {mask_input.dtype}")
+    _finite(mask_input, "mask_input")
+    return mask_input.astype(np.float32)
+
+
+def batch_size(*arrays) -> int:
+    """The common leading size of the given prompt arrays (None ignored), or ValueError."""
+    sizes = {a.shape[0] for a in arrays if a is not None}
+    if len(sizes) > 1:
+        raise ValueError(f"prompt arrays disagree on the batch size: {sorted(sizes)}")
+    return sizes.pop() if sizes else 1
