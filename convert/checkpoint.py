@@ -27,17 +27,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     `.safetensors` files are read as Hugging Face `transformers` SAM checkpoints (or official
     names saved as safetensors); anything else as a `torch.save` file, without torch and
     without executing any of its pickle."""
-    from .hf import hf_to_official, is_hf_state_dict, read_safetensors
     from .torch_pickle import load_torch_state_dict
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        from .hf import read_safetensors
+
         state = read_safetensors(path)
     else:
         state = load_torch_state_dict(path)
-    return hf_to_official(state) if is_hf_state_dict(state) else state
+    if any(k.startswith("vision_encoder.") for k in state):  # HF names (safetensors or pytorch_model.bin)
+        from .hf import hf_to_official
+
+        state = hf_to_official(state)
+    return state
 
 
 def save(output: str | os.PathLike, config: SamConfig, params: dict[tuple, np.ndarray], overwrite: bool = False) -> Path:
