@@ -130,14 +130,54 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, H, W, dim) -> (B, H, W, dim)."""
         B, H, W, _ = x.shape
-        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, HW, heads, head_dim)
-        attn = jnp.einsum("bqhc,bkhc->bhqk", q * self.scale, k)
+        # (3, B * heads, H * W, head_dim), the official layout.
+        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, B * self.num_heads, H * W, -1)
+        rel_h = rel_w = None
         if self.use_rel_pos:
-            attn = add_decomposed_rel_pos(attn, q, self.rel_pos_h[...], self.rel_pos_w[...], (H, W), (H, W))
-        attn = jax.nn.softmax(attn, axis=-1)
-        x = jnp.einsum("bhqk,bkhc->bqhc", attn, v).reshape(B, H, W, -1)
+            rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h[...], self.rel_pos_w[...], (H, W), (H, W))
+        x = attention(q * self.scale, k, v, rel_h, rel_w, (H, W))
+        x = x.reshape(B, self.num_heads, H, W, -1).transpose(0, 2, 3, 1, 4).reshape(B, H, W, -1)
         return self.proj(x)
+
+
+def attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int], blocked: bool | None = None) -> jax.Array:
+    """softmax(q @ k^T + bias) @ v per group, for q, k, v (G, N, C) (G = batch * heads); the
+    decomposed bias is rel_h (G, N, k_h) + rel_w (G, N, k_w), broadcast over the key grid.
+
+    On CPU the groups, and long query ranges in blocks of rows, run one at a time so the
+    (rows, N) logits stay in cache; accelerators take all groups in one batched product. Either
+    way each row's softmax is the full, exact one: blocking changes memory traffic, not maths."""
+    G, N, _ = q.shape
+    k_h, k_w = k_size
+
+    def rows(qc, kg, vg, rh, rw):
+        a = qc @ jnp.swapaxes(kg, -1, -2)
+        if rh is not None:
+            a = (a.reshape(a.shape[:-1] + (k_h, k_w)) + rh[..., :, None] + rw[..., None, :]).reshape(a.shape)
+        return jax.nn.softmax(a, axis=-1) @ vg
+
+    if not (jax.default_backend() == "cpu" if blocked is None else blocked):
+        return rows(q, k, v, rel_h, rel_w)
+    block = _row_block(N, k.shape[1])
+
+    def group(args):
+        qg, kg, vg, rh, rw = args
+        if block == N:
+            return rows(qg, kg, vg, rh, rw)
+        split = lambda t: None if t is None else t.reshape(N // block, block, t.shape[-1])
+        out = jax.lax.map(lambda b: rows(b[0], kg, vg, b[1], b[2]), (split(qg), split(rh), split(rw)))
+        return out.reshape(N, -1)
+
+    return jax.lax.map(group, (q, k, v, rel_h, rel_w))
+
+
+def _row_block(n_q: int, n_k: int, budget_bytes: int = 2**21) -> int:
+    """The largest divisor of n_q whose (rows, n_k) float32 logits fit in `budget_bytes`."""
+    target = max(1, budget_bytes // (4 * n_k))
+    if target >= n_q:
+        return n_q
+    return max(d for d in range(1, target + 1) if n_q % d == 0)
 
 
 def window_partition(x: jax.Array, window_size: int) -> tuple[jax.Array, tuple[int, int]]:
@@ -181,28 +221,36 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: jax.Array) -> jax.Array:
     return rel_pos_resized[relative_coords.astype(jnp.int32)]
 
 
-def add_decomposed_rel_pos(
-    attn: jax.Array,
+def decomposed_rel_pos(
     q: jax.Array,
     rel_pos_h: jax.Array,
     rel_pos_w: jax.Array,
     q_size: tuple[int, int],
     k_size: tuple[int, int],
-) -> jax.Array:
-    """Adds the decomposed relative position bias (MViTv2) to attention logits.
+) -> tuple[jax.Array, jax.Array]:
+    """The two factors of the decomposed relative position bias (MViTv2).
 
-    attn: (B, heads, q_h*q_w, k_h*k_w) logits; q: (B, q_h*q_w, heads, C) unscaled queries.
-    The bias is broadcast into the logits, never materialised as a (q, k) tensor of its own."""
+    q: (G, q_h*q_w, C) unscaled queries. Returns rel_h (G, q_h*q_w, k_h) and rel_w
+    (G, q_h*q_w, k_w): the bias of key (ky, kx) is rel_h[..., ky] + rel_w[..., kx]. They are
+    added inside the attention logits, never materialised as a (q, k) tensor of their own."""
     q_h, q_w = q_size
     k_h, k_w = k_size
     Rh = get_rel_pos(q_h, k_h, rel_pos_h)
     Rw = get_rel_pos(q_w, k_w, rel_pos_w)
-    B, _, heads, dim = q.shape
-    r_q = q.reshape(B, q_h, q_w, heads, dim)
-    rel_h = jnp.einsum("byxnc,ykc->bnyxk", r_q, Rh)
-    rel_w = jnp.einsum("byxnc,xkc->bnyxk", r_q, Rw)
-    attn = attn.reshape(B, heads, q_h, q_w, k_h, k_w) + rel_h[..., :, None] + rel_w[..., None, :]
-    return attn.reshape(B, heads, q_h * q_w, k_h * k_w)
+    G, _, dim = q.shape
+    r_q = q.reshape(G, q_h, q_w, dim)
+    rel_h = jnp.einsum("bhwc,hkc->bhwk", r_q, Rh).reshape(G, q_h * q_w, k_h)
+    rel_w = jnp.einsum("bhwc,wkc->bhwk", r_q, Rw).reshape(G, q_h * q_w, k_w)
+    return rel_h, rel_w
+
+
+def add_decomposed_rel_pos(attn, q, rel_pos_h, rel_pos_w, q_size, k_size) -> jax.Array:
+    """The official function: attn (G, q_h*q_w, k_h*k_w) logits plus the bias, materialised.
+    Kept for reference and tests; the encoder adds the bias blockwise in `attention`."""
+    rel_h, rel_w = decomposed_rel_pos(q, rel_pos_h, rel_pos_w, q_size, k_size)
+    G, n_q, _ = attn.shape
+    bias = rel_h[..., :, None] + rel_w[..., None, :]
+    return attn + bias.reshape(G, n_q, -1)
 
 
 class PatchEmbed(nnx.Module):
