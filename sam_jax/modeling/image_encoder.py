@@ -135,10 +135,10 @@ class Attention(nnx.Module):
         q, k, v = qkv.reshape(3, B * self.num_heads, H * W, -1)
         rel_h = rel_w = None
         if self.use_rel_pos:
-            rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h[...], self.rel_pos_w[...], (H, W), (H, W))
+            rel_h, rel_w = decomposed_rel_pos(q.astype(jnp.float32), self.rel_pos_h[...], self.rel_pos_w[...], (H, W), (H, W))
         x = attention(q * self.scale, k, v, rel_h, rel_w, (H, W))
         x = x.reshape(B, self.num_heads, H, W, -1).transpose(0, 2, 3, 1, 4).reshape(B, H, W, -1)
-        return self.proj(x)
+        return self.proj(x.astype(q.dtype))
 
 
 def attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int], blocked: bool | None = None) -> jax.Array:
@@ -152,10 +152,12 @@ def attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int], blocked: bool | No
     k_h, k_w = k_size
 
     def rows(qc, kg, vg, rh, rw):
-        a = qc @ jnp.swapaxes(kg, -1, -2)
+        # Logits and softmax in float32 even when q, k, v are bfloat16.
+        a = jnp.matmul(qc, jnp.swapaxes(kg, -1, -2), preferred_element_type=jnp.float32)
         if rh is not None:
             a = (a.reshape(a.shape[:-1] + (k_h, k_w)) + rh[..., :, None] + rw[..., None, :]).reshape(a.shape)
-        return jax.nn.softmax(a, axis=-1) @ vg
+        p = jax.nn.softmax(a, axis=-1).astype(vg.dtype)
+        return jnp.matmul(p, vg, preferred_element_type=jnp.float32)
 
     if not (jax.default_backend() == "cpu" if blocked is None else blocked):
         return rows(q, k, v, rel_h, rel_w)

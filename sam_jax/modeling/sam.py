@@ -75,6 +75,22 @@ class Sam(nnx.Module):
         return outputs
 
 
+def with_compute_dtype(model: Sam, dtype) -> Sam:
+    """A view of `model` whose image encoder computes in `dtype` (e.g. "bfloat16"): matmuls and
+    convolutions take dtype inputs, while layer norms, attention logits, softmax and the residual
+    stream stay float32. Parameters are shared with `model`, not copied; the output is float32."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    new = nnx.merge(graphdef, state)
+    for _, module in nnx.iter_modules(new.image_encoder):
+        if isinstance(module, (nnx.Linear, nnx.Conv)):
+            module.dtype = jnp.dtype(dtype)
+        elif isinstance(module, nnx.LayerNorm):
+            module.dtype = jnp.float32
+    return new
+
+
 def preprocess(config: SamConfig, x: jax.Array) -> jax.Array:
     """(..., 3, H, W) RGB pixel values (H, W <= image_size) -> normalised and zero-padded to
     (..., 3, image_size, image_size), as the official `Sam.preprocess`."""
