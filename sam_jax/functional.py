@@ -49,15 +49,16 @@ def decode_prompts(
     point_labels: jax.Array,
     boxes: jax.Array,
     has_box: jax.Array,
-    mask_input: jax.Array,
-    has_mask: jax.Array,
+    mask_input: jax.Array | None,
+    has_mask: jax.Array | None,
     multimask_output: bool,
 ) -> tuple[jax.Array, jax.Array]:
     """Low-resolution mask logits for B prompts.
 
     image_embeddings: (1 or B, C, h, w); point_coords (B, N, 2) float, point_labels (B, N) int;
     boxes (B, 4) xyxy in the resized-input frame and has_box (B,) bool; mask_input (B, 1, 4h, 4w)
-    logits and has_mask (B,) bool. Returns logits (B, M, 4h, 4w) and IoU predictions (B, M),
+    logits and has_mask (B,) bool, or both None when no prompt has a mask (then the image keys
+    are shared by all prompts up to the first image-to-token attention, computed once). Returns logits (B, M, 4h, 4w) and IoU predictions (B, M),
     M = num_multimask_outputs if multimask_output else 1.
     """
     model = nnx.merge(graphdef, params)
@@ -72,8 +73,8 @@ def decode_prompts(
 
     pe = model.prompt_encoder
     sparse = pe._embed_points(coords.astype(jnp.float32), labels, pad=False)
-    no_mask = jnp.broadcast_to(pe.no_mask_embed.embedding[...].reshape(1, -1, 1, 1), (B, pe.embed_dim) + pe.image_embedding_size)
-    dense = jnp.where(has_mask[:, None, None, None], pe._embed_masks(mask_input), no_mask)
+    no_mask = jnp.broadcast_to(pe.no_mask_embed.embedding[...].reshape(1, -1, 1, 1), (1, pe.embed_dim) + pe.image_embedding_size)
+    dense = no_mask if mask_input is None else jnp.where(has_mask[:, None, None, None], pe._embed_masks(mask_input), no_mask)
     return model.mask_decoder(
         image_embeddings, pe.get_dense_pe(), sparse, dense, multimask_output, token_mask=labels != IGNORE_LABEL
     )

@@ -5,10 +5,11 @@ Device side (`functional.py`): embedding, prompt decoding, upsampling and thresh
 
 Compilations. The encoder compiles once per image batch size (every image is padded to the model
 input). The decoder compiles once per (prompt-batch bucket, point-count bucket, multimask): both
-counts are padded up to a power of two, and boxes and masks are runtime flags, not shapes. Mask
-upsampling compiles once per distinct original image size (its output shape). A session of
-single-image clicks with up to 8 points and a box therefore compiles the decoder at most 4 times
-per multimask setting.
+counts are padded up to a power of two, boxes are a runtime flag, and a mask input is one more
+variant (without one, the image keys are shared by all prompts). Mask upsampling compiles once
+per distinct original image size (its output shape). A session of single-image clicks with up to
+8 points, a box and a fed-back mask therefore compiles the decoder at most 8 times per multimask
+setting.
 """
 
 from __future__ import annotations
@@ -167,10 +168,11 @@ class SamPredictor:
         has_box = np.zeros(Bp, bool)
         if boxes is not None:
             box[:B], has_box[:B] = boxes, True
-        S = self._mask_size
-        mask = np.zeros((Bp, 1, S, S), np.float32)
-        has_mask = np.zeros(Bp, bool)
+        mask = has_mask = None
         if mask_input is not None:
+            S = self._mask_size
+            mask = np.zeros((Bp, 1, S, S), np.float32)
+            has_mask = np.zeros(Bp, bool)
             mask[:B], has_mask[:B] = mask_input, True
         low_res, iou = decode_prompts_jit(
             self._graphdef, self._params, self.features, coords, labels, box, has_box, mask, has_mask, multimask_output

@@ -133,8 +133,11 @@ def test_buckets_and_compilations(tiny):
     p.predict(np.array([[1.0, 2.0]]), np.array([1]))  # compiles the 1-point bucket
     before = decode_prompts_jit._cache_size()
     p.predict(np.array([[3.0, 4.0]]), np.array([0]), box=np.array([0, 0, 5, 5]))  # same bucket, box is a flag
-    p.predict(mask_input=np.zeros((1, 64, 64), np.float32))
+    p.predict(box=np.array([1, 1, 9, 9]))
     assert decode_prompts_jit._cache_size() == before
+    p.predict(np.array([[1.0, 2.0]]), np.array([1]), mask_input=np.zeros((1, 64, 64), np.float32))  # the mask variant
+    p.predict(box=np.array([1, 1, 9, 9]), mask_input=np.ones((1, 64, 64), np.float32))
+    assert decode_prompts_jit._cache_size() == before + 1
 
 
 def test_transforms_match_official():

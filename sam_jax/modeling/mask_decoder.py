@@ -76,10 +76,22 @@ class MaskDecoder(nnx.Module):
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        upscaled = self.output_upscaling(src.reshape(b, h, w, c))  # (B, 4h, 4w, C/8)
+        upscaled = self.upscale_blocks(src.reshape(src.shape[0], h, w, c))
         hyper_in = jnp.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], axis=1)
-        masks = jnp.einsum("bmc,byxc->bmyx", hyper_in, upscaled)
+        # Pixel (4y + 2a + c, 4x + 2b + d) of the upscaled map is upscaled[:, y, x, a, b, c, d]; the
+        # hypernetwork product runs in that layout, and only the (B, M, 4h, 4w) masks are interleaved.
+        masks = jnp.einsum("nmk,nyxabcdk->nmyacxbd", hyper_in, upscaled)
+        masks = masks.reshape(masks.shape[0], masks.shape[1], 4 * h, 4 * w)
         return masks, self.iou_prediction_head(iou_token_out)
+
+    def upscale_blocks(self, x: jax.Array) -> jax.Array:
+        """output_upscaling on (B, h, w, C) without interleaving pixels: (B, h, w, 2, 2, 2, 2, C/8).
+
+        Layer norm and GELU act per pixel and each 2x2 transposed convolution writes its own
+        output block, so the official layers apply unchanged in this layout, and the large
+        depth-to-space transposes of the feature maps are never made."""
+        conv1, norm, act1, conv2, act2 = self.output_upscaling
+        return act2(conv2.blocks(act1(norm(conv1.blocks(x)))))
 
 
 class ConvTranspose2x2(nnx.Module):
@@ -94,9 +106,13 @@ class ConvTranspose2x2(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_features,)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, in) -> (B, 2H, 2W, out)."""
         B, H, W, _ = x.shape
-        y = jnp.einsum("nhwi,abio->nhawbo", x, self.kernel[...])
-        return y.reshape(B, 2 * H, 2 * W, -1) + self.bias[...]
+        return self.blocks(x).transpose(0, 1, 3, 2, 4, 5).reshape(B, 2 * H, 2 * W, -1)
+
+    def blocks(self, x: jax.Array) -> jax.Array:
+        """(..., in) -> (..., 2, 2, out): the 2x2 output block of every input pixel."""
+        return jnp.einsum("...i,abio->...abo", x, self.kernel[...]) + self.bias[...]
 
 
 class MLP(nnx.Module):

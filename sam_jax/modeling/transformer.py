@@ -44,12 +44,13 @@ class TwoWayTransformer(nnx.Module):
         point_embedding: jax.Array,
         token_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """image_embedding, image_pe: (B or 1, C, h, w); point_embedding: (B, N, C); token_mask: (B, N).
+        """image_embedding: (B or 1, C, h, w); image_pe: (1, C, h, w); point_embedding: (B, N, C);
+        token_mask: (B, N).
 
         Returns the processed tokens (B, N, C) and image features (B, h*w, C)."""
-        B = point_embedding.shape[0]
-        C = image_embedding.shape[1]
-        image_embedding = jnp.broadcast_to(_flatten(image_embedding), (B, image_embedding.shape[2] * image_embedding.shape[3], C))
+        # An image batch of 1 stays 1 until the first image-to-token attention makes the keys
+        # prompt-specific: the projections of shared keys are computed once, not per prompt.
+        image_embedding = _flatten(image_embedding)
         image_pe = _flatten(image_pe)
         queries, keys = point_embedding, image_embedding
         for layer in self.layers:
@@ -126,12 +127,13 @@ class Attention(nnx.Module):
         q = self._separate_heads(self.q_proj(q))
         k = self._separate_heads(self.k_proj(k))
         v = self._separate_heads(self.v_proj(v))
-        attn = jnp.einsum("bqhc,bkhc->bhqk", q, k) / math.sqrt(q.shape[-1])
+        # (B, heads, N, C) products; a batch of 1 on either side broadcasts (shared image keys).
+        attn = (q @ jnp.swapaxes(k, -1, -2)) / math.sqrt(q.shape[-1])
         if key_mask is not None:
             attn = jnp.where(key_mask[:, None, None, :], attn, -jnp.inf)
         attn = jax.nn.softmax(attn, axis=-1)
-        out = jnp.einsum("bhqk,bkhc->bqhc", attn, v)
+        out = (attn @ v).transpose(0, 2, 1, 3)
         return self.out_proj(out.reshape(out.shape[0], out.shape[1], -1))
 
     def _separate_heads(self, x: jax.Array) -> jax.Array:
-        return x.reshape(x.shape[0], x.shape[1], self.num_heads, -1)
+        return x.reshape(x.shape[0], x.shape[1], self.num_heads, -1).transpose(0, 2, 1, 3)
