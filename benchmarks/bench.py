@@ -1,0 +1,75 @@
+"""Benchmarks: sam-jax against the official PyTorch SAM, in the same process, on the same machine
+and the same (converted) weights, runs alternating between the two.
+
+    python -m benchmarks.bench                      # all cases, vit_b, writes benchmarks/RESULTS.md
+    python -m benchmarks.bench --cases embed,boxes  # a subset
+    python -m benchmarks.bench --models vit_b,vit_h # larger encoders (minutes each on a CPU)
+
+Per case: median and spread (min-max) of --repeats runs after one warm-up of each, the ratio
+ours/official, our first-call time (compilation) separately, the case's FLOPs as XLA counts them,
+and the achieved FLOP/s as a fraction of this machine's measured matmul rate. With --memory each
+(implementation, case) also runs alone in a subprocess to report its peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = ("embed", "embed_bf16", "point", "boxes", "amg", "amg_all", "convert")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--models", default="vit_b")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--image", default=str(ROOT.parent / "shared" / "images" / "truck.jpg"))
+    ap.add_argument("--memory", action="store_true", help="also measure peak RSS per case in subprocesses")
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--only", choices=("ours", "official"), help=argparse.SUPPRESS)  # memory subprocess
+    args = ap.parse_args(argv)
+
+    from . import cases as C
+
+    cases = [c for c in args.cases.split(",") if c]
+    rows = []
+    env = C.environment()
+    print(json.dumps(env, indent=1))
+    for model_type in args.models.split(","):
+        setup = C.Setup(model_type, Path(args.image))
+        for case in cases:
+            if args.only:
+                C.run_alone(setup, case, args.only)
+                continue
+            row = C.measure(setup, case, args.repeats)
+            if args.memory:
+                row.update(_memory(case, model_type, args))
+            rows.append(row)
+            print(C.format_row(row), flush=True)
+    if args.only:
+        return
+    table = C.table(rows, env)
+    print(table)
+    if not args.no_write:
+        C.write_results(Path(args.results), table, env)
+
+
+def _memory(case: str, model_type: str, args) -> dict:
+    out = {}
+    for impl in ("official", "ours"):
+        cmd = [sys.executable, "-m", "benchmarks.bench", "--cases", case, "--models", model_type,
+               "--image", args.image, "--only", impl]
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        line = [l for l in r.stdout.splitlines() if l.startswith("peak_rss_mib")]
+        out[f"rss_{impl}"] = float(line[-1].split()[1]) if line else float("nan")
+    return out
+
+
+if __name__ == "__main__":
+    main()

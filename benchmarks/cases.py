@@ -1,0 +1,304 @@
+"""Benchmark cases: each returns (official callable, our callable, FLOPs counter, extra info)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def environment() -> dict:
+    import jax
+    import torch
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem, 1),
+        "jax_device": str(jax.devices()[0].device_kind),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "torch_device": "cuda" if torch.cuda.is_available() else "cpu",
+        "matmul_gflops_jax": round(matmul_rate() / 1e9, 1),
+    }
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a float32 n x n matmul in JAX on the default device: the practical peak."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = min(_time(lambda: f(a).block_until_ready()) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _flops(jitted, *args) -> float:
+    cost = jitted.lower(*args).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0]
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+class Setup:
+    """The official model and ours with the same weights: official random init -> torch.save ->
+    our converter -> sam_jax.load. Built once per model type."""
+
+    def __init__(self, model_type: str, image_path: Path):
+        import torch
+        from PIL import Image
+        from segment_anything import sam_model_registry
+
+        import sam_jax
+        from sam_jax.convert.convert import convert_checkpoint
+
+        torch.set_grad_enabled(False)
+        self.model_type = model_type
+        self.tmp = Path(tempfile.mkdtemp(prefix="sam-jax-bench-"))
+        self.official = sam_model_registry[model_type]().eval()
+        if torch.cuda.is_available():
+            self.official = self.official.cuda()
+        self.pth = self.tmp / f"{model_type}.pth"
+        torch.save(self.official.state_dict(), self.pth)
+        t0 = time.perf_counter()
+        convert_checkpoint(self.pth, self.tmp / "converted", model_type=model_type)
+        self.convert_seconds = time.perf_counter() - t0
+        self.ours = sam_jax.load(self.tmp / "converted")
+        self.image = np.asarray(Image.open(image_path).convert("RGB"))
+        self.image_name = image_path.name
+
+
+def case_embed(s: Setup, dtype: str = "float32"):
+    from segment_anything import SamPredictor as Official
+
+    import sam_jax
+
+    off = Official(s.official)
+    model = s.ours if dtype == "float32" else sam_jax.modeling.sam.with_compute_dtype(s.ours, dtype)
+    ours = sam_jax.SamPredictor(model)
+
+    def run_ours():
+        ours.set_image(s.image)
+        ours.features.block_until_ready()
+
+    def flops():
+        S = model.config.image_size
+        return _flops(_jit_embed(), ours._graphdef, ours._params, np.zeros((1, S, S, 3), np.uint8), np.array([[S, S]], np.int32))
+
+    extra = {}
+    if dtype != "float32":
+        ref = sam_jax.SamPredictor(s.ours)
+        ref.set_image(s.image)
+        run_ours()
+        a, b = np.asarray(ours.features, np.float64), np.asarray(ref.features, np.float64)
+        extra["rel_err_vs_f32"] = float(np.abs(a - b).max() / np.abs(b).max())
+    return (lambda: off.set_image(s.image)), run_ours, flops, extra
+
+
+def _jit_embed():
+    import jax
+
+    from sam_jax.functional import embed_images
+
+    return jax.jit(embed_images, static_argnums=0)
+
+
+def _predictors(s: Setup):
+    from segment_anything import SamPredictor as Official
+
+    import sam_jax
+
+    off, ours = Official(s.official), sam_jax.SamPredictor(s.ours)
+    off.set_image(s.image)
+    ours.set_image(s.image)
+    return off, ours
+
+
+def case_point(s: Setup):
+    off, ours = _predictors(s)
+    h, w = s.image.shape[:2]
+    pt, lab = np.array([[w * 0.4, h * 0.6]]), np.array([1])
+    return (lambda: off.predict(pt, lab)), (lambda: ours.predict(pt, lab)), lambda: _decode_flops(ours, 1, 1, 3), {}
+
+
+def case_boxes(s: Setup, n: int = 64):
+    import torch
+
+    off, ours = _predictors(s)
+    h, w = s.image.shape[:2]
+    r = np.random.default_rng(0)
+    xy = r.uniform(0, 0.7, (n, 2)) * [w, h]
+    boxes = np.concatenate([xy, xy + r.uniform(0.05, 0.3, (n, 2)) * [w, h]], 1)
+    tb = off.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float, device=off.device), off.original_size)
+
+    def run_off():
+        m, _, _ = off.predict_torch(None, None, tb, multimask_output=False)
+        return m.cpu().numpy()
+
+    return run_off, (lambda: ours.predict_batch(boxes=boxes, multimask_output=False)), lambda: _decode_flops(ours, n, 1, 1), {}
+
+
+def _decode_flops(ours, B, N, M):
+    import jax
+
+    from sam_jax.functional import decode_prompts
+    from sam_jax.predictor import bucket
+
+    Bp, Np = bucket(B), bucket(N)
+    args = (ours._graphdef, ours._params, ours.features, np.zeros((Bp, Np, 2), np.float32), np.ones((Bp, Np), np.int32),
+            np.zeros((Bp, 4), np.float32), np.zeros(Bp, bool), None, None, M > 1)
+    return _flops(jax.jit(decode_prompts, static_argnums=(0, 9)), *args)
+
+
+def case_amg(s: Setup, **kwargs):
+    from segment_anything import SamAutomaticMaskGenerator as Official
+
+    from sam_jax import amg_pipeline
+    from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
+
+    off, ours = Official(s.official, **kwargs), SamAutomaticMaskGenerator(s.ours, **kwargs)
+    extra = {}
+
+    def run_off():
+        extra["masks_official"] = len(off.generate(s.image))
+
+    def run_ours():
+        extra["masks_ours"] = len(ours.generate(s.image))
+
+    def flops():
+        # The encoder plus one process_crop call (the whole crop's decoding and filtering).
+        total = case_embed(s)[2]()
+        gen = ours
+        h, w = s.image.shape[:2]
+        emb = gen.predictor.embed_images([s.image])
+        n = len(gen.point_grids[0])
+        P = gen.points_per_batch
+        nb = -(-n // P)
+        hi, wi = emb.input_sizes[0]
+        args = (gen.predictor._graphdef, gen.predictor._params, emb.features, np.zeros((nb, P, 2), np.float32),
+                np.ones((nb, P), bool), amg_pipeline.resize_taps(hi, h, amg_pipeline.size_bucket(h)),
+                amg_pipeline.resize_taps(wi, w, amg_pipeline.size_bucket(w)), np.array([h, w], np.int32),
+                np.array([0, 0, w, h], np.float32), np.array([0, 0, w, h], np.float32), gen._settings())
+        return total + _flops(amg_pipeline.process_crop, *args)
+
+    return run_off, run_ours, flops, extra
+
+
+def case_convert(s: Setup):
+    import torch
+
+    from sam_jax.convert.convert import convert_checkpoint
+
+    def run_ours():
+        convert_checkpoint(s.pth, s.tmp / "converted_again", model_type=s.model_type, overwrite=True)
+
+    # The official project has no converter; torch.load of the same file is the reference.
+    return (lambda: torch.load(s.pth)), run_ours, lambda: float("nan"), {"note": "official column: torch.load"}
+
+
+CASE_FNS = {
+    "embed": case_embed,
+    "embed_bf16": lambda s: case_embed(s, "bfloat16"),
+    "point": case_point,
+    "boxes": case_boxes,
+    "amg": case_amg,
+    "amg_all": lambda s: case_amg(s, pred_iou_thresh=0.0, stability_score_thresh=0.0),
+    "convert": case_convert,
+}
+CASE_TITLES = {
+    "embed": "image embedding (set_image), float32",
+    "embed_bf16": "image embedding, ours in bfloat16 vs official float32",
+    "point": "one point -> masks (predict)",
+    "boxes": "64 boxes in one batched call",
+    "amg": "automatic masks, official defaults",
+    "amg_all": "automatic masks, no IoU/stability filter",
+    "convert": "checkpoint conversion (.pth -> Orbax)",
+}
+
+
+def measure(s: Setup, case: str, repeats: int) -> dict:
+    run_off, run_ours, flops, extra = CASE_FNS[case](s)
+    first = _time(run_ours)  # compilation included
+    _time(run_off)  # warm-up
+    t_off, t_ours = [], []
+    for _ in range(repeats):  # alternate, so drift affects both alike
+        t_off.append(_time(run_off))
+        t_ours.append(_time(run_ours))
+    row = {"case": case, "model": s.model_type, "official": t_off, "ours": t_ours, "first_call": first, **extra}
+    try:
+        row["flops"] = flops()
+    except Exception as e:  # a counting failure must not lose the timings
+        row["flops"] = float("nan")
+        row["flops_error"] = str(e)[:200]
+    return row
+
+
+def run_alone(s: Setup, case: str, impl: str) -> None:
+    run_off, run_ours, _, _ = CASE_FNS[case](s)
+    fn = run_ours if impl == "ours" else run_off
+    fn()
+    fn()
+    print("peak_rss_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def format_row(r: dict) -> str:
+    return (f"{r['model']} {r['case']}: official {statistics.median(r['official']):.3f}s, ours "
+            f"{statistics.median(r['ours']):.3f}s, ratio {statistics.median(r['ours']) / statistics.median(r['official']):.2f}, "
+            f"first call {r['first_call']:.2f}s")
+
+
+def table(rows: list[dict], env: dict) -> str:
+    rate = env["matmul_gflops_jax"] * 1e9
+    lines = [
+        "| model | case | official s (min-max) | ours s (min-max) | ours/official | ours first call s | GFLOP | ours % of matmul rate | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mo, mu = statistics.median(r["official"]), statistics.median(r["ours"])
+        gf = r["flops"] / 1e9
+        frac = f"{100 * r['flops'] / mu / rate:.0f}%" if np.isfinite(r["flops"]) else "n/a"
+        notes = []
+        if "masks_ours" in r:
+            notes.append(f"masks: ours {r['masks_ours']}, official {r['masks_official']}; ours {r['masks_ours'] / mu:.1f} masks/s")
+        if "rel_err_vs_f32" in r:
+            notes.append(f"max rel. error vs float32 {r['rel_err_vs_f32']:.1e}")
+        if "rss_ours" in r:
+            notes.append(f"peak RSS MiB: ours {r['rss_ours']:.0f}, official {r['rss_official']:.0f}")
+        if "note" in r:
+            notes.append(r["note"])
+        lines.append(
+            f"| {r['model']} | {CASE_TITLES[r['case']]} | {mo:.3f} ({min(r['official']):.3f}-{max(r['official']):.3f}) "
+            f"| {mu:.3f} ({min(r['ours']):.3f}-{max(r['ours']):.3f}) | {mu / mo:.2f} | {r['first_call']:.2f} "
+            f"| {gf:.1f} | {frac} | {'; '.join(notes)} |"
+        )
+    return "\n".join(lines)
+
+
+def write_results(path: Path, table_md: str, env: dict) -> None:
+    header = (f"\n## {env['date']}: {env['cpu']}, {env['cores']} cores, {env['memory_gib']} GiB "
+              f"(jax {env['jax']} on {env['jax_device']}, torch {env['torch']} on {env['torch_device']}; "
+              f"measured float32 matmul rate {env['matmul_gflops_jax']} GFLOP/s)\n\n")
+    text = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by `python -m benchmarks.bench`.\n"
+    path.write_text(text + header + table_md + "\n")
