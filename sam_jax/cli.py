@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON SamConfig to check against and take non-inferable fields from")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=_convert)
+
+    from . import amg_cli
+
+    p = sub.add_parser("amg", help="automatic mask generation for an image or a folder")
+    amg_cli.add_arguments(p)
+    p.set_defaults(func=amg_cli.run)
     return parser
 
 

@@ -37,3 +37,21 @@ def test_predictor_example(tiny, tmp_path):
     interior[50:70, 70:90] = False  # the point marker
     assert np.array_equal(changed[interior], masks[0][interior])
     assert "predicted IoU" in r.stdout
+
+
+def test_automatic_masks_example(tiny, tmp_path):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, size=(70, 90, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    out = tmp_path / "masks.png"
+    r = subprocess.run(
+        [sys.executable, ROOT / "examples" / "automatic_masks.py", "--checkpoint", tiny.model_dir, "--image",
+         tmp_path / "in.png", "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+         "--output", out],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    n = int(r.stdout.split()[0])
+    assert n > 0
+    overlay = np.asarray(Image.open(out))
+    assert overlay.shape == image.shape and (overlay != image).any()

@@ -1,0 +1,229 @@
+"""SamAutomaticMaskGenerator: the official class and records, with the heavy work on device.
+
+Per crop, `amg_pipeline.process_crop` (one jitted call) decodes all point batches, upsamples,
+filters and runs NMS; this file is the host side: crops, point grids, the cross-crop NMS call,
+small-region cleanup, RLE and the output records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+import numpy as np
+
+from . import amg_pipeline as dev
+from .modeling import Sam
+from .predictor import SamPredictor, bucket
+from .utils import amg
+from .utils.regions import remove_small_regions
+from .validate import check_image
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+
+@dataclass
+class _CropMasks:
+    """Survivors of one crop, in NMS order. low_res stays on device until rendering."""
+
+    crop_box: list[int]
+    input_size: tuple[int, int]
+    low_res: object
+    iou_preds: np.ndarray
+    stability_score: np.ndarray
+    boxes: np.ndarray  # (K, 4) xyxy image pixels
+    points: np.ndarray  # (K, 2) xy image pixels
+
+
+class SamAutomaticMaskGenerator:
+    def __init__(
+        self,
+        model: Sam,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+    ) -> None:
+        """Same arguments, defaults and meaning as the official generator. min_mask_region_area
+        needs no OpenCV here. Records are returned in the official order."""
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("exactly one of points_per_side or point_grids must be provided")
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        if points_per_batch < 1:
+            raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+        if point_grids is not None:
+            point_grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
+            if any(g.ndim != 2 or g.shape[1] != 2 for g in point_grids):
+                raise ValueError("each point grid must have shape (N, 2), xy in [0, 1]")
+            if len(point_grids) < crop_n_layers + 1:
+                raise ValueError(f"point_grids needs one grid per crop layer ({crop_n_layers + 1}), got {len(point_grids)}")
+        self.point_grids = point_grids or amg.build_all_layer_point_grids(
+            points_per_side, crop_n_layers, crop_n_points_downscale_factor
+        )
+        self.predictor = SamPredictor(model)
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+
+    def generate(self, image: np.ndarray) -> list[dict]:
+        """Masks for the whole (H, W, 3) uint8 RGB image: a list of official records with keys
+        segmentation, area, bbox (XYWH), predicted_iou, point_coords, stability_score, crop_box."""
+        image = check_image(image)
+        data = self._generate_masks(image)
+        if self.min_mask_region_area > 0:
+            data = self.postprocess_small_regions(data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh))
+        masks = data["masks"]
+        if self.output_mode == "binary_mask":
+            segmentations = list(masks)
+            areas = masks.sum(axis=(1, 2))
+        else:
+            rles = amg.mask_to_rle(masks)
+            areas = [amg.area_from_rle(r) for r in rles]
+            segmentations = rles if self.output_mode == "uncompressed_rle" else [amg.coco_encode_rle(r) for r in rles]
+        return [
+            {
+                "segmentation": segmentations[i],
+                "area": int(areas[i]),
+                "bbox": amg.box_xyxy_to_xywh(data["boxes"][i].tolist()),
+                "predicted_iou": float(data["iou_preds"][i]),
+                "point_coords": [data["points"][i].tolist()],
+                "stability_score": float(data["stability_score"][i]),
+                "crop_box": amg.box_xyxy_to_xywh(data["crop_boxes"][i].tolist()),
+            }
+            for i in range(len(masks))
+        ]
+
+    # ------------------------------------------------------------------------------------------
+    def _generate_masks(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        orig_size = image.shape[:2]
+        crop_boxes, layer_idxs = amg.generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        crops = [self._process_crop(image, box, layer, orig_size) for box, layer in zip(crop_boxes, layer_idxs)]
+        crop_of = np.concatenate([np.full(len(c.iou_preds), i) for i, c in enumerate(crops)]).astype(int)
+        index = np.concatenate([np.arange(len(c.iou_preds)) for c in crops]).astype(int)
+        boxes = np.concatenate([c.boxes for c in crops])
+        # The official stores an empty crop's boxes as torch.tensor([]) (float32), and concatenation
+        # promotes every crop_box to float: records then carry floats, which we reproduce.
+        crop_dtype = np.float32 if any(len(c.iou_preds) == 0 for c in crops) else np.int64
+        if len(crops) > 1 and len(boxes):
+            areas = np.array([(c.crop_box[2] - c.crop_box[0]) * (c.crop_box[3] - c.crop_box[1]) for c in crops])
+            scores = (1 / areas.astype(np.float32))[crop_of]
+            keep = self._nms(boxes, scores, self.crop_nms_thresh)
+            crop_of, index, boxes = crop_of[keep], index[keep], boxes[keep]
+        return {
+            "masks": self._render(crops, crop_of, index, orig_size),
+            "boxes": boxes,
+            "iou_preds": np.array([crops[c].iou_preds[i] for c, i in zip(crop_of, index)], np.float32),
+            "stability_score": np.array([crops[c].stability_score[i] for c, i in zip(crop_of, index)], np.float32),
+            "points": np.array([crops[c].points[i] for c, i in zip(crop_of, index)]).reshape(-1, 2),
+            "crop_boxes": np.array([crops[c].crop_box for c in crop_of], crop_dtype).reshape(-1, 4),
+        }
+
+    def _process_crop(self, image, crop_box, layer_idx, orig_size) -> _CropMasks:
+        x0, y0, x1, y1 = crop_box
+        cropped = image[y0:y1, x0:x1, :]
+        ch, cw = cropped.shape[:2]
+        emb = self.predictor.embed_images([cropped])
+        points = self.point_grids[layer_idx] * np.array([[cw, ch]])
+        transformed = self.predictor.transform.apply_coords(points, (ch, cw))
+        P, n = self.points_per_batch, len(points)
+        nb = max(1, -(-n // P))
+        pts = np.zeros((nb * P, 2), np.float32)
+        pts[:n] = transformed
+        valid = np.arange(nb * P) < n
+        (h_in, w_in) = emb.input_sizes[0]
+        out = dev.process_crop(
+            self.predictor._graphdef, self.predictor._params, emb.features,
+            pts.reshape(nb, P, 2), valid.reshape(nb, P),
+            dev.resize_taps(h_in, ch, dev.size_bucket(ch)), dev.resize_taps(w_in, cw, dev.size_bucket(cw)),
+            np.array([ch, cw], np.int32), np.array(crop_box, np.float32),
+            np.array([0, 0, orig_size[1], orig_size[0]], np.float32), self._settings(),
+        )
+        order, keep = np.asarray(out["order"]), np.asarray(out["keep"])
+        idx = order[keep]
+        return _CropMasks(
+            crop_box=list(crop_box),
+            input_size=(h_in, w_in),
+            low_res=out["low_res"][jnp.asarray(idx)],
+            iou_preds=np.asarray(out["iou_preds"])[idx],
+            stability_score=np.asarray(out["stability_score"])[idx],
+            boxes=amg.uncrop_boxes_xyxy(np.asarray(out["boxes"])[idx].astype(np.int64), crop_box),
+            points=amg.uncrop_points(points[np.asarray(out["point_index"])[idx]], crop_box),
+        )
+
+    def _settings(self) -> np.ndarray:
+        return np.array([self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset,
+                         self.box_nms_thresh, self.predictor.model.mask_threshold, 0.0], np.float32)
+
+    def _render(self, crops, crop_of, index, orig_size) -> np.ndarray:
+        """(K, H, W) bool masks of the survivors, in their final order: the only large transfer."""
+        H, W = orig_size
+        out = np.zeros((len(crop_of), H, W), bool)
+        for c, crop in enumerate(crops):
+            rows = np.nonzero(crop_of == c)[0]
+            if not len(rows):
+                continue
+            x0, y0, x1, y1 = crop.crop_box
+            ch, cw = y1 - y0, x1 - x0
+            k = len(rows)
+            sel = np.zeros(bucket(k), np.int32)
+            sel[:k] = index[rows]
+            masks = dev.render_masks(
+                crop.low_res[jnp.asarray(sel)], self.predictor.model.config.image_size,
+                dev.resize_taps(crop.input_size[0], ch, dev.size_bucket(ch)),
+                dev.resize_taps(crop.input_size[1], cw, dev.size_bucket(cw)),
+                np.array([ch, cw], np.int32), np.float32(self.predictor.model.mask_threshold),
+            )
+            out[rows, y0:y1, x0:x1] = np.asarray(masks)[:k, :ch, :cw]
+        return out
+
+    @staticmethod
+    def _nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
+        """Indexes of the NMS survivors, best first (device NMS on a power-of-two buffer)."""
+        n = len(boxes)
+        nb = bucket(n)
+        b = np.zeros((nb, 4), np.float32)
+        s = np.zeros(nb, np.float32)
+        b[:n], s[:n] = boxes, scores
+        order, keep = dev.nms_jit(b, s, np.arange(nb) < n, np.float32(thresh))
+        order, keep = np.asarray(order), np.asarray(keep)
+        return order[keep]
+
+    @classmethod
+    def postprocess_small_regions(cls, data: dict, min_area: int, nms_thresh: float) -> dict:
+        """Removes small holes, then small islands, in every mask, and re-runs box NMS preferring
+        unchanged masks (the official semantics, without OpenCV)."""
+        if len(data["masks"]) == 0:
+            return data
+        new_masks, scores = [], []
+        for mask in data["masks"]:
+            mask, changed_holes = remove_small_regions(mask, min_area, mode="holes")
+            mask, changed_islands = remove_small_regions(mask, min_area, mode="islands")
+            new_masks.append(mask)
+            scores.append(float(not (changed_holes or changed_islands)))
+        masks = np.stack(new_masks)
+        boxes = np.asarray(amg.batched_mask_to_box(masks)).astype(np.int64)
+        keep = cls._nms(boxes, np.array(scores, np.float32), nms_thresh)
+        out = {k: np.asarray(v)[keep] for k, v in data.items() if k != "masks"}
+        changed = np.array(scores)[keep] == 0.0
+        out["boxes"][changed] = boxes[keep][changed]
+        # The official keeps the old RLE of a mask NMS dropped; kept changed masks take the new one.
+        out["masks"] = np.where(changed[:, None, None], masks[keep], data["masks"][keep])
+        return out
