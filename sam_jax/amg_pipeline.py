@@ -18,11 +18,21 @@ import numpy as np
 from flax import nnx
 
 from .functional import decode_prompts
-from .modeling.common import _linear_taps, interpolate_bilinear
+from .modeling.common import _linear_taps
 from .modeling.prompt_encoder import IGNORE_LABEL
 from .utils.amg import batched_mask_to_box, calculate_stability_score, is_box_near_crop_edge, nms
 
 SIZE_BUCKET = 128
+MASK_CHUNK = 4  # masks upsampled together when only their statistics are needed
+
+
+def _chunked(fn, x: jax.Array, chunk: int):
+    """fn over x in chunks of `chunk` rows (x.shape[0] is padded up to a multiple)."""
+    n = x.shape[0]
+    pad = -n % chunk
+    xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape((-1, chunk) + x.shape[1:])
+    out = jax.lax.map(fn, xs)
+    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], out)
 
 
 def size_bucket(n: int) -> int:
@@ -37,14 +47,33 @@ def resize_taps(in_size: int, out_size: int, padded: int) -> np.ndarray:
     return taps
 
 
+def _resize_twice(x: jax.Array, size: int, taps: jax.Array, axis: int) -> jax.Array:
+    """Linear resampling along `axis` to the static `size`, then by the runtime `taps` (4, out),
+    evaluated at the output positions only: the same products and sums as resampling twice,
+    without materialising the intermediate at `size`."""
+    i0, i1, w0, w1 = (jnp.asarray(t) for t in _linear_taps(x.shape[axis], size))
+    j0, j1 = taps[0].astype(jnp.int32), taps[1].astype(jnp.int32)
+    shape = [1] * x.ndim
+    shape[axis] = taps.shape[1]
+
+    def first(j):  # the first resampling's value at intermediate positions j
+        return jnp.take(x, i0[j], axis=axis) * w0[j].reshape(shape) + jnp.take(x, i1[j], axis=axis) * w1[j].reshape(shape)
+
+    return first(j0) * taps[2].reshape(shape) + first(j1) * taps[3].reshape(shape)
+
+
 def upscale_to_crop(low_res: jax.Array, image_size: int, taps_h: jax.Array, taps_w: jax.Array) -> jax.Array:
     """(K, 4h, 4w) logits -> (K, Hb, Wb) logits at the crop size (valid part top-left): the
-    official postprocess_masks, with the crop-and-resize step driven by runtime taps."""
-    up = interpolate_bilinear(low_res, (image_size, image_size))
-    i0, i1 = taps_w[0].astype(jnp.int32), taps_w[1].astype(jnp.int32)
-    x = jnp.take(up, i0, axis=-1) * taps_w[2] + jnp.take(up, i1, axis=-1) * taps_w[3]
-    i0, i1 = taps_h[0].astype(jnp.int32), taps_h[1].astype(jnp.int32)
-    return jnp.take(x, i0, axis=-2) * taps_h[2][:, None] + jnp.take(x, i1, axis=-2) * taps_h[3][:, None]
+    official postprocess_masks (upsample to image_size, crop the padding, resize to the crop),
+    with the last step driven by runtime taps. Width first, then height, as torch's kernel; no
+    (image_size, image_size) intermediate is materialised."""
+    x = _resize_twice(low_res, image_size, taps_w, axis=-1)
+    return _resize_twice(x, image_size, taps_h, axis=-2)
+
+
+def _mask_stats(logits: jax.Array, mask_threshold, offset) -> tuple[jax.Array, jax.Array]:
+    """(K, H, W) logits -> stability score (K,) and inclusive xyxy boxes (K, 4) of logits > threshold."""
+    return calculate_stability_score(logits, mask_threshold, offset), batched_mask_to_box(logits > mask_threshold)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -86,11 +115,14 @@ def process_crop(
         )
         M = iou.shape[1]
         low, iou = low.reshape((P * M,) + low.shape[2:]), iou.reshape(P * M)
-        logits = jnp.where(inside, upscale_to_crop(low, image_size, taps_h, taps_w), -jnp.inf)
+
+        def stats(chunk):  # a few masks at a time: the full-size logits stay in cache
+            logits = jnp.where(inside, upscale_to_crop(chunk, image_size, taps_h, taps_w), -jnp.inf)
+            return _mask_stats(logits, mask_threshold, stab_offset)
+
+        stability, boxes = _chunked(stats, low, MASK_CHUNK)
         keep = jnp.repeat(valid, M) & ((pred_iou_thresh <= 0) | (iou > pred_iou_thresh))
-        stability = calculate_stability_score(logits, mask_threshold, stab_offset)
         keep &= (stab_thresh <= 0) | (stability >= stab_thresh)
-        boxes = batched_mask_to_box(logits > mask_threshold)
         keep &= ~is_box_near_crop_edge(boxes, crop_box, orig_box)
         return low, iou, stability, boxes, keep
 
