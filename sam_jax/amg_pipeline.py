@@ -3,9 +3,9 @@ upsamples, filters by predicted IoU, stability and crop edges, and runs NMS, on 
 buffers with validity masks. Only small arrays (scores, boxes, the keep mask) and, at the end,
 the kept masks cross to the host.
 
-Image-size independence: upsampling to the crop's size uses resampling taps passed in as arrays
-and padded to a size bucket (a multiple of 128), so one compilation serves every image whose crop
-sizes fall in the same buckets.
+Image-size independence: upsampling to the crop's size uses banded resampling weights passed in
+as arrays and padded to a size bucket (a multiple of 128), so one compilation serves every image
+whose crop sizes fall in the same buckets.
 """
 
 from __future__ import annotations
@@ -39,36 +39,69 @@ def size_bucket(n: int) -> int:
     return -(-n // SIZE_BUCKET) * SIZE_BUCKET
 
 
-def resize_taps(in_size: int, out_size: int, padded: int) -> np.ndarray:
-    """(4, padded) float32 rows i0, i1, w0, w1 of torch's linear resampling from in_size to
-    out_size, zero-padded past out_size (padding outputs read index 0 with weight 0)."""
-    taps = np.zeros((4, padded), np.float32)
-    taps[:, :out_size] = np.stack(_linear_taps(in_size, out_size))
-    return taps
+BAND_TILE = 64  # outputs per tile of the banded resampling matmul
 
 
-def _resize_twice(x: jax.Array, size: int, taps: jax.Array, axis: int) -> jax.Array:
-    """Linear resampling along `axis` to the static `size`, then by the runtime `taps` (4, out),
-    evaluated at the output positions only: the same products and sums as resampling twice,
-    without materialising the intermediate at `size`."""
-    i0, i1, w0, w1 = (jnp.asarray(t) for t in _linear_taps(x.shape[axis], size))
-    j0, j1 = taps[0].astype(jnp.int32), taps[1].astype(jnp.int32)
-    shape = [1] * x.ndim
-    shape[axis] = taps.shape[1]
-
-    def first(j):  # the first resampling's value at intermediate positions j
-        return jnp.take(x, i0[j], axis=axis) * w0[j].reshape(shape) + jnp.take(x, i1[j], axis=axis) * w1[j].reshape(shape)
-
-    return first(j0) * taps[2].reshape(shape) + first(j1) * taps[3].reshape(shape)
+def band_len(low_len: int, padded_out: int) -> int:
+    """Static window length of the banded resampling: how many low-res rows one tile of
+    BAND_TILE outputs can read, for any output size in the bucket ending at padded_out."""
+    min_out = max(padded_out - SIZE_BUCKET + 1, 1)
+    return min(low_len, int(np.ceil((BAND_TILE - 1) * low_len / min_out)) + 4)
 
 
-def upscale_to_crop(low_res: jax.Array, image_size: int, taps_h: jax.Array, taps_w: jax.Array) -> jax.Array:
+def resample_weights(low_len: int, image_size: int, input_len: int, out_len: int, padded_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """The official postprocess_masks along one axis as a banded matrix: low-res logits
+    (low_len) -> upsample to image_size -> keep the first input_len (the unpadded resized image)
+    -> resample to out_len (the crop), each step torch's linear resampling (align_corners=False).
+
+    Returns starts (T,) int32 and weights (T, BAND_TILE, L) float32, T = padded_out / BAND_TILE:
+    output o = t * BAND_TILE + k is sum_l weights[t, k, l] * low[starts[t] + l]. Rows past
+    out_len are zero. The composite weights are exact products of torch's float32 taps (taken
+    in float64), so results differ from resampling twice only by float32 rounding (~1e-7)."""
+    a0, a1, aw0, aw1 = _linear_taps(low_len, image_size)
+    b0, b1, bw0, bw1 = _linear_taps(input_len, out_len)
+    dense = np.zeros((padded_out, low_len))
+    rows = np.arange(out_len)
+    for bi, bw in ((b0, bw0), (b1, bw1)):
+        for ai, aw in ((a0, aw0), (a1, aw1)):
+            np.add.at(dense, (rows, ai[bi]), bw.astype(np.float64) * aw[bi].astype(np.float64))
+    L, T = band_len(low_len, padded_out), padded_out // BAND_TILE
+    tiles = dense.reshape(T, BAND_TILE, low_len)
+    used = tiles.any(axis=1)
+    first = np.where(used.any(1), used.argmax(1), 0)
+    last = np.where(used.any(1), low_len - 1 - used[:, ::-1].argmax(1), 0)
+    starts = np.minimum(first, low_len - L)
+    assert (last - starts < L).all(), "band window too short"  # band_len bounds the span
+    window = starts[:, None] + np.arange(L)
+    weights = np.take_along_axis(tiles, np.broadcast_to(window[:, None, :], (T, BAND_TILE, L)), axis=2)
+    return starts.astype(np.int32), weights.astype(np.float32)
+
+
+def crop_resamplers(low_len: int, image_size: int, input_size, crop_size) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """(rows, cols) resample_weights for a crop of crop_size (h, w) resized to input_size (h, w)."""
+    return tuple(
+        resample_weights(low_len, image_size, int(i), int(o), size_bucket(int(o))) for i, o in zip(input_size, crop_size)
+    )
+
+
+def _band_resample(x: jax.Array, band: tuple[jax.Array, jax.Array], axis: int) -> jax.Array:
+    starts, weights = band
+    idx = starts[:, None] + jnp.arange(weights.shape[-1])
+    hi = jax.lax.Precision.HIGHEST  # full float32 on TPU too
+    if axis == -1:  # (..., R, low) -> (..., R, padded_out)
+        win = jnp.take(x, idx, axis=-1)  # (..., R, T, L)
+        out = jnp.einsum("...rtl,tkl->...rtk", win, weights, precision=hi)
+        return out.reshape(x.shape[:-1] + (-1,))
+    win = jnp.take(x, idx, axis=-2)  # (..., T, L, C)
+    out = jnp.einsum("...tlc,tkl->...tkc", win, weights, precision=hi)
+    return out.reshape(x.shape[:-2] + (-1, x.shape[-1]))
+
+
+def upscale_to_crop(low_res: jax.Array, rows: tuple[jax.Array, jax.Array], cols: tuple[jax.Array, jax.Array]) -> jax.Array:
     """(K, 4h, 4w) logits -> (K, Hb, Wb) logits at the crop size (valid part top-left): the
-    official postprocess_masks (upsample to image_size, crop the padding, resize to the crop),
-    with the last step driven by runtime taps. Width first, then height, as torch's kernel; no
-    (image_size, image_size) intermediate is materialised."""
-    x = _resize_twice(low_res, image_size, taps_w, axis=-1)
-    return _resize_twice(x, image_size, taps_h, axis=-2)
+    official postprocess_masks (upsample to image_size, crop the padding, resize to the crop) as
+    two banded matmuls from `crop_resamplers`; width first, then height, as torch's kernel."""
+    return _band_resample(_band_resample(low_res, cols, axis=-1), rows, axis=-2)
 
 
 def _mask_stats(logits: jax.Array, mask_threshold, offset) -> tuple[jax.Array, jax.Array]:
@@ -83,8 +116,8 @@ def process_crop(
     features: jax.Array,
     points: jax.Array,
     point_valid: jax.Array,
-    taps_h: jax.Array,
-    taps_w: jax.Array,
+    rows: tuple[jax.Array, jax.Array],
+    cols: tuple[jax.Array, jax.Array],
     crop_hw: jax.Array,
     crop_box: jax.Array,
     orig_box: jax.Array,
@@ -93,16 +126,15 @@ def process_crop(
     """All point batches of one crop, filtered and de-duplicated.
 
     features (1, C, h, w); points (nb, P, 2) xy in the crop's resized-input frame, point_valid
-    (nb, P); taps_h (4, Hb) / taps_w (4, Wb) from `resize_taps`; crop_hw (2,) the crop's size;
+    (nb, P); rows / cols from `crop_resamplers` (Hb, Wb their padded sizes); crop_hw (2,) the crop's size;
     crop_box, orig_box (4,) xyxy in image pixels; settings (6,): pred_iou_thresh,
     stability_score_thresh, stability_score_offset, box_nms_thresh, mask_threshold, unused.
     Returns per candidate (N = nb * P * M): low_res (N, 4h, 4w), iou_preds, stability_score,
     boxes (N, 4) crop pixels, point_index (N,), and the NMS `order` and `keep` (see utils.amg.nms).
     """
     model = nnx.merge(graphdef, params)
-    image_size = model.config.image_size
     pred_iou_thresh, stab_thresh, stab_offset, nms_thresh, mask_threshold = (settings[i] for i in range(5))
-    Hb, Wb = taps_h.shape[1], taps_w.shape[1]
+    Hb, Wb = rows[1].shape[0] * BAND_TILE, cols[1].shape[0] * BAND_TILE
     inside = (jnp.arange(Hb)[:, None] < crop_hw[0]) & (jnp.arange(Wb)[None, :] < crop_hw[1])
 
     def one_batch(args):
@@ -117,7 +149,7 @@ def process_crop(
         low, iou = low.reshape((P * M,) + low.shape[2:]), iou.reshape(P * M)
 
         def stats(chunk):  # a few masks at a time: the full-size logits stay in cache
-            logits = jnp.where(inside, upscale_to_crop(chunk, image_size, taps_h, taps_w), -jnp.inf)
+            logits = jnp.where(inside, upscale_to_crop(chunk, rows, cols), -jnp.inf)
             return _mask_stats(logits, mask_threshold, stab_offset)
 
         stability, boxes = _chunked(stats, low, MASK_CHUNK)
@@ -135,13 +167,13 @@ def process_crop(
                 point_index=jnp.arange(iou.shape[0]) // M, order=order, keep=nms_keep)
 
 
-@partial(jax.jit, static_argnums=(1,))
-def render_masks(low_res: jax.Array, image_size: int, taps_h: jax.Array, taps_w: jax.Array,
+@jax.jit
+def render_masks(low_res: jax.Array, rows: tuple[jax.Array, jax.Array], cols: tuple[jax.Array, jax.Array],
                  crop_hw: jax.Array, mask_threshold: jax.Array) -> jax.Array:
     """(K, 4h, 4w) kept logits -> (K, Hb, Wb) bool masks at the crop size (False in the padding)."""
-    Hb, Wb = taps_h.shape[1], taps_w.shape[1]
+    Hb, Wb = rows[1].shape[0] * BAND_TILE, cols[1].shape[0] * BAND_TILE
     inside = (jnp.arange(Hb)[:, None] < crop_hw[0]) & (jnp.arange(Wb)[None, :] < crop_hw[1])
-    return inside & (upscale_to_crop(low_res, image_size, taps_h, taps_w) > mask_threshold)
+    return inside & (upscale_to_crop(low_res, rows, cols) > mask_threshold)
 
 
 @jax.jit

@@ -152,7 +152,7 @@ class SamAutomaticMaskGenerator:
         out = dev.process_crop(
             self.predictor._graphdef, self.predictor._params, emb.features,
             pts.reshape(nb, P, 2), valid.reshape(nb, P),
-            dev.resize_taps(h_in, ch, dev.size_bucket(ch)), dev.resize_taps(w_in, cw, dev.size_bucket(cw)),
+            *self._resamplers((h_in, w_in), (ch, cw)),
             np.array([ch, cw], np.int32), np.array(crop_box, np.float32),
             np.array([0, 0, orig_size[1], orig_size[0]], np.float32), self._settings(),
         )
@@ -167,6 +167,10 @@ class SamAutomaticMaskGenerator:
             boxes=amg.uncrop_boxes_xyxy(np.asarray(out["boxes"])[idx].astype(np.int64), crop_box),
             points=amg.uncrop_points(points[np.asarray(out["point_index"])[idx]], crop_box),
         )
+
+    def _resamplers(self, input_size, crop_size):
+        cfg = self.predictor.model.config
+        return dev.crop_resamplers(4 * (cfg.image_size // cfg.patch_size), cfg.image_size, input_size, crop_size)
 
     def _settings(self) -> np.ndarray:
         return np.array([self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset,
@@ -186,9 +190,7 @@ class SamAutomaticMaskGenerator:
             sel = np.zeros(bucket(k), np.int32)
             sel[:k] = index[rows]
             masks = dev.render_masks(
-                crop.low_res[jnp.asarray(sel)], self.predictor.model.config.image_size,
-                dev.resize_taps(crop.input_size[0], ch, dev.size_bucket(ch)),
-                dev.resize_taps(crop.input_size[1], cw, dev.size_bucket(cw)),
+                crop.low_res[jnp.asarray(sel)], *self._resamplers(crop.input_size, (ch, cw)),
                 np.array([ch, cw], np.int32), np.float32(self.predictor.model.mask_threshold),
             )
             out[rows, y0:y1, x0:x1] = np.asarray(masks)[:k, :ch, :cw]

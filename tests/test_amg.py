@@ -147,3 +147,25 @@ def test_grids_and_crops_match_official():
             np.testing.assert_array_equal(a, b)
     for size, layers, ratio in [((1200, 1800), 2, 512 / 1500), ((534, 800), 1, 0.2), ((97, 131), 3, 0.5)]:
         assert amg.generate_crop_boxes(size, layers, ratio) == official.generate_crop_boxes(size, layers, ratio)
+
+
+@pytest.mark.parametrize("size", [(1200, 1800), (97, 131), (64, 64), (300, 2000), (5, 700)])
+def test_crop_resampling_matches_official_postprocess(size):
+    """The banded resampling matrices equal the official postprocess_masks (upsample to the
+    input size, crop the padding, resize to the original size), padding rows zero."""
+    import torch
+    import torch.nn.functional as F
+
+    from sam_jax import amg_pipeline as dev
+    from sam_jax.transforms import get_preprocess_shape
+
+    h, w = size
+    hi, wi = get_preprocess_shape(h, w, 256)
+    low = np.random.default_rng(0).normal(0, 5, (3, 64, 64)).astype(np.float32)
+    ref = F.interpolate(torch.from_numpy(low)[:, None], (256, 256), mode="bilinear", align_corners=False)[..., :hi, :wi]
+    ref = F.interpolate(ref, (h, w), mode="bilinear", align_corners=False)[:, 0].numpy()
+    rows, cols = dev.crop_resamplers(64, 256, (hi, wi), (h, w))
+    ours = np.asarray(dev.upscale_to_crop(low, rows, cols))
+    assert ours.shape == (3, dev.size_bucket(h), dev.size_bucket(w))
+    assert np.abs(ours[:, :h, :w] - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert not ours[:, h:].any() and not ours[:, :, w:].any()
