@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -23,14 +24,27 @@ def test_wheel_contents_and_installed_cli(tmp_path):
     assert "sam_jax/convert/state_dict.py" in names
     assert "sam_jax/configs/vit_h.json" in names
 
-    # Install the wheel into a venv that sees this environment's dependencies, run it from elsewhere.
+    assert "sam_jax/web/index.html" in names and "sam_jax/web/package-lock.json" in names
+    assert not any("node_modules" in n for n in names)
+
+    # Install the wheel into a fresh venv, then let it see this environment's dependencies through
+    # a .pth file (not --system-site-packages: when the tests run inside a venv, that would expose
+    # the base interpreter's packages, not this one's). A .pth line adds a path but runs none of
+    # the .pth files there, so the editable sam_jax of this environment stays invisible.
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    inner = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    outer = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    Path(inner, "outer_env.pth").write_text("\n".join(sorted(outer)) + "\n")
     code = "import sam_jax, sam_jax.convert.convert as c; print(sam_jax.__file__); print(sorted(sam_jax.config.available_configs()))"
     r = subprocess.run([py, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert str(venv) in r.stdout.splitlines()[0], r.stdout  # the installed copy, not the source tree
     assert "vit_b" in r.stdout and "test_tiny" in r.stdout
     r = subprocess.run([venv / "bin" / "sam-jax", "convert", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and "--model-type" in r.stdout
+    for command, flag in (("export-onnx", "--return-single-mask"), ("embed", "--image"), ("demo", "--port"), ("amg", "--points-per-side")):
+        r = subprocess.run([venv / "bin" / "sam-jax", command, "--help"], capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 0 and flag in r.stdout, (command, r.stderr)
