@@ -16,6 +16,7 @@ from . import amg_pipeline as dev
 from .modeling import Sam
 from .predictor import SamPredictor, bucket
 from .utils import amg
+from .utils.memory import cache_size, release_after_compile
 from .utils.regions import remove_small_regions
 from .validate import check_image
 
@@ -149,6 +150,7 @@ class SamAutomaticMaskGenerator:
         pts[:n] = transformed
         valid = np.arange(nb * P) < n
         (h_in, w_in) = emb.input_sizes[0]
+        compiled = cache_size(dev.process_crop)
         out = dev.process_crop(
             self.predictor._graphdef, self.predictor._params, emb.features,
             pts.reshape(nb, P, 2), valid.reshape(nb, P),
@@ -157,6 +159,7 @@ class SamAutomaticMaskGenerator:
             np.array([0, 0, orig_size[1], orig_size[0]], np.float32), self._settings(),
         )
         order, keep = np.asarray(out["order"]), np.asarray(out["keep"])
+        release_after_compile(dev.process_crop, compiled)
         idx = order[keep]
         return _CropMasks(
             crop_box=list(crop_box),

@@ -13,6 +13,7 @@ from flax import nnx
 
 from .config import SamConfig, get_config
 from .modeling import Sam
+from .utils.memory import release_host_memory
 
 
 def abstract_model(config: SamConfig) -> Sam:
@@ -62,7 +63,9 @@ def load(directory: str | os.PathLike) -> Sam:
     graphdef, state = nnx.split(abstract_model(config))
     abstract = {p: jax.ShapeDtypeStruct(v.shape, v.dtype) for p, v in nnx.to_flat_state(state)}
     config, params = checkpoint.load(directory, abstract)
-    return model_from_params(config, params)
+    model = model_from_params(config, params)
+    release_host_memory()  # the restore's staging buffers
+    return model
 
 
 sam_model_registry = {

@@ -26,6 +26,7 @@ from .functional import decode_prompts_jit, embed_images_jit, upscale_masks_jit
 from .modeling import Sam
 from .modeling.prompt_encoder import IGNORE_LABEL
 from .transforms import ResizeLongestSide
+from .utils.memory import cache_size, release_after_compile
 
 
 def bucket(n: int) -> int:
@@ -69,7 +70,9 @@ class SamPredictor:
             batch[i, : resized.shape[0], : resized.shape[1]] = resized
             original_sizes.append(image.shape[:2])
             input_sizes.append(resized.shape[:2])
+        compiled = cache_size(embed_images_jit)
         features = embed_images_jit(self._graphdef, self._params, jnp.asarray(batch), jnp.asarray(input_sizes, jnp.int32))
+        release_after_compile(embed_images_jit, compiled, features)
         return ImageEmbeddings(features, original_sizes, input_sizes)
 
     def set_image_embedding(self, embeddings: ImageEmbeddings, index: int = 0) -> None:
