@@ -36,6 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("amg", help="automatic mask generation for an image or a folder")
     amg_cli.add_arguments(p)
     p.set_defaults(func=amg_cli.run)
+
+    from . import onnx_cli
+
+    p = sub.add_parser("export-onnx", help="export the prompt encoder + mask decoder to ONNX (the official export)")
+    onnx_cli.add_export_arguments(p)
+    p.set_defaults(func=onnx_cli.export)
+    p = sub.add_parser("embed", help="write an image's embedding (.npy) for the ONNX decoder")
+    onnx_cli.add_embed_arguments(p)
+    p.set_defaults(func=onnx_cli.embed)
+
+    from . import demo
+
+    p = sub.add_parser("demo", help="interactive web demo: embeddings on the server, the ONNX decoder in the browser")
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.run)
     return parser
 
 

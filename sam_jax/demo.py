@@ -1,0 +1,316 @@
+"""`sam-jax demo`: an interactive web page in the style of the official SAM demo.
+
+The server (standard library only) computes the image embedding with sam-jax once per image; the
+browser runs the exported prompt decoder (`decoder.onnx`, from `onnx_export.export_onnx`) with
+onnxruntime-web for every mouse move and click, so a prompt costs no round trip.
+
+Routes (nothing else is served):
+
+    GET  /, /index.html, /app.js, /style.css   the page (sam_jax/web/)
+    GET  /ort/<ort*.mjs | *.wasm>                onnxruntime-web's dist files (sam_jax/web/node_modules)
+    GET  /decoder.onnx                           the decoder exported at start (return_single_mask=True)
+    GET  /api/info                               JSON: image_size, embedding shape
+    POST /api/embedding                          body: the image file's bytes
+
+The embedding response body is the float32 little-endian embedding, shape (1, C, h, w), and its
+`X-SAM-Embedding` header is JSON: shape, original_size [H, W], input_size [h, w] (the image resized
+so that its longest side is image_size), image_size and scale = image_size / max(H, W). A path
+with `..`, a backslash, an empty segment or a NUL is refused with 403; any other unknown path is
+404; an undecodable image is 400 with a JSON {"error": ...} message.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+ORT_DIST = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
+ORT_ENTRY = "ort.wasm.min.mjs"  # the WebAssembly-only build that app.js imports
+PAGE_FILES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
+ORT_NAME = re.compile(r"^(ort[A-Za-z0-9_.-]*\.mjs|[A-Za-z0-9_.-]+\.wasm)$")
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".wasm": "application/wasm",
+    ".onnx": "application/octet-stream",
+}
+MAX_UPLOAD_BYTES = 64 << 20
+
+
+class HttpError(Exception):
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def check_web_assets() -> None:
+    """Raises FileNotFoundError, naming the command to run, when onnxruntime-web is not installed."""
+    if not (ORT_DIST / ORT_ENTRY).is_file():
+        raise FileNotFoundError(
+            f"the web demo's onnxruntime-web is not installed ({ORT_DIST / ORT_ENTRY} is missing): "
+            f"run `npm ci --prefix {WEB_DIR}` (or `cd {WEB_DIR} && npm ci`) first"
+        )
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Image file bytes -> (H, W, 3) uint8 RGB, EXIF rotation applied as browsers display it.
+    Raises ValueError with a message for anything Pillow cannot decode."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise ValueError("empty request body: send the image file's bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = ImageOps.exif_transpose(im)
+            rgb = np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError:
+        raise ValueError(f"could not decode the image: not an image format Pillow reads ({len(data)} bytes)") from None
+    except Exception as e:  # truncated files (OSError), DecompressionBombError, ...
+        raise ValueError(f"could not decode the image: {e}") from None
+    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f"could not decode the image: unexpected shape {rgb.shape}")
+    return rgb
+
+
+class DemoApp:
+    """The model side: one SamPredictor, its encoder compiled once at start, used under a lock."""
+
+    def __init__(self, model, decoder_path: Path) -> None:
+        from .predictor import SamPredictor
+
+        self.predictor = SamPredictor(model)
+        self.image_size = model.config.image_size
+        self.decoder_path = decoder_path
+        self.lock = threading.Lock()
+        # Every image is padded to image_size x image_size: this is the only encoder compilation.
+        features = self.predictor.embed_images([np.zeros((self.image_size, self.image_size, 3), np.uint8)]).features
+        self.embedding_shape = tuple(int(d) for d in features.shape)
+
+    def embed(self, image: np.ndarray) -> tuple[dict, bytes]:
+        with self.lock:
+            emb = self.predictor.embed_images([image])
+            features = np.asarray(emb.features, dtype="<f4")
+        H, W = emb.original_sizes[0]
+        meta = {
+            "shape": list(features.shape),
+            "dtype": "float32",
+            "original_size": [int(H), int(W)],
+            "input_size": [int(s) for s in emb.input_sizes[0]],
+            "image_size": self.image_size,
+            "scale": self.image_size / max(H, W),
+        }
+        return meta, np.ascontiguousarray(features).tobytes()
+
+    def info(self) -> dict:
+        return {"image_size": self.image_size, "embedding_shape": list(self.embedding_shape), "decoder": "decoder.onnx"}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "sam-jax-demo"
+    protocol_version = "HTTP/1.1"
+    timeout = 120  # seconds a stalled client may hold a connection
+    server: DemoServer
+
+    # ------------------------------------------------------------------ routing
+    def _route(self) -> Path | str:
+        """The file to serve for a GET, or the name of an API route."""
+        raw = self.path.split("?", 1)[0].split("#", 1)[0]
+        path = unquote(raw)
+        if not path.startswith("/"):
+            raise HttpError(HTTPStatus.NOT_FOUND, "not found")
+        if "\\" in path or "\x00" in path or "//" in path or ":" in path or any(s in (".", "..") for s in path.split("/")):
+            raise HttpError(HTTPStatus.FORBIDDEN, "forbidden path")
+        if path in PAGE_FILES:
+            return WEB_DIR / PAGE_FILES[path]
+        if path == "/decoder.onnx":
+            return self.server.app.decoder_path
+        if path.startswith("/api/"):
+            return path
+        if path.startswith("/ort/"):
+            name = path[len("/ort/"):]
+            if not ORT_NAME.match(name):
+                raise HttpError(HTTPStatus.NOT_FOUND, "not found")
+            check_web_assets()
+            file = (ORT_DIST / name).resolve()
+            if file.parent != ORT_DIST.resolve() or not file.is_file():
+                raise HttpError(HTTPStatus.NOT_FOUND, "not found")
+            return file
+        raise HttpError(HTTPStatus.NOT_FOUND, "not found")
+
+    def do_GET(self) -> None:
+        self._handle(head=False)
+
+    def do_HEAD(self) -> None:
+        self._handle(head=True)
+
+    def do_POST(self) -> None:
+        try:
+            target = self._route()
+            if target != "/api/embedding":
+                raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED if isinstance(target, Path) or target == "/api/info"
+                                else HTTPStatus.NOT_FOUND, "use POST only for /api/embedding")
+            data = self._read_body()
+            try:
+                meta, body = self.server.app.embed(decode_image(data))
+            except ValueError as e:  # undecodable, or an image the predictor refuses (with its reason)
+                raise HttpError(HTTPStatus.BAD_REQUEST, str(e)) from None
+            self._send(HTTPStatus.OK, body, "application/octet-stream", {"X-SAM-Embedding": json.dumps(meta)})
+        except HttpError as e:
+            self.close_connection = True  # the request body may be unread
+            self._send_error(e)
+        except Exception as e:  # a model failure: report it, keep serving
+            self.close_connection = True
+            self._send_error(HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}"))
+
+    def _handle(self, head: bool) -> None:
+        try:
+            target = self._route()
+            if target == "/api/info":
+                self._send(HTTPStatus.OK, json.dumps(self.server.app.info()).encode(), "application/json", head=head)
+            elif isinstance(target, str):
+                raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED if target == "/api/embedding" else HTTPStatus.NOT_FOUND,
+                                "POST the image bytes to /api/embedding" if target == "/api/embedding" else "not found")
+            else:
+                self._send_file(target, head)
+        except HttpError as e:
+            self._send_error(e, head)
+        except FileNotFoundError as e:  # onnxruntime-web not installed: say which command fixes it
+            self._send_error(HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, str(e)), head)
+
+    # ------------------------------------------------------------------ I/O
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding"):
+            raise HttpError(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length, not chunked")
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise HttpError(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
+        n = int(length)
+        if n > MAX_UPLOAD_BYTES:
+            self.close_connection = True
+            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"image larger than {MAX_UPLOAD_BYTES >> 20} MiB")
+        return self.rfile.read(n)
+
+    def _send_file(self, file: Path, head: bool) -> None:
+        if not file.is_file():
+            raise HttpError(HTTPStatus.NOT_FOUND, "not found")
+        ctype = CONTENT_TYPES.get(file.suffix, "application/octet-stream")
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(file.stat().st_size))
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if not head:
+            with open(file, "rb") as f:
+                shutil.copyfileobj(f, self.wfile)
+
+    def _send(self, status, body: bytes, ctype: str, headers: dict | None = None, head: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _send_error(self, e: HttpError, head: bool = False) -> None:
+        self._send(e.status, json.dumps({"error": str(e)}).encode(), "application/json", head=head)
+
+    def log_message(self, format: str, *args) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+
+class DemoServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, app: DemoApp, workdir: tempfile.TemporaryDirectory | None, verbose: bool) -> None:
+        super().__init__(address, Handler)
+        self.app, self._workdir, self.verbose = app, workdir, verbose
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/"
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+
+def make_server(model, host: str = "127.0.0.1", port: int = 8000, *, verbose: bool = True) -> DemoServer:
+    """Exports the decoder, compiles the encoder, and binds (port 0: a free port). Call
+    `serve_forever()` on the result; `server_close()` also deletes the exported decoder."""
+    from .onnx_export import export_onnx
+
+    check_web_assets()
+    workdir = tempfile.TemporaryDirectory(prefix="sam-jax-demo-")
+    try:
+        decoder = export_onnx(model, Path(workdir.name) / "decoder.onnx", return_single_mask=True)
+        app = DemoApp(model, Path(decoder))
+        return DemoServer((host, port), app, workdir, verbose)
+    except BaseException:
+        workdir.cleanup()
+        raise
+
+
+def run(args) -> int:
+    """`sam-jax demo`: load the checkpoint once, export the decoder, serve until Ctrl-C."""
+    import importlib.util
+
+    from .amg_cli import _enable_cache, _load_model
+    from .onnx_export import ONNX_HINT
+
+    check_web_assets()  # before loading a model: fail fast with the npm command
+    if importlib.util.find_spec("onnx") is None:
+        print(f"sam-jax demo: error: onnx (to export the decoder) is not installed: {ONNX_HINT}", file=sys.stderr)
+        return 2
+    _enable_cache(args.cache_dir)
+    print(f"loading {args.checkpoint} ...", file=sys.stderr)
+    server = make_server(_load_model(args), args.host, args.port)
+    print(f"sam-jax demo: open {server.url} (Ctrl-C stops)", file=sys.stderr)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a plain `kill` also removes the exported decoder
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def add_arguments(p) -> None:
+    import os
+
+    p.add_argument("--checkpoint", required=True, help="directory from `sam-jax convert` (or an official .pth)")
+    from .config import MODEL_TYPES
+
+    p.add_argument("--model-type", choices=MODEL_TYPES, help="cross-check a .pth checkpoint against this model type")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--cache-dir", default=os.environ.get("SAM_JAX_CACHE_DIR", str(Path.home() / ".cache" / "sam-jax" / "xla")),
+                   help="persistent XLA compilation cache ('' disables it)")

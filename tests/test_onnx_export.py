@@ -1,0 +1,241 @@
+"""ONNX export of the prompt encoder + mask decoder: onnxruntime on our exported graph equals the
+official `SamOnnxModel` run in PyTorch and our JAX model, for every flag combination, several
+prompt counts (points, box corners, -1 padding), with and without a mask input, and one exported
+file serving original sizes smaller and larger than the model input. Plus the quantized model,
+the notebook flow (embedding .npy -> ONNX vs the official predictor) and the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from functools import partial
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from conftest import assert_close  # noqa: E402
+from sam_jax.cli import main  # noqa: E402
+from sam_jax.onnx_export import export_onnx, onnx_inputs, quantize_onnx  # noqa: E402
+
+FLAGS = list(itertools.product([False, True], repeat=3))  # single mask, stability score, extra metrics
+PROMPTS = {  # labels; coordinates are random in the resized frame
+    "1 point, larger image": ([1], False, (300, 451)),
+    "3 points + mask, smaller image": ([1, 0, -1], True, (97, 131)),
+    "points + box corners + pad, smaller portrait": ([0, 1, 2, 3, -1], False, (131, 61)),
+}
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def exported(cases, tmp_path_factory):
+    """(flags, case, opset) -> onnxruntime session, each exported once."""
+    out, tmp = {}, tmp_path_factory.mktemp("onnx")
+
+    def get(flags, case=None, opset=17):
+        case = case or cases("test_tiny")
+        key = (flags, case.name, opset)
+        if key not in out:
+            path = tmp / f"{case.name}_{opset}_{''.join(str(int(f)) for f in flags)}.onnx"
+            out[key] = _session(export_onnx(case.model, path, return_single_mask=flags[0], use_stability_score=flags[1],
+                                            return_extra_metrics=flags[2], opset=opset))
+        return out[key]
+
+    return get
+
+
+def _feed(cfg, labels, has_mask, orig, seed=0):
+    r = np.random.default_rng(seed)
+    h, S = cfg.image_size // cfg.patch_size, cfg.image_size
+    return {
+        "image_embeddings": r.normal(size=(1, cfg.prompt_embed_dim, h, h)).astype(np.float32),
+        "point_coords": r.uniform(-5, S + 5, (1, len(labels), 2)).astype(np.float32),
+        "point_labels": np.array([labels], np.float32),
+        "mask_input": (4 * r.normal(size=(1, 1, 4 * h, 4 * h))).astype(np.float32),
+        "has_mask_input": np.array([float(has_mask)], np.float32),
+        "orig_im_size": np.array(orig, np.float32),
+    }
+
+
+def _official(case, flags, feed):
+    import torch
+    from segment_anything.utils.onnx import SamOnnxModel
+
+    out = SamOnnxModel(case.official, *flags)(**{k: torch.from_numpy(v) for k, v in feed.items()})
+    return [o.numpy() for o in out]
+
+
+_JAX: dict = {}
+
+
+def _jax(model, flags, feed, key):
+    """The same outputs from our JAX modules (prompt encoder, mask decoder, postprocess_masks,
+    stability score), computed once per prompt for all mask tokens; the flags select from them."""
+    if key not in _JAX:
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
+        from sam_jax.functional import upscale_masks_jit
+        from sam_jax.transforms import get_preprocess_shape
+        from sam_jax.utils.amg import calculate_stability_score
+
+        @partial(jax.jit, static_argnums=0)
+        def decode(graphdef, state, emb, coords, labels, mask_input, has):
+            m = nnx.merge(graphdef, state)
+            pe = m.prompt_encoder
+            sparse = pe._embed_points(coords, labels.astype(jnp.int32), pad=False)
+            no_mask = pe.no_mask_embed.embedding[...].reshape(1, -1, 1, 1)
+            dense = has * pe._embed_masks(mask_input) + (1 - has) * no_mask
+            masks, iou = m.mask_decoder.predict_masks(emb, pe.get_dense_pe(), sparse, dense)
+            return masks, iou, calculate_stability_score(masks, m.mask_threshold, 1.0)
+
+        names = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
+        masks, iou, stab_low = decode(*nnx.split(model), *(jnp.asarray(feed[k]) for k in names))
+        H, W = (int(v) for v in feed["orig_im_size"])
+        up = upscale_masks_jit(masks, model.config, get_preprocess_shape(H, W, model.config.image_size), (H, W), None)
+        thr = model.mask_threshold
+        _JAX[key] = [np.asarray(o) for o in (up, iou, stab_low, calculate_stability_score(up, thr, 1.0),
+                                             jnp.sum(up > thr, axis=(-2, -1)), masks)]
+    up, iou, stab_low, stab_up, areas, masks = _JAX[key]
+    single, stability, extra = flags
+    scores = stab_low if stability else iou
+    if single:  # the official select_masks: the single-mask token wins when N >= 3
+        reweight = np.eye(1, scores.shape[1])[0] * 1000
+        best = int(np.argmax(scores[0] + (feed["point_coords"].shape[1] - 2.5) * reweight))
+        up, scores, stab_up, areas, masks = (a[:, best : best + 1] for a in (up, scores, stab_up, areas, masks))
+    return [up, scores, *([stab_up, areas] if extra else []), masks]
+
+
+def _compare(ours, ref, flags, what):
+    """Logits and scores to 1e-4 relative; stability scores and areas (counts of thresholded
+    pixels, which flip where a logit is within rounding of a threshold) to a few pixels."""
+    assert len(ours) == len(ref) == (5 if flags[2] else 3), what
+    names = ["masks", "iou_predictions"] + (["stability_scores", "areas"] if flags[2] else []) + ["low_res_masks"]
+    errs = {}
+    for name, o, r in zip(names, ours, ref):
+        assert o.shape == r.shape, f"{what} {name}: {o.shape} != {r.shape}"
+        if name == "areas":
+            assert o.dtype == np.int64 and np.abs(o - r).max() <= 3, f"{what} areas {o} != {r}"
+        elif name == "stability_scores" or (name == "iou_predictions" and flags[1]):
+            np.testing.assert_allclose(o, r, atol=1e-3, equal_nan=True, err_msg=f"{what} {name}")
+        else:
+            errs[name] = assert_close(o, r, tol=1e-4, what=f"{what} {name}")
+    return errs
+
+
+@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "single{}-stab{}-extra{}".format(*map(int, f)))
+def test_matches_official_and_jax(tiny, exported, flags):
+    sess = exported(flags)
+    for i, (name, (labels, has_mask, orig)) in enumerate(PROMPTS.items()):
+        feed = _feed(tiny.config, labels, has_mask, orig, seed=i)
+        ours = sess.run(None, feed)
+        M = 1 if flags[0] else tiny.config.num_multimask_outputs + 1
+        assert ours[0].shape == (1, M) + orig
+        _compare(ours, _official(tiny, flags, feed), flags, f"{name} vs official")
+        _compare(ours, _jax(tiny.model, flags, feed, name), flags, f"{name} vs jax")
+
+
+def test_interface_matches_official_export(exported, tiny):
+    sess = exported((False, False, True))
+    ins = {i.name: (i.type, i.shape) for i in sess.get_inputs()}
+    h = tiny.config.image_size // 16
+    assert ins == {
+        "image_embeddings": ("tensor(float)", [1, tiny.config.prompt_embed_dim, h, h]),
+        "point_coords": ("tensor(float)", [1, "num_points", 2]),
+        "point_labels": ("tensor(float)", [1, "num_points"]),
+        "mask_input": ("tensor(float)", [1, 1, 4 * h, 4 * h]),
+        "has_mask_input": ("tensor(float)", [1]),
+        "orig_im_size": ("tensor(float)", [2]),
+    }
+    assert [o.name for o in sess.get_outputs()] == ["masks", "iou_predictions", "stability_scores", "areas", "low_res_masks"]
+    assert [o.name for o in exported((True, False, False)).get_outputs()] == ["masks", "iou_predictions", "low_res_masks"]
+
+
+def test_other_config_and_opsets(cases, exported):
+    """Three mask tokens instead of four, heads 2, image size 320; old and new opsets (axes as
+    attributes or inputs, Resize with or without empty inputs)."""
+    case = cases("test_divisible")
+    for flags, opset in [((True, True, True), 11), ((False, False, False), 13), ((True, False, True), 18)]:
+        feed = _feed(case.config, [1, 2, 3], True, (400, 333), seed=opset)
+        ours = exported(flags, case, opset).run(None, feed)
+        _compare(ours, _official(case, flags, feed), flags, f"test_divisible opset {opset}")
+
+
+def test_quantized(tiny, exported, tmp_path):
+    """The official dynamic uint8 quantization runs and gives the same shapes. On these random
+    weights the thresholded masks overlap the float model's with IoU 0.99 (printed; 0.9 asserted)."""
+    src = tmp_path / "decoder.onnx"
+    export_onnx(tiny.model, src)
+    quant = _session(quantize_onnx(src, tmp_path / "decoder_quant.onnx"))
+    assert any(n.op_type.startswith(("DynamicQuantize", "MatMulInteger", "ConvInteger"))
+               for n in onnx.load(tmp_path / "decoder_quant.onnx").graph.node)
+    feed = _feed(tiny.config, [1, 0, -1], False, (200, 300))
+    q, f = quant.run(None, feed), exported((False, False, False)).run(None, feed)
+    assert [a.shape for a in q] == [b.shape for b in f] and all(np.isfinite(a).all() for a in q)
+    a, b = q[0] > 0, f[0] > 0
+    iou = (a & b).sum() / max((a | b).sum(), 1)
+    print(f"quantized vs float: mask IoU {iou:.3f}, max |iou_pred diff| {np.abs(q[1] - f[1]).max():.3g}")
+    assert iou > 0.9
+
+
+def test_notebook_flow_via_cli(tiny, tmp_path, capsys):
+    """`sam-jax embed` + `sam-jax export-onnx` + onnx_inputs, against the official SamPredictor."""
+    from PIL import Image
+    from segment_anything import SamPredictor as OfficialPredictor
+
+    r = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:97, 0:151]
+    image = np.clip(np.stack([np.sin(xx / 7), np.cos(yy / 5), np.sin((xx + yy) / 11)], -1) * 100 + 128
+                    + r.normal(0, 20, (97, 151, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "img.png")
+    ckpt = str(tiny.model_dir)
+    assert main(["embed", "--checkpoint", ckpt, "--image", str(tmp_path / "img.png"), "--output", str(tmp_path / "e.npy")]) == 0
+    assert main(["export-onnx", "--checkpoint", ckpt, "--output", str(tmp_path / "d.onnx"),
+                 "--quantize-out", str(tmp_path / "dq.onnx")]) == 0
+    assert (tmp_path / "dq.onnx").exists() and "wrote" in capsys.readouterr().out
+
+    ref = OfficialPredictor(tiny.official)
+    ref.set_image(image)
+    emb = np.load(tmp_path / "e.npy")
+    assert emb.dtype == np.float32
+    assert_close(emb, ref.get_image_embedding().numpy(), what="embedding .npy")
+    sess = _session(tmp_path / "d.onnx")
+    prompts = [dict(point_coords=np.array([[40.0, 30.0], [100.0, 80.0]]), point_labels=np.array([1, 0])),
+               dict(point_coords=np.array([[40.0, 30.0]]), point_labels=np.array([1]), box=np.array([10.0, 15.0, 120.0, 90.0]))]
+    for kw in prompts:
+        masks, iou, low = sess.run(None, onnx_inputs(tiny.model, emb, image.shape[:2], **kw))
+        rm, riou, rlow = ref.predict(**kw, multimask_output=True, return_logits=True)
+        assert_close(masks[0, 1:], rm, what="masks vs official predictor")
+        assert_close(iou[0, 1:], riou, what="iou vs official predictor")
+        assert_close(low[0, 1:], rlow, what="low-res vs official predictor")
+    # Fed back as mask_input, the best low-res mask gives the official single-mask refinement.
+    kw = prompts[0]
+    _, riou, rlow = ref.predict(**kw)
+    best = int(np.argmax(riou))
+    masks, iou, _ = sess.run(None, onnx_inputs(tiny.model, emb, image.shape[:2], **kw, mask_input=rlow[best][None]))
+    rm, riou, _ = ref.predict(**kw, mask_input=rlow[best][None], multimask_output=False, return_logits=True)
+    assert_close(masks[0, :1], rm, what="mask-input refinement")
+    assert_close(iou[0, :1], riou, what="mask-input refinement iou")
+
+
+def test_cli_errors(tmp_path, capsys, monkeypatch):
+    assert main(["export-onnx", "--checkpoint", str(tmp_path / "missing"), "--output", str(tmp_path / "d.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint not found" in err and len(err.strip().splitlines()) == 1
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    assert main(["embed", "--checkpoint", str(tmp_path / "missing"), "--image", str(tmp_path / "x.png"),
+                 "--output", str(tmp_path / "e.npy")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    assert main(["export-onnx", "--checkpoint", str(tmp_path), "--output", str(tmp_path / "d.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install sam-jax[onnx]" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ImportError, match=r"sam-jax\[onnx\]"):
+        export_onnx(None, tmp_path / "d.onnx")
