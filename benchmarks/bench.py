@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ("embed", "embed_bf16", "point", "boxes", "amg", "amg_all", "convert")
+CASES = ("embed", "embed_bf16", "point", "boxes", "amg", "amg_nonms", "convert")  # also: amg_all (no IoU/stability filter)
 
 
 def main(argv=None) -> None:
@@ -33,6 +33,7 @@ def main(argv=None) -> None:
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--only", choices=("ours", "official"), help=argparse.SUPPRESS)  # memory subprocess
+    ap.add_argument("--setup-dir", help=argparse.SUPPRESS)  # memory subprocess: the parent's files
     args = ap.parse_args(argv)
 
     from . import cases as C
@@ -42,14 +43,14 @@ def main(argv=None) -> None:
     env = C.environment()
     print(json.dumps(env, indent=1))
     for model_type in args.models.split(","):
-        setup = C.Setup(model_type, Path(args.image))
+        setup = C.Setup(model_type, Path(args.image), args.only, args.setup_dir)
         for case in cases:
             if args.only:
                 C.run_alone(setup, case, args.only)
                 continue
             row = C.measure(setup, case, args.repeats)
             if args.memory:
-                row.update(_memory(case, model_type, args))
+                row.update(_memory(case, model_type, args, setup.tmp))
             rows.append(row)
             print(C.format_row(row), flush=True)
     if args.only:
@@ -60,14 +61,15 @@ def main(argv=None) -> None:
         C.write_results(Path(args.results), table, env)
 
 
-def _memory(case: str, model_type: str, args) -> dict:
+def _memory(case: str, model_type: str, args, setup_dir: Path) -> dict:
     out = {}
     for impl in ("official", "ours"):
         cmd = [sys.executable, "-m", "benchmarks.bench", "--cases", case, "--models", model_type,
-               "--image", args.image, "--only", impl]
+               "--image", args.image, "--only", impl, "--setup-dir", str(setup_dir)]
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         line = [l for l in r.stdout.splitlines() if l.startswith("peak_rss_mib")]
         out[f"rss_{impl}"] = float(line[-1].split()[1]) if line else float("nan")
+        out[f"rss_before_{impl}"] = float(line[-1].split()[3]) if line else float("nan")
     return out
 
 

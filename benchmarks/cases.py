@@ -55,6 +55,10 @@ def _time(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def _flops(jitted, *args) -> float:
     cost = jitted.lower(*args).compile().cost_analysis()
     if isinstance(cost, (list, tuple)):
@@ -62,30 +66,56 @@ def _flops(jitted, *args) -> float:
     return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
+def make_confident(sam, mask_scale: float = 500.0, iou_bias: float = 1.0):
+    """Random weights give mask logits within about +-0.3 and IoU predictions near 0, so the
+    official AMG thresholds (IoU 0.88, stability 0.95) would discard every mask and the AMG case
+    would time nothing but the decoder. Scaling the hypernetworks' output layers (logits of +-100,
+    stability near 1) and raising the IoU head's bias keeps masks alive through every stage, as
+    a trained model does. Applied to the official model before conversion: both sides see it."""
+    import torch
+
+    with torch.no_grad():
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(mask_scale)
+            mlp.layers[-1].bias.mul_(mask_scale)
+        sam.mask_decoder.iou_prediction_head.layers[-1].bias.add_(iou_bias)
+    return sam
+
+
 class Setup:
     """The official model and ours with the same weights: official random init -> torch.save ->
-    our converter -> sam_jax.load. Built once per model type."""
+    our converter -> sam_jax.load. Built once per model type.
 
-    def __init__(self, model_type: str, image_path: Path):
+    only="ours" / "official" (the memory subprocesses): reuse the parent's files in setup_dir and
+    build the other implementation as a small stand-in (a tiny encoder), so that neither its
+    weights nor the conversion count in the peak memory of the one measured."""
+
+    def __init__(self, model_type: str, image_path: Path, only: str | None = None, setup_dir: Path | None = None):
         import torch
         from PIL import Image
         from segment_anything import sam_model_registry
+        from segment_anything.build_sam import _build_sam
 
         import sam_jax
         from sam_jax.convert.convert import convert_checkpoint
 
         torch.set_grad_enabled(False)
         self.model_type = model_type
-        self.tmp = Path(tempfile.mkdtemp(prefix="sam-jax-bench-"))
-        self.official = sam_model_registry[model_type]().eval()
-        if torch.cuda.is_available():
-            self.official = self.official.cuda()
+        self.tmp = Path(setup_dir) if only else Path(tempfile.mkdtemp(prefix="sam-jax-bench-"))
         self.pth = self.tmp / f"{model_type}.pth"
-        torch.save(self.official.state_dict(), self.pth)
-        t0 = time.perf_counter()
-        convert_checkpoint(self.pth, self.tmp / "converted", model_type=model_type)
-        self.convert_seconds = time.perf_counter() - t0
-        self.ours = sam_jax.load(self.tmp / "converted")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if only == "ours":
+            self.official = _build_sam(64, 2, 2, [1]).eval().to(device)
+        else:
+            self.official = make_confident(sam_model_registry[model_type]().eval()).to(device)
+        if only == "official":
+            self.official.load_state_dict(torch.load(self.pth, map_location=device, mmap=True))
+        elif not only:
+            torch.save(self.official.state_dict(), self.pth)
+            t0 = time.perf_counter()
+            convert_checkpoint(self.pth, self.tmp / "converted", model_type=model_type)
+            self.convert_seconds = time.perf_counter() - t0
+        self.ours = sam_jax.build_sam("test_tiny") if only == "official" else sam_jax.load(self.tmp / "converted")
         self.image = np.asarray(Image.open(image_path).convert("RGB"))
         self.image_name = image_path.name
 
@@ -181,11 +211,17 @@ def case_amg(s: Setup, **kwargs):
     off, ours = Official(s.official, **kwargs), SamAutomaticMaskGenerator(s.ours, **kwargs)
     extra = {}
 
+    out = {}
+
     def run_off():
-        extra["masks_official"] = len(off.generate(s.image))
+        out["official"] = off.generate(s.image)
+        extra["masks_official"] = len(out["official"])
 
     def run_ours():
-        extra["masks_ours"] = len(ours.generate(s.image))
+        out["ours"] = ours.generate(s.image)
+        extra["masks_ours"] = len(out["ours"])
+        if "official" in out:
+            extra["min_mask_iou"] = min_matched_iou(out["ours"], out["official"])
 
     def flops():
         # The encoder plus one process_crop call (the whole crop's decoding and filtering).
@@ -198,12 +234,24 @@ def case_amg(s: Setup, **kwargs):
         nb = -(-n // P)
         hi, wi = emb.input_sizes[0]
         args = (gen.predictor._graphdef, gen.predictor._params, emb.features, np.zeros((nb, P, 2), np.float32),
-                np.ones((nb, P), bool), amg_pipeline.resize_taps(hi, h, amg_pipeline.size_bucket(h)),
-                amg_pipeline.resize_taps(wi, w, amg_pipeline.size_bucket(w)), np.array([h, w], np.int32),
+                np.ones((nb, P), bool), *gen._resamplers((hi, wi), (h, w)), np.array([h, w], np.int32),
                 np.array([0, 0, w, h], np.float32), np.array([0, 0, w, h], np.float32), gen._settings())
         return total + _flops(amg_pipeline.process_crop, *args)
 
     return run_off, run_ours, flops, extra
+
+
+def min_matched_iou(ours: list[dict], ref: list[dict]) -> float:
+    """The lowest IoU between records paired in order (both generators emit the same order);
+    0 when the counts differ."""
+    if len(ours) != len(ref):
+        return 0.0
+    ious = [1.0]
+    for o, r in zip(ours, ref):
+        a, b = o["segmentation"], r["segmentation"]
+        union = np.logical_or(a, b).sum()
+        ious.append(np.logical_and(a, b).sum() / union if union else 1.0)
+    return float(min(ious))
 
 
 def case_convert(s: Setup):
@@ -225,8 +273,12 @@ CASE_FNS = {
     "boxes": case_boxes,
     "amg": case_amg,
     "amg_all": lambda s: case_amg(s, pred_iou_thresh=0.0, stability_score_thresh=0.0),
+    # Random-weight masks span the image, so box NMS leaves one and the thresholds few: without
+    # them every mask of an 8x8 grid (192) is compared.
+    "amg_nonms": lambda s: case_amg(s, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0),
     "convert": case_convert,
 }
+SLOW_CASES = ("amg", "amg_all")
 CASE_TITLES = {
     "embed": "image embedding (set_image), float32",
     "embed_bf16": "image embedding, ours in bfloat16 vs official float32",
@@ -234,6 +286,7 @@ CASE_TITLES = {
     "boxes": "64 boxes in one batched call",
     "amg": "automatic masks, official defaults",
     "amg_all": "automatic masks, no IoU/stability filter",
+    "amg_nonms": "automatic masks, 8x8 points, no IoU/stability/NMS filter (every mask compared)",
     "convert": "checkpoint conversion (.pth -> Orbax)",
 }
 
@@ -241,11 +294,14 @@ CASE_TITLES = {
 def measure(s: Setup, case: str, repeats: int) -> dict:
     run_off, run_ours, flops, extra = CASE_FNS[case](s)
     first = _time(run_ours)  # compilation included
-    _time(run_off)  # warm-up
+    _log(f"{case}: ours first call {first:.2f}s")
+    if case not in SLOW_CASES:  # torch compiles nothing: one warm-up is enough where a run takes minutes
+        _log(f"{case}: official warm-up {_time(run_off):.2f}s")
     t_off, t_ours = [], []
     for _ in range(repeats):  # alternate, so drift affects both alike
         t_off.append(_time(run_off))
         t_ours.append(_time(run_ours))
+        _log(f"{case}: official {t_off[-1]:.2f}s, ours {t_ours[-1]:.2f}s")
     row = {"case": case, "model": s.model_type, "official": t_off, "ours": t_ours, "first_call": first, **extra}
     try:
         row["flops"] = flops()
@@ -256,11 +312,35 @@ def measure(s: Setup, case: str, repeats: int) -> dict:
 
 
 def run_alone(s: Setup, case: str, impl: str) -> None:
+    """Peak resident memory of one implementation running one case, in this process: the other
+    implementation's model and predictor are dropped first, and the kernel's high-water mark is
+    reset (/proc/self/clear_refs), so setup and conversion do not count. Both runtimes stay
+    imported, as in any process that has loaded them."""
+    import gc
+
     run_off, run_ours, _, _ = CASE_FNS[case](s)
     fn = run_ours if impl == "ours" else run_off
-    fn()
-    fn()
-    print("peak_rss_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    del run_off, run_ours
+    if impl == "ours":
+        s.official = None
+    else:
+        s.ours = None
+    gc.collect()
+    before = _proc_status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    fn()  # ours: compilation included, which is part of what a user's process holds
+    if case not in SLOW_CASES:
+        fn()
+    print("peak_rss_mib", _proc_status("VmHWM"), "before_mib", before)
+
+
+def _proc_status(key: str) -> float:
+    """A /proc/self/status memory field in MiB."""
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def format_row(r: dict) -> str:
@@ -281,11 +361,15 @@ def table(rows: list[dict], env: dict) -> str:
         frac = f"{100 * r['flops'] / mu / rate:.0f}%" if np.isfinite(r["flops"]) else "n/a"
         notes = []
         if "masks_ours" in r:
-            notes.append(f"masks: ours {r['masks_ours']}, official {r['masks_official']}; ours {r['masks_ours'] / mu:.1f} masks/s")
+            notes.append(f"masks: ours {r['masks_ours']}, official {r['masks_official']}, lowest IoU of paired masks "
+                         f"{r.get('min_mask_iou', float('nan')):.4f}; masks/s: ours {r['masks_ours'] / mu:.1f}, "
+                         f"official {r['masks_official'] / mo:.1f}")
         if "rel_err_vs_f32" in r:
             notes.append(f"max rel. error vs float32 {r['rel_err_vs_f32']:.1e}")
         if "rss_ours" in r:
-            notes.append(f"peak RSS MiB: ours {r['rss_ours']:.0f}, official {r['rss_official']:.0f}")
+            notes.append(f"peak RSS MiB: ours {r['rss_ours']:.0f}, official {r['rss_official']:.0f} "
+                         f"(before the case: {r['rss_before_ours']:.0f}, {r['rss_before_official']:.0f}; ratio "
+                         f"{r['rss_ours'] / r['rss_official']:.2f})")
         if "note" in r:
             notes.append(r["note"])
         lines.append(
