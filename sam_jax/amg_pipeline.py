@@ -56,8 +56,8 @@ def resample_weights(low_len: int, image_size: int, input_len: int, out_len: int
 
     Returns starts (T,) int32 and weights (T, BAND_TILE, L) float32, T = padded_out / BAND_TILE:
     output o = t * BAND_TILE + k is sum_l weights[t, k, l] * low[starts[t] + l]. Rows past
-    out_len are zero. The composite weights are exact products of torch's float32 taps (taken
-    in float64), so results differ from resampling twice only by float32 rounding (~1e-7)."""
+    out_len are zero. The composite weights are products of torch's float32 taps taken in
+    float64, so results differ from resampling twice only in float32 rounding."""
     a0, a1, aw0, aw1 = _linear_taps(low_len, image_size)
     b0, b1, bw0, bw1 = _linear_taps(input_len, out_len)
     dense = np.zeros((padded_out, low_len))
@@ -104,6 +104,12 @@ def upscale_to_crop(low_res: jax.Array, rows: tuple[jax.Array, jax.Array], cols:
     return _band_resample(_band_resample(low_res, cols, axis=-1), rows, axis=-2)
 
 
+def _inside(rows: tuple[jax.Array, jax.Array], cols: tuple[jax.Array, jax.Array], crop_hw: jax.Array) -> jax.Array:
+    """(Hb, Wb) bool: True on the crop, False on the bucket padding."""
+    Hb, Wb = rows[1].shape[0] * BAND_TILE, cols[1].shape[0] * BAND_TILE
+    return (jnp.arange(Hb)[:, None] < crop_hw[0]) & (jnp.arange(Wb)[None, :] < crop_hw[1])
+
+
 def _mask_stats(logits: jax.Array, mask_threshold, offset) -> tuple[jax.Array, jax.Array]:
     """(K, H, W) logits -> stability score (K,) and inclusive xyxy boxes (K, 4) of logits > threshold."""
     return calculate_stability_score(logits, mask_threshold, offset), batched_mask_to_box(logits > mask_threshold)
@@ -134,8 +140,7 @@ def process_crop(
     """
     model = nnx.merge(graphdef, params)
     pred_iou_thresh, stab_thresh, stab_offset, nms_thresh, mask_threshold = (settings[i] for i in range(5))
-    Hb, Wb = rows[1].shape[0] * BAND_TILE, cols[1].shape[0] * BAND_TILE
-    inside = (jnp.arange(Hb)[:, None] < crop_hw[0]) & (jnp.arange(Wb)[None, :] < crop_hw[1])
+    inside = _inside(rows, cols, crop_hw)
 
     def one_batch(args):
         pts, valid = args
@@ -171,8 +176,7 @@ def process_crop(
 def render_masks(low_res: jax.Array, rows: tuple[jax.Array, jax.Array], cols: tuple[jax.Array, jax.Array],
                  crop_hw: jax.Array, mask_threshold: jax.Array) -> jax.Array:
     """(K, 4h, 4w) kept logits -> (K, Hb, Wb) bool masks at the crop size (False in the padding)."""
-    Hb, Wb = rows[1].shape[0] * BAND_TILE, cols[1].shape[0] * BAND_TILE
-    inside = (jnp.arange(Hb)[:, None] < crop_hw[0]) & (jnp.arange(Wb)[None, :] < crop_hw[1])
+    inside = _inside(rows, cols, crop_hw)
     return inside & (upscale_to_crop(low_res, rows, cols) > mask_threshold)
 
 

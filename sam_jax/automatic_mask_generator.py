@@ -28,7 +28,7 @@ class _CropMasks:
     """Survivors of one crop, in NMS order. low_res stays on device until rendering."""
 
     crop_box: list[int]
-    input_size: tuple[int, int]
+    resamplers: tuple  # (rows, cols) from amg_pipeline.crop_resamplers, shared with render
     low_res: object
     iou_preds: np.ndarray
     stability_score: np.ndarray
@@ -150,11 +150,12 @@ class SamAutomaticMaskGenerator:
         pts[:n] = transformed
         valid = np.arange(nb * P) < n
         (h_in, w_in) = emb.input_sizes[0]
+        resamplers = self._resamplers((h_in, w_in), (ch, cw))
         compiled = cache_size(dev.process_crop)
         out = dev.process_crop(
             self.predictor._graphdef, self.predictor._params, emb.features,
             pts.reshape(nb, P, 2), valid.reshape(nb, P),
-            *self._resamplers((h_in, w_in), (ch, cw)),
+            *resamplers,
             np.array([ch, cw], np.int32), np.array(crop_box, np.float32),
             np.array([0, 0, orig_size[1], orig_size[0]], np.float32), self._settings(),
         )
@@ -163,7 +164,7 @@ class SamAutomaticMaskGenerator:
         idx = order[keep]
         return _CropMasks(
             crop_box=list(crop_box),
-            input_size=(h_in, w_in),
+            resamplers=resamplers,
             low_res=out["low_res"][jnp.asarray(idx)],
             iou_preds=np.asarray(out["iou_preds"])[idx],
             stability_score=np.asarray(out["stability_score"])[idx],
@@ -193,7 +194,7 @@ class SamAutomaticMaskGenerator:
             sel = np.zeros(bucket(k), np.int32)
             sel[:k] = index[rows]
             masks = dev.render_masks(
-                crop.low_res[jnp.asarray(sel)], *self._resamplers(crop.input_size, (ch, cw)),
+                crop.low_res[jnp.asarray(sel)], *crop.resamplers,
                 np.array([ch, cw], np.int32), np.float32(self.predictor.model.mask_threshold),
             )
             out[rows, y0:y1, x0:x1] = np.asarray(masks)[:k, :ch, :cw]
