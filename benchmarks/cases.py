@@ -97,7 +97,7 @@ class Setup:
         from segment_anything.build_sam import _build_sam
 
         import sam_jax
-        from sam_jax.convert.convert import convert_checkpoint
+        from sam_jax.build_sam import convert_checkpoint
 
         torch.set_grad_enabled(False)
         self.model_type = model_type
@@ -115,7 +115,7 @@ class Setup:
             t0 = time.perf_counter()
             convert_checkpoint(self.pth, self.tmp / "converted", model_type=model_type)
             self.convert_seconds = time.perf_counter() - t0
-        self.ours = sam_jax.build_sam("test_tiny") if only == "official" else sam_jax.load(self.tmp / "converted")
+        self.ours = sam_jax.build_sam_from_config("test_tiny") if only == "official" else sam_jax.load(self.tmp / "converted")
         self.image = np.asarray(Image.open(image_path).convert("RGB"))
         self.image_name = image_path.name
 
@@ -135,7 +135,7 @@ def case_embed(s: Setup, dtype: str = "float32"):
 
     def flops():
         S = model.config.image_size
-        return _flops(_jit_embed(), ours._graphdef, ours._params, np.zeros((1, S, S, 3), np.uint8), np.array([[S, S]], np.int32))
+        return _flops(_jit_embed(), ours.graphdef, ours.params, np.zeros((1, S, S, 3), np.uint8), np.array([[S, S]], np.int32))
 
     extra = {}
     if dtype != "float32":
@@ -193,13 +193,11 @@ def case_boxes(s: Setup, n: int = 64):
 def _decode_flops(ours, B, N, M):
     import jax
 
-    from sam_jax.functional import decode_prompts
-    from sam_jax.predictor import bucket
+    from sam_jax.functional import Prompts, bucket, decode_prompts_jit
 
     Bp, Np = bucket(B), bucket(N)
-    args = (ours._graphdef, ours._params, ours.features, np.zeros((Bp, Np, 2), np.float32), np.ones((Bp, Np), np.int32),
-            np.zeros((Bp, 4), np.float32), np.zeros(Bp, bool), None, None, M > 1)
-    return _flops(jax.jit(decode_prompts, static_argnums=(0, 9)), *args)
+    prompts = Prompts(np.zeros((Bp, Np, 2), np.float32), np.ones((Bp, Np), np.int32), np.zeros((Bp, 4), np.float32), np.zeros(Bp, bool))
+    return _flops(decode_prompts_jit, ours.graphdef, ours.params, ours.features, prompts, M > 1)
 
 
 def case_amg(s: Setup, **kwargs):
@@ -233,10 +231,10 @@ def case_amg(s: Setup, **kwargs):
         P = gen.points_per_batch
         nb = -(-n // P)
         hi, wi = emb.input_sizes[0]
-        args = (gen.predictor._graphdef, gen.predictor._params, emb.features, np.zeros((nb, P, 2), np.float32),
+        args = (gen.predictor.graphdef, gen.predictor.params, emb.features, np.zeros((nb, P, 2), np.float32),
                 np.ones((nb, P), bool), *gen._resamplers((hi, wi), (h, w)), np.array([h, w], np.int32),
                 np.array([0, 0, w, h], np.float32), np.array([0, 0, w, h], np.float32), gen._settings())
-        return total + _flops(amg_pipeline.process_crop, *args)
+        return total + _flops(amg_pipeline.process_crop_jit, *args)
 
     return run_off, run_ours, flops, extra
 
@@ -257,7 +255,7 @@ def min_matched_iou(ours: list[dict], ref: list[dict]) -> float:
 def case_convert(s: Setup):
     import torch
 
-    from sam_jax.convert.convert import convert_checkpoint
+    from sam_jax.build_sam import convert_checkpoint
 
     def run_ours():
         convert_checkpoint(s.pth, s.tmp / "converted_again", model_type=s.model_type, overwrite=True)

@@ -18,7 +18,7 @@ import jax, numpy as np
 jax.config.update("jax_compilation_cache_dir", sys.argv[1])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 import sam_jax
-p = sam_jax.SamPredictor(sam_jax.build_sam(sys.argv[2]))
+p = sam_jax.SamPredictor(sam_jax.build_sam_from_config(sys.argv[2]))
 img = np.zeros((480, 640, 3), np.uint8)
 out = {}
 for name, fn in [("embed", lambda: (p.set_image(img), p.features.block_until_ready())),

@@ -16,7 +16,7 @@ from PIL import Image
 
 import sam_jax
 from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
-from sam_jax.overlay import overlay_masks
+from sam_jax.utils.overlay import overlay_masks
 
 
 def main(argv=None) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 import sam_jax
-from sam_jax.overlay import overlay_masks
+from sam_jax.utils.overlay import overlay_masks
 
 
 def _floats(text: str) -> list[float]:

@@ -1,10 +1,29 @@
-"""sam-jax: Segment Anything (SAM v1) in JAX / Flax NNX."""
+"""sam-jax: Segment Anything (SAM v1) in JAX / Flax NNX.
 
-from .build_sam import build_sam, load, sam_model_registry
+The official package's names, from the same places: `sam_model_registry`, `build_sam_vit_{h,l,b}`,
+`SamPredictor`, `SamAutomaticMaskGenerator`; plus `load`, the one entry point for every kind of
+checkpoint.
+"""
+
+__version__ = "0.1.0"
+
+from .automatic_mask_generator import SamAutomaticMaskGenerator
+from .build_sam import (
+    build_sam,
+    build_sam_from_config,
+    build_sam_vit_b,
+    build_sam_vit_h,
+    build_sam_vit_l,
+    load,
+    sam_model_registry,
+)
 from .config import SamConfig, get_config
 from .modeling import Sam
 from .predictor import SamPredictor
-from .transforms import ResizeLongestSide
+from .utils.transforms import ResizeLongestSide
 
-__all__ = ["ResizeLongestSide", "Sam", "SamConfig", "SamPredictor", "build_sam", "get_config", "load", "sam_model_registry"]
-__version__ = "0.1.0"
+__all__ = [
+    "ResizeLongestSide", "Sam", "SamAutomaticMaskGenerator", "SamConfig", "SamPredictor", "build_sam",
+    "build_sam_from_config", "build_sam_vit_b", "build_sam_vit_h", "build_sam_vit_l", "get_config", "load",
+    "sam_model_registry",
+]

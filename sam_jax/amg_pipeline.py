@@ -10,17 +10,27 @@ whose crop sizes fall in the same buckets.
 
 from __future__ import annotations
 
-from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .functional import decode_prompts
-from .modeling.common import _linear_taps
+from .functional import Prompts, decode_prompts
+from .modeling.common import linear_taps
 from .modeling.prompt_encoder import IGNORE_LABEL
 from .utils.amg import batched_mask_to_box, calculate_stability_score, is_box_near_crop_edge, nms
+
+class AmgSettings(NamedTuple):
+    """The generator's thresholds, as float32 scalars (arrays, so new values never recompile)."""
+
+    pred_iou_thresh: jax.Array
+    stability_score_thresh: jax.Array
+    stability_score_offset: jax.Array
+    box_nms_thresh: jax.Array
+    mask_threshold: jax.Array
+
 
 SIZE_BUCKET = 128
 MASK_CHUNK = 4  # masks upsampled together when only their statistics are needed
@@ -58,8 +68,8 @@ def resample_weights(low_len: int, image_size: int, input_len: int, out_len: int
     output o = t * BAND_TILE + k is sum_l weights[t, k, l] * low[starts[t] + l]. Rows past
     out_len are zero. The composite weights are products of torch's float32 taps taken in
     float64, so results differ from resampling twice only in float32 rounding."""
-    a0, a1, aw0, aw1 = _linear_taps(low_len, image_size)
-    b0, b1, bw0, bw1 = _linear_taps(input_len, out_len)
+    a0, a1, aw0, aw1 = linear_taps(low_len, image_size)
+    b0, b1, bw0, bw1 = linear_taps(input_len, out_len)
     dense = np.zeros((padded_out, low_len))
     rows = np.arange(out_len)
     for bi, bw in ((b0, bw0), (b1, bw1)):
@@ -115,7 +125,6 @@ def _mask_stats(logits: jax.Array, mask_threshold, offset) -> tuple[jax.Array, j
     return calculate_stability_score(logits, mask_threshold, offset), batched_mask_to_box(logits > mask_threshold)
 
 
-@partial(jax.jit, static_argnums=0)
 def process_crop(
     graphdef: nnx.GraphDef,
     params: nnx.State,
@@ -127,39 +136,34 @@ def process_crop(
     crop_hw: jax.Array,
     crop_box: jax.Array,
     orig_box: jax.Array,
-    settings: jax.Array,
+    settings: AmgSettings,
 ) -> dict[str, jax.Array]:
     """All point batches of one crop, filtered and de-duplicated.
 
     features (1, C, h, w); points (nb, P, 2) xy in the crop's resized-input frame, point_valid
     (nb, P); rows / cols from `crop_resamplers` (Hb, Wb their padded sizes); crop_hw (2,) the crop's size;
-    crop_box, orig_box (4,) xyxy in image pixels; settings (6,): pred_iou_thresh,
-    stability_score_thresh, stability_score_offset, box_nms_thresh, mask_threshold, unused.
+    crop_box, orig_box (4,) xyxy in image pixels.
     Returns per candidate (N = nb * P * M): low_res (N, 4h, 4w), iou_preds, stability_score,
     boxes (N, 4) crop pixels, point_index (N,), and the NMS `order` and `keep` (see utils.amg.nms).
     """
-    model = nnx.merge(graphdef, params)
-    pred_iou_thresh, stab_thresh, stab_offset, nms_thresh, mask_threshold = (settings[i] for i in range(5))
     inside = _inside(rows, cols, crop_hw)
 
     def one_batch(args):
         pts, valid = args
         P = pts.shape[0]
         labels = jnp.where(valid, 1, IGNORE_LABEL)[:, None]
-        low, iou = decode_prompts(
-            graphdef, params, features, pts[:, None, :], labels, jnp.zeros((P, 4)), jnp.zeros(P, bool),
-            None, None, True,
-        )
+        prompts = Prompts(pts[:, None, :], labels, jnp.zeros((P, 4)), jnp.zeros(P, bool))
+        low, iou = decode_prompts(graphdef, params, features, prompts, True)
         M = iou.shape[1]
         low, iou = low.reshape((P * M,) + low.shape[2:]), iou.reshape(P * M)
 
         def stats(chunk):  # a few masks at a time: the full-size logits stay in cache
             logits = jnp.where(inside, upscale_to_crop(chunk, rows, cols), -jnp.inf)
-            return _mask_stats(logits, mask_threshold, stab_offset)
+            return _mask_stats(logits, settings.mask_threshold, settings.stability_score_offset)
 
         stability, boxes = _chunked(stats, low, MASK_CHUNK)
-        keep = jnp.repeat(valid, M) & ((pred_iou_thresh <= 0) | (iou > pred_iou_thresh))
-        keep &= (stab_thresh <= 0) | (stability >= stab_thresh)
+        keep = jnp.repeat(valid, M) & ((settings.pred_iou_thresh <= 0) | (iou > settings.pred_iou_thresh))
+        keep &= (settings.stability_score_thresh <= 0) | (stability >= settings.stability_score_thresh)
         keep &= ~is_box_near_crop_edge(boxes, crop_box, orig_box)
         return low, iou, stability, boxes, keep
 
@@ -167,12 +171,11 @@ def process_crop(
     flat = lambda a: a.reshape((-1,) + a.shape[2:])
     low, iou, stability, boxes, keep = map(flat, (low, iou, stability, boxes, keep))
     M = iou.shape[0] // (points.shape[0] * points.shape[1])
-    order, nms_keep = nms(boxes, iou, keep, nms_thresh)
+    order, nms_keep = nms(boxes, iou, keep, settings.box_nms_thresh)
     return dict(low_res=low, iou_preds=iou, stability_score=stability, boxes=boxes,
                 point_index=jnp.arange(iou.shape[0]) // M, order=order, keep=nms_keep)
 
 
-@jax.jit
 def render_masks(low_res: jax.Array, rows: tuple[jax.Array, jax.Array], cols: tuple[jax.Array, jax.Array],
                  crop_hw: jax.Array, mask_threshold: jax.Array) -> jax.Array:
     """(K, 4h, 4w) kept logits -> (K, Hb, Wb) bool masks at the crop size (False in the padding)."""
@@ -180,6 +183,6 @@ def render_masks(low_res: jax.Array, rows: tuple[jax.Array, jax.Array], cols: tu
     return inside & (upscale_to_crop(low_res, rows, cols) > mask_threshold)
 
 
-@jax.jit
-def nms_jit(boxes, scores, valid, iou_threshold):
-    return nms(boxes, scores, valid, iou_threshold)
+process_crop_jit = jax.jit(process_crop, static_argnames="graphdef")
+render_masks_jit = jax.jit(render_masks)
+nms_jit = jax.jit(nms)

@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import amg_pipeline as dev
+from .functional import bucket
 from .modeling import Sam
-from .predictor import SamPredictor, bucket
+from .predictor import SamPredictor
 from .utils import amg
-from .utils.memory import cache_size, release_after_compile
 from .utils.regions import remove_small_regions
 from .validate import check_image
 
@@ -151,16 +151,14 @@ class SamAutomaticMaskGenerator:
         valid = np.arange(nb * P) < n
         (h_in, w_in) = emb.input_sizes[0]
         resamplers = self._resamplers((h_in, w_in), (ch, cw))
-        compiled = cache_size(dev.process_crop)
-        out = dev.process_crop(
-            self.predictor._graphdef, self.predictor._params, emb.features,
+        out = dev.process_crop_jit(
+            self.predictor.graphdef, self.predictor.params, emb.features,
             pts.reshape(nb, P, 2), valid.reshape(nb, P),
             *resamplers,
             np.array([ch, cw], np.int32), np.array(crop_box, np.float32),
             np.array([0, 0, orig_size[1], orig_size[0]], np.float32), self._settings(),
         )
         order, keep = np.asarray(out["order"]), np.asarray(out["keep"])
-        release_after_compile(dev.process_crop, compiled)
         idx = order[keep]
         return _CropMasks(
             crop_box=list(crop_box),
@@ -173,12 +171,14 @@ class SamAutomaticMaskGenerator:
         )
 
     def _resamplers(self, input_size, crop_size):
-        cfg = self.predictor.model.config
-        return dev.crop_resamplers(4 * (cfg.image_size // cfg.patch_size), cfg.image_size, input_size, crop_size)
+        model = self.predictor.model
+        return dev.crop_resamplers(model.prompt_encoder.mask_input_size[0], model.config.image_size, input_size, crop_size)
 
-    def _settings(self) -> np.ndarray:
-        return np.array([self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset,
-                         self.box_nms_thresh, self.predictor.model.mask_threshold, 0.0], np.float32)
+    def _settings(self) -> dev.AmgSettings:
+        return dev.AmgSettings(*(np.float32(v) for v in (
+            self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset,
+            self.box_nms_thresh, self.predictor.model.mask_threshold,
+        )))
 
     def _render(self, crops, crop_of, index, orig_size) -> np.ndarray:
         """(K, H, W) bool masks of the survivors, in their final order: the only large transfer."""
@@ -193,7 +193,7 @@ class SamAutomaticMaskGenerator:
             k = len(rows)
             sel = np.zeros(bucket(k), np.int32)
             sel[:k] = index[rows]
-            masks = dev.render_masks(
+            masks = dev.render_masks_jit(
                 crop.low_res[jnp.asarray(sel)], *crop.resamplers,
                 np.array([ch, cw], np.int32), np.float32(self.predictor.model.mask_threshold),
             )

@@ -5,23 +5,72 @@ on them and no weights or image features are ever baked into a compiled function
     graphdef, params = nnx.split(model)
     emb = embed_images_jit(graphdef, params, images, input_sizes)
 
-Prompt layout. Points are (B, N, 2) xy in the resized-input frame with labels (B, N): 1 positive,
-0 negative, -1 the official "not a point" token, -2 an empty bucket slot (excluded from every
-attention, so padding never changes a result). A box is two corner points with labels 2 and 3;
-`boxes` (B, 4) plus `has_box` (B,) build them here. All of it is shape-static: one compilation
-serves every prompt count up to the bucket size, with or without boxes and masks.
+Prompt layout (`Prompts`). Points are (B, N, 2) xy in the resized-input frame with labels (B, N):
+1 positive, 0 negative, -1 the official "not a point" token, IGNORE_LABEL (-2) an empty slot
+(excluded from every attention, so padding never changes a result). A box is `boxes` (B, 4) with
+`has_box` (B,); a mask input (B, 1, 4h, 4w) comes with `has_mask` (B,). All of it is
+shape-static: one compilation serves every prompt count up to the bucket size, with or without
+boxes and masks (`pad_prompts` builds the buckets on the host).
+
+Every compiled function is declared the same way, `name_jit = jax.jit(name, static_argnames=...)`.
 """
 
 from __future__ import annotations
 
-from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from .modeling.prompt_encoder import IGNORE_LABEL
 from .modeling.sam import postprocess_masks, preprocess
+
+
+class Prompts(NamedTuple):
+    """B prompts in fixed-shape slots (see the module docstring)."""
+
+    point_coords: jax.Array  # (B, N, 2) float32, resized-input frame
+    point_labels: jax.Array  # (B, N) int32, IGNORE_LABEL for empty slots
+    boxes: jax.Array  # (B, 4) float32 xyxy, resized-input frame
+    has_box: jax.Array  # (B,) bool
+    mask_input: jax.Array | None = None  # (B, 1, 4h, 4w) float32 logits, or None for no masks at all
+    has_mask: jax.Array | None = None  # (B,) bool
+
+
+def bucket(n: int) -> int:
+    """The next power of two >= n (at least 1): the padded size that a count n compiles for."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def pad_prompts(
+    point_coords: np.ndarray | None,
+    point_labels: np.ndarray | None,
+    boxes: np.ndarray | None,
+    mask_input: np.ndarray | None,
+    batch: int,
+    mask_size: int,
+) -> Prompts:
+    """Host-side: `batch` prompts (any of them None) -> NumPy `Prompts` padded to bucket(batch)
+    prompts of bucket(N) points. The extra prompts are empty; slice the outputs to `batch`."""
+    Bp = bucket(batch)
+    n = 0 if point_coords is None else point_coords.shape[1]
+    coords = np.zeros((Bp, bucket(n), 2), np.float32)
+    labels = np.full((Bp, bucket(n)), IGNORE_LABEL, np.int32)
+    if point_coords is not None:
+        coords[:batch, :n] = point_coords
+        labels[:batch, :n] = point_labels
+    box = np.zeros((Bp, 4), np.float32)
+    has_box = np.zeros(Bp, bool)
+    if boxes is not None:
+        box[:batch], has_box[:batch] = boxes, True
+    mask = has_mask = None
+    if mask_input is not None:
+        mask = np.zeros((Bp, 1, mask_size, mask_size), np.float32)
+        has_mask = np.zeros(Bp, bool)
+        mask[:batch], has_mask[:batch] = mask_input, True
+    return Prompts(coords, labels, box, has_box, mask, has_mask)
 
 
 def embed_images(graphdef: nnx.GraphDef, params: nnx.State, images: jax.Array, input_sizes: jax.Array) -> jax.Array:
@@ -45,39 +94,19 @@ def decode_prompts(
     graphdef: nnx.GraphDef,
     params: nnx.State,
     image_embeddings: jax.Array,
-    point_coords: jax.Array,
-    point_labels: jax.Array,
-    boxes: jax.Array,
-    has_box: jax.Array,
-    mask_input: jax.Array | None,
-    has_mask: jax.Array | None,
+    prompts: Prompts,
     multimask_output: bool,
 ) -> tuple[jax.Array, jax.Array]:
     """Low-resolution mask logits for B prompts.
 
-    image_embeddings: (1 or B, C, h, w); point_coords (B, N, 2) float, point_labels (B, N) int;
-    boxes (B, 4) xyxy in the resized-input frame and has_box (B,) bool; mask_input (B, 1, 4h, 4w)
-    logits and has_mask (B,) bool, or both None when no prompt has a mask (then the image keys
-    are shared by all prompts up to the first image-to-token attention, computed once). Returns logits (B, M, 4h, 4w) and IoU predictions (B, M),
-    M = num_multimask_outputs if multimask_output else 1.
+    image_embeddings: (1 or B, C, h, w). Without mask inputs the image keys are shared by all
+    prompts up to the first image-to-token attention (computed once). Returns logits
+    (B, M, 4h, 4w) and IoU predictions (B, M), M = num_multimask_outputs if multimask_output else 1.
     """
     model = nnx.merge(graphdef, params)
-    B = point_coords.shape[0]
-    # Official token order: points, then the "not a point" pad if there are points but no box,
-    # then the box corners.
-    has_points = jnp.any(point_labels != IGNORE_LABEL, axis=1)
-    pad_label = jnp.where(has_points & ~has_box, -1, IGNORE_LABEL)[:, None]
-    corner_labels = jnp.where(has_box[:, None], jnp.array([[2, 3]]), IGNORE_LABEL)
-    coords = jnp.concatenate([point_coords, jnp.zeros((B, 1, 2)), boxes.reshape(B, 2, 2)], axis=1)
-    labels = jnp.concatenate([point_labels.astype(jnp.int32), pad_label, corner_labels], axis=1)
-
     pe = model.prompt_encoder
-    sparse = pe._embed_points(coords.astype(jnp.float32), labels, pad=False)
-    no_mask = jnp.broadcast_to(pe.no_mask_embed.embedding[...].reshape(1, -1, 1, 1), (1, pe.embed_dim) + pe.image_embedding_size)
-    dense = no_mask if mask_input is None else jnp.where(has_mask[:, None, None, None], pe._embed_masks(mask_input), no_mask)
-    return model.mask_decoder(
-        image_embeddings, pe.get_dense_pe(), sparse, dense, multimask_output, token_mask=labels != IGNORE_LABEL
-    )
+    sparse, dense, token_mask = pe.embed(*prompts)
+    return model.mask_decoder(image_embeddings, pe.get_dense_pe(), sparse, dense, multimask_output, token_mask=token_mask)
 
 
 def upscale_masks(
@@ -93,6 +122,6 @@ def upscale_masks(
     return masks if mask_threshold is None else masks > mask_threshold
 
 
-embed_images_jit = jax.jit(embed_images, static_argnums=0)
-decode_prompts_jit = jax.jit(decode_prompts, static_argnums=(0, 9))
-upscale_masks_jit = jax.jit(upscale_masks, static_argnums=(1, 2, 3, 4))
+embed_images_jit = jax.jit(embed_images, static_argnames="graphdef")
+decode_prompts_jit = jax.jit(decode_prompts, static_argnames=("graphdef", "multimask_output"))
+upscale_masks_jit = jax.jit(upscale_masks, static_argnames=("config", "input_size", "original_size", "mask_threshold"))

@@ -22,16 +22,9 @@ import numpy as np
 from flax import nnx
 
 from . import validate
-from .functional import decode_prompts_jit, embed_images_jit, upscale_masks_jit
+from .functional import decode_prompts_jit, embed_images_jit, pad_prompts, upscale_masks_jit
 from .modeling import Sam
-from .modeling.prompt_encoder import IGNORE_LABEL
-from .transforms import ResizeLongestSide
-from .utils.memory import cache_size, release_after_compile
-
-
-def bucket(n: int) -> int:
-    """The next power of two >= n (at least 1): the padded size that a count n compiles for."""
-    return 1 << max(0, n - 1).bit_length()
+from .utils.transforms import ResizeLongestSide
 
 
 @dataclass
@@ -47,7 +40,8 @@ class SamPredictor:
     def __init__(self, sam_model: Sam) -> None:
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.config.image_size)
-        self._graphdef, self._params = nnx.split(sam_model)
+        # The split model that the compiled functions take (see functional.py).
+        self.graphdef, self.params = nnx.split(sam_model)
         self.reset_image()
 
     # ----------------------------------------------------------------------------- images
@@ -70,9 +64,7 @@ class SamPredictor:
             batch[i, : resized.shape[0], : resized.shape[1]] = resized
             original_sizes.append(image.shape[:2])
             input_sizes.append(resized.shape[:2])
-        compiled = cache_size(embed_images_jit)
-        features = embed_images_jit(self._graphdef, self._params, jnp.asarray(batch), jnp.asarray(input_sizes, jnp.int32))
-        release_after_compile(embed_images_jit, compiled, features)
+        features = embed_images_jit(self.graphdef, self.params, jnp.asarray(batch), jnp.asarray(input_sizes, jnp.int32))
         return ImageEmbeddings(features, original_sizes, input_sizes)
 
     def set_image_embedding(self, embeddings: ImageEmbeddings, index: int = 0) -> None:
@@ -160,38 +152,21 @@ class SamPredictor:
         frame (see `self.transform`); returns device arrays (B, C, H, W), (B, C), (B, C, 4h, 4w)."""
         self._require_image()
         B = validate.batch_size(point_coords, boxes, mask_input)
-        Bp = bucket(B)
-        n = 0 if point_coords is None else point_coords.shape[1]
-        coords = np.zeros((Bp, bucket(n), 2), np.float32)
-        labels = np.full((Bp, bucket(n)), IGNORE_LABEL, np.int32)
-        if point_coords is not None:
-            coords[:B, :n] = point_coords
-            labels[:B, :n] = point_labels
-        box = np.zeros((Bp, 4), np.float32)
-        has_box = np.zeros(Bp, bool)
-        if boxes is not None:
-            box[:B], has_box[:B] = boxes, True
-        mask = has_mask = None
-        if mask_input is not None:
-            S = self._mask_size
-            mask = np.zeros((Bp, 1, S, S), np.float32)
-            has_mask = np.zeros(Bp, bool)
-            mask[:B], has_mask[:B] = mask_input, True
-        low_res, iou = decode_prompts_jit(
-            self._graphdef, self._params, self.features, coords, labels, box, has_box, mask, has_mask, multimask_output
-        )
+        prompts = pad_prompts(point_coords, point_labels, boxes, mask_input, B, self._mask_size)
+        low_res, iou = decode_prompts_jit(self.graphdef, self.params, self.features, prompts, multimask_output)
         low_res, iou = low_res[:B], iou[:B]
         threshold = None if return_logits else self.model.mask_threshold
         masks = upscale_masks_jit(low_res, self.model.config, self.input_size, self.original_size, threshold)
         return masks, iou, low_res
 
     @property
-    def device(self):
-        return self.features.devices() if self.features is not None else jax.devices()[0]
+    def device(self) -> jax.Device:
+        """The model's device (the first device of its parameters)."""
+        return self.model.device
 
     @property
     def _mask_size(self) -> int:
-        return 4 * self.model.config.image_embedding_size
+        return self.model.prompt_encoder.mask_input_size[0]
 
     def _require_image(self) -> None:
         if not self.is_image_set:

@@ -1,108 +1,18 @@
-"""Shared fixtures: official PyTorch SAM models with every tensor perturbed, saved with torch.save,
-converted by our converter, and loaded back. These are the two sides of every parity test."""
+"""pytest fixtures: the parity cases of `helpers.py`, built once per session."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 
 # Several simulated CPU devices for sharding tests; must be set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import numpy as np
-import pytest
-import torch
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-from sam_jax import SamConfig, get_config
+from helpers import ParityCase, make_case  # noqa: E402
 
 torch.set_grad_enabled(False)
-
-
-def build_official(cfg: SamConfig, seed: int = 0):
-    """The official model for any SamConfig, built from the official classes (random init)."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    torch.manual_seed(seed)
-    grid = cfg.image_size // cfg.patch_size
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=cfg.encoder_depth, embed_dim=cfg.encoder_embed_dim, img_size=cfg.image_size,
-            mlp_ratio=cfg.mlp_ratio, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=cfg.encoder_num_heads, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
-            qkv_bias=cfg.qkv_bias, use_abs_pos=cfg.use_abs_pos, use_rel_pos=cfg.use_rel_pos,
-            global_attn_indexes=cfg.encoder_global_attn_indexes, window_size=cfg.window_size,
-            out_chans=cfg.prompt_embed_dim,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=cfg.prompt_embed_dim, image_embedding_size=(grid, grid),
-            input_image_size=(cfg.image_size, cfg.image_size), mask_in_chans=cfg.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=cfg.num_multimask_outputs,
-            transformer=TwoWayTransformer(
-                depth=cfg.decoder_depth, embedding_dim=cfg.prompt_embed_dim, mlp_dim=cfg.decoder_mlp_dim,
-                num_heads=cfg.decoder_num_heads, attention_downsample_rate=cfg.attention_downsample_rate,
-            ),
-            transformer_dim=cfg.prompt_embed_dim, iou_head_depth=cfg.iou_head_depth,
-            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        ),
-        pixel_mean=list(cfg.pixel_mean), pixel_std=list(cfg.pixel_std),
-    )
-    return perturb(sam.eval(), seed)
-
-
-def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Adds noise to every tensor of the state dict. The official init leaves pos_embed and rel_pos
-    at zero and norms at 1/0, where a parity test could not see a bug."""
-    g = torch.Generator().manual_seed(seed + 1)
-    for t in model.state_dict().values():  # shares storage with the model
-        scale = float(t.float().std()) if t.numel() > 1 else 0.0
-        t.add_(torch.randn(t.shape, generator=g) * (0.5 * scale if scale > 0 else 0.05))
-    return model
-
-
-def assert_close(ours, ref, tol: float = 1e-4, what: str = ""):
-    """Max abs error relative to the reference's largest magnitude."""
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} != {ref.shape}"
-    err = np.max(np.abs(ours - ref)) / max(np.max(np.abs(ref)), 1e-12)
-    assert err <= tol, f"{what}: relative error {err:.3g} > {tol}"
-    return err
-
-
-def assert_masks_match(ours, ref_logits, threshold: float = 0.0, margin: float = 1e-4, what: str = ""):
-    """Binary masks equal everywhere except where the reference logit is within `margin` of the threshold."""
-    ours, ref_logits = np.asarray(ours), np.asarray(ref_logits)
-    differ = ours != (ref_logits > threshold)
-    bad = differ & (np.abs(ref_logits - threshold) > margin)
-    assert not bad.any(), f"{what}: {int(bad.sum())} mask pixels differ away from the threshold"
-
-
-@dataclass
-class ParityCase:
-    name: str
-    config: SamConfig
-    official: torch.nn.Module
-    pth: Path
-    model_dir: Path
-    model: object
-
-
-def make_case(name: str, tmp: Path, cfg: SamConfig | None = None, official=None) -> ParityCase:
-    from sam_jax import load
-    from sam_jax.convert.convert import convert_checkpoint
-
-    cfg = cfg or get_config(name)
-    official = official if official is not None else build_official(cfg)
-    pth = tmp / f"{name}.pth"
-    torch.save(official.state_dict(), pth)
-    cfg_file = tmp / f"{name}.json"
-    cfg.save(cfg_file)
-    out = tmp / f"{name}_jax"
-    convert_checkpoint(pth, out, config_file=cfg_file)
-    return ParityCase(name, cfg, official, pth, out, load(out))
 
 
 @pytest.fixture(scope="session")

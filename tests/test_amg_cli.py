@@ -43,7 +43,7 @@ def test_folder_binary_masks(tiny, folder, tmp_path):
     assert r.returncode == 1, r.stderr  # the text file failed, the images did not
     assert "Traceback" not in r.stderr
     bad = [l for l in r.stderr.splitlines() if "notes.txt" in l]
-    assert len(bad) == 1 and "cannot read as an image" in bad[0]
+    assert len(bad) == 1 and "could not decode the image" in bad[0]
     assert sorted(p.name for p in out.iterdir()) == ["a", "b"]
     gen = SamAutomaticMaskGenerator(tiny.model, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
     records = gen.generate(np.asarray(Image.open(folder / "a.png").convert("RGB")))
@@ -87,7 +87,7 @@ def test_rle_json_and_sa1b(tiny, folder, tmp_path):
 
 
 def test_interrupted_write_leaves_no_output(tiny, folder, tmp_path, monkeypatch):
-    from sam_jax import amg_cli
+    from sam_jax.cli import amg as amg_cli
 
     def broken(records, path):
         (path / "0.png").write_bytes(b"partial")

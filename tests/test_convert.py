@@ -12,22 +12,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 import sam_jax
 from sam_jax import SamConfig, get_config
 from sam_jax.build_sam import abstract_model
+from sam_jax.build_sam import convert_checkpoint
 from sam_jax.cli import main as cli
-from sam_jax.convert.state_dict import infer_config, params_to_official
+from sam_jax.convert.keys import infer_config, official_key, official_shape, params_to_official
 
-from conftest import build_official
+from helpers import build_official
 
 
 def _official_numpy(official):
     return {k: v.numpy() for k, v in official.state_dict().items()}
 
 
+def _flat_params(model) -> dict:
+    return {p: v.get_value() for p, v in nnx.to_flat_state(nnx.state(model))}
+
+
 def _assert_same_params(model, official):
-    ours = params_to_official(model)
+    ours = params_to_official({p: np.asarray(v) for p, v in _flat_params(model).items()})
     ref = _official_numpy(official)
     assert ours.keys() == ref.keys()
     for k in ref:
@@ -52,9 +58,7 @@ def test_infer_config_from_shapes(name):
 
 
 def _official_shapes(model):
-    from sam_jax.convert.state_dict import _official_shape, parameter_table
-
-    return {k: _official_shape(shape, perm) for k, (_, perm, shape) in parameter_table(model).items()}
+    return {official_key(p)[0]: official_shape(p, tuple(v.shape)) for p, v in _flat_params(model).items()}
 
 
 def test_cli_convert_and_load(tiny, tmp_path):
@@ -117,12 +121,12 @@ def test_missing_extra_and_misshaped_keys_are_all_named(tiny, tmp_path, capsys):
 
 
 def test_registry_loads_pth_and_dir(tiny):
-    from_dir = sam_jax.build_sam("test_tiny", checkpoint=tiny.model_dir)
-    from_pth = sam_jax.build_sam(tiny.config, checkpoint=tiny.pth)
+    from_dir = sam_jax.build_sam_from_config("test_tiny", checkpoint=tiny.model_dir)
+    from_pth = sam_jax.build_sam_from_config(tiny.config, checkpoint=tiny.pth)
     _assert_same_params(from_dir, tiny.official)
     _assert_same_params(from_pth, tiny.official)
     with pytest.raises(ValueError, match="differs"):
-        sam_jax.build_sam("test_divisible", checkpoint=tiny.model_dir)
+        sam_jax.build_sam_from_config("test_divisible", checkpoint=tiny.model_dir)
 
 
 def test_registry_random_weights():
@@ -141,12 +145,12 @@ def test_interrupted_save_leaves_nothing(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(ocp.StandardCheckpointer, "save", boom)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        sam_jax.convert.convert.convert_checkpoint(tiny.pth, out, config_file=tiny.pth.with_suffix(".json"))
+        convert_checkpoint(tiny.pth, out, config_file=tiny.pth.with_suffix(".json"))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_overwrite_replaces_atomically(tiny, tmp_path):
-    from sam_jax.convert.convert import convert_checkpoint
+    from sam_jax.build_sam import convert_checkpoint
 
     out = tmp_path / "out"
     cfg_file = tiny.pth.with_suffix(".json")

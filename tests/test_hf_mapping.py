@@ -17,7 +17,7 @@ from safetensors.numpy import save_file
 from sam_jax import get_config
 from sam_jax.convert.hf import hf_to_official, is_hf_state_dict, official_to_hf, read_safetensors
 
-from conftest import build_official
+from helpers import build_official
 
 HF_KEYS = Path(__file__).parent / "data" / "hf_sam_vit_b_keys.txt"
 TIED = "prompt_encoder.shared_embedding.positional_embedding"

@@ -16,9 +16,9 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from conftest import assert_close  # noqa: E402
+from helpers import assert_close  # noqa: E402
 from sam_jax.cli import main  # noqa: E402
-from sam_jax.onnx_export import export_onnx, onnx_inputs, quantize_onnx  # noqa: E402
+from sam_jax.export.onnx import export_onnx, onnx_inputs, quantize_onnx  # noqa: E402
 
 FLAGS = list(itertools.product([False, True], repeat=3))  # single mask, stability score, extra metrics
 PROMPTS = {  # labels; coordinates are random in the resized frame
@@ -81,16 +81,16 @@ def _jax(model, flags, feed, key):
         import jax.numpy as jnp
         from flax import nnx
         from sam_jax.functional import upscale_masks_jit
-        from sam_jax.transforms import get_preprocess_shape
+        from sam_jax.utils.transforms import get_preprocess_shape
         from sam_jax.utils.amg import calculate_stability_score
 
         @partial(jax.jit, static_argnums=0)
         def decode(graphdef, state, emb, coords, labels, mask_input, has):
             m = nnx.merge(graphdef, state)
             pe = m.prompt_encoder
-            sparse = pe._embed_points(coords, labels.astype(jnp.int32), pad=False)
+            sparse = pe.embed_points(coords, labels.astype(jnp.int32))
             no_mask = pe.no_mask_embed.embedding[...].reshape(1, -1, 1, 1)
-            dense = has * pe._embed_masks(mask_input) + (1 - has) * no_mask
+            dense = has * pe.embed_masks(mask_input) + (1 - has) * no_mask
             masks, iou = m.mask_decoder.predict_masks(emb, pe.get_dense_pe(), sparse, dense)
             return masks, iou, calculate_stability_score(masks, m.mask_threshold, 1.0)
 

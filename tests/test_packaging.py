@@ -21,10 +21,10 @@ def test_wheel_contents_and_installed_cli(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert all(t == "sam_jax" or t.endswith(".dist-info") for t in top), top
-    assert "sam_jax/convert/state_dict.py" in names
+    assert "sam_jax/convert/keys.py" in names and "sam_jax/cli/common.py" in names
     assert "sam_jax/configs/vit_h.json" in names
 
-    assert "sam_jax/web/index.html" in names and "sam_jax/web/package-lock.json" in names
+    assert "sam_jax/demo/web/index.html" in names and "sam_jax/demo/web/package-lock.json" in names
     assert not any("node_modules" in n for n in names)
 
     # Install the wheel into a fresh venv, then let it see this environment's dependencies through
@@ -39,7 +39,7 @@ def test_wheel_contents_and_installed_cli(tmp_path):
                            capture_output=True, text=True, check=True).stdout.strip()
     outer = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
     Path(inner, "outer_env.pth").write_text("\n".join(sorted(outer)) + "\n")
-    code = "import sam_jax, sam_jax.convert.convert as c; print(sam_jax.__file__); print(sorted(sam_jax.config.available_configs()))"
+    code = "import sam_jax, sam_jax.convert.keys, sam_jax.cli; print(sam_jax.__file__); print(sorted(sam_jax.config.available_configs()))"
     r = subprocess.run([py, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert str(venv) in r.stdout.splitlines()[0], r.stdout  # the installed copy, not the source tree
     assert "vit_b" in r.stdout and "test_tiny" in r.stdout

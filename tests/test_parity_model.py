@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_close, assert_masks_match
+from helpers import assert_close, assert_masks_match
 from sam_jax.modeling import postprocess_masks
 from sam_jax.modeling.image_encoder import get_rel_pos
 
@@ -150,14 +150,19 @@ def test_get_rel_pos_with_interpolation(q, k, length):
 def test_blocked_attention_equals_batched(hw):
     """The CPU path (groups and row blocks one at a time) and the accelerator path (one batched
     product) both equal the official materialised formula."""
-    from sam_jax.modeling.image_encoder import add_decomposed_rel_pos, attention, decomposed_rel_pos
+    from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
+
+    from sam_jax.modeling.image_encoder import attention, decomposed_rel_pos
 
     r = _rng(7)
     G, N, C = 3, hw[0] * hw[1], 8
-    q, k, v = (jnp.asarray(r.normal(size=(G, N, C)).astype(np.float32)) for _ in range(3))
-    tables = [jnp.asarray(r.normal(size=(2 * s - 1, C)).astype(np.float32)) for s in hw]
-    logits = add_decomposed_rel_pos(q * 0.3 @ jnp.swapaxes(k, 1, 2), q, *tables, hw, hw)
-    ref = jax.nn.softmax(logits, axis=-1) @ v
+    q, k, v = (r.normal(size=(G, N, C)).astype(np.float32) for _ in range(3))
+    tables = [r.normal(size=(2 * s - 1, C)).astype(np.float32) for s in hw]
+    t = torch.from_numpy
+    logits = add_decomposed_rel_pos(t(q) * 0.3 @ t(k).transpose(1, 2), t(q), *map(t, tables), hw, hw)
+    ref = (torch.softmax(logits, dim=-1) @ t(v)).numpy()
+    q, k, v = map(jnp.asarray, (q, k, v))
+    tables = [jnp.asarray(x) for x in tables]
     rel_h, rel_w = decomposed_rel_pos(q, *tables, hw, hw)
     for blocked in (True, False):
         assert_close(attention(q * 0.3, k, v, rel_h, rel_w, hw, blocked=blocked), ref, tol=1e-5, what=f"blocked={blocked}")

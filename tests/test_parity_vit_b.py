@@ -13,7 +13,7 @@ import torch
 from flax import nnx
 
 import sam_jax
-from conftest import assert_close, perturb
+from helpers import assert_close, perturb
 
 
 def test_vit_b_full_parity(tmp_path):

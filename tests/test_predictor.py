@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import assert_close
-from sam_jax.predictor import SamPredictor, bucket
-from sam_jax.transforms import ResizeLongestSide
+from helpers import assert_close
+from sam_jax.functional import bucket
+from sam_jax.predictor import SamPredictor
+from sam_jax.utils.transforms import ResizeLongestSide
 
 
 def _image(h, w, seed=0):
@@ -125,19 +126,20 @@ def test_batched_points(predictors):
 
 
 def test_buckets_and_compilations(tiny):
-    from sam_jax.functional import decode_prompts_jit
+    from sam_jax.utils.memory import compile_count
 
+    compiles = lambda: compile_count("jit(decode_prompts)")
     assert [bucket(n) for n in (0, 1, 2, 3, 5, 8, 9)] == [1, 1, 2, 4, 8, 8, 16]
     p = SamPredictor(tiny.model)
     p.set_image(_image(64, 80))
     p.predict(np.array([[1.0, 2.0]]), np.array([1]))  # compiles the 1-point bucket
-    before = decode_prompts_jit._cache_size()
+    before = compiles()
     p.predict(np.array([[3.0, 4.0]]), np.array([0]), box=np.array([0, 0, 5, 5]))  # same bucket, box is a flag
     p.predict(box=np.array([1, 1, 9, 9]))
-    assert decode_prompts_jit._cache_size() == before
+    assert compiles() == before
     p.predict(np.array([[1.0, 2.0]]), np.array([1]), mask_input=np.zeros((1, 64, 64), np.float32))  # the mask variant
     p.predict(box=np.array([1, 1, 9, 9]), mask_input=np.ones((1, 64, 64), np.float32))
-    assert decode_prompts_jit._cache_size() == before + 1
+    assert compiles() == before + 1
 
 
 def test_transforms_match_official():

@@ -6,7 +6,7 @@ import torch
 from pycocotools import mask as mask_utils
 from segment_anything.utils import amg as official
 
-from sam_jax.utils import rle
+from sam_jax.utils import amg, rle
 
 
 def _masks(seed: int):
@@ -55,4 +55,4 @@ def test_bad_rle_is_refused():
 
 
 def test_box_xyxy_to_xywh():
-    assert rle.box_xyxy_to_xywh([1, 2, 5, 9]) == official.box_xyxy_to_xywh(torch.tensor([1, 2, 5, 9])).tolist()
+    assert amg.box_xyxy_to_xywh([1, 2, 5, 9]) == official.box_xyxy_to_xywh(torch.tensor([1, 2, 5, 9])).tolist()

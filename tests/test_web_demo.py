@@ -4,7 +4,7 @@ clears, drags a box and right-clicks; each mask the page drew (read back from it
 must equal SamPredictor's mask for the same prompt on the same model. Also the server's refusals
 (path traversal, bad images) directly over HTTP.
 
-Needs /usr/bin/chromium and `npm ci` in sam_jax/web and tests/web (.ci/run does both)."""
+Needs /usr/bin/chromium and `npm ci` in sam_jax/demo/web and tests/web (.ci/run does both)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam_jax import demo
+from sam_jax.demo import server as demo
 from sam_jax.predictor import SamPredictor
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -56,7 +56,7 @@ class MLPBlock(nnx.Module):
         return self.lin2(self.act(self.lin1(x)))
 
 
-def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, ...]:
+def linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, ...]:
     """Source indexes and weights of torch's linear resampling (align_corners=False, no antialias).
 
     Computed in float32 like torch's CPU kernel, so the weights are the same floats."""
@@ -73,7 +73,7 @@ def interpolate_linear(x: jax.Array, size: int, axis: int) -> jax.Array:
     """F.interpolate(mode='linear'/'bilinear', align_corners=False) along one axis; size is static."""
     if x.shape[axis] == size:
         return x
-    i0, i1, w0, w1 = _linear_taps(x.shape[axis], size)
+    i0, i1, w0, w1 = linear_taps(x.shape[axis], size)
     shape = [1] * x.ndim
     shape[axis] = size
     w0, w1 = jnp.asarray(w0.reshape(shape), x.dtype), jnp.asarray(w1.reshape(shape), x.dtype)

@@ -246,15 +246,6 @@ def decomposed_rel_pos(
     return rel_h, rel_w
 
 
-def add_decomposed_rel_pos(attn, q, rel_pos_h, rel_pos_w, q_size, k_size) -> jax.Array:
-    """The official function: attn (G, q_h*q_w, k_h*k_w) logits plus the bias, materialised.
-    Kept for reference and tests; the encoder adds the bias blockwise in `attention`."""
-    rel_h, rel_w = decomposed_rel_pos(q, rel_pos_h, rel_pos_w, q_size, k_size)
-    G, n_q, _ = attn.shape
-    bias = rel_h[..., :, None] + rel_w[..., None, :]
-    return attn + bias.reshape(G, n_q, -1)
-
-
 class PatchEmbed(nnx.Module):
     """Image to patch embedding: a stride-`patch_size` convolution."""
 

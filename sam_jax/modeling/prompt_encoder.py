@@ -53,14 +53,42 @@ class PromptEncoder(nnx.Module):
         """(1, embed_dim, h, w) positional encoding of the image-embedding grid."""
         return jnp.transpose(self.pe_layer(self.image_embedding_size), (2, 0, 1))[None]
 
-    def _embed_points(self, points: jax.Array, labels: jax.Array, pad: bool) -> jax.Array:
-        """(B, N, 2) xy in the resized-input frame, (B, N) labels -> (B, N (+1 if pad), C)."""
+    def embed(
+        self,
+        point_coords: jax.Array,
+        point_labels: jax.Array,
+        boxes: jax.Array,
+        has_box: jax.Array,
+        mask_input: jax.Array | None = None,
+        has_mask: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Fixed-shape prompt embedding, the form every compiled caller uses.
+
+        point_coords (B, N, 2) xy in the resized-input frame, point_labels (B, N) (IGNORE_LABEL
+        for empty slots); boxes (B, 4) xyxy in that frame with has_box (B,) bool; mask_input
+        (B, 1, 4h, 4w) logits with has_mask (B,) bool, or None when no prompt has a mask.
+        Returns sparse (B, N + 3, C), dense (B, C, h, w), or (1, C, h, w) when mask_input is
+        None (one no-mask embedding shared by all prompts), and token_mask (B, N + 3), True
+        for the tokens that exist (see `prompt_tokens` for the slots)."""
+        coords, labels = prompt_tokens(point_coords, point_labels, boxes, has_box)
+        sparse = self.embed_points(coords, labels)
+        h, w = self.image_embedding_size
+        no_mask = jnp.broadcast_to(self.no_mask_embed.embedding[...].reshape(1, -1, 1, 1), (1, self.embed_dim, h, w))
+        if mask_input is None:
+            dense = no_mask
+        else:
+            has_mask = jnp.ones(mask_input.shape[0], bool) if has_mask is None else has_mask
+            dense = jnp.where(has_mask[:, None, None, None], self.embed_masks(mask_input), no_mask)
+        return sparse, dense, labels != IGNORE_LABEL
+
+    def embed_points(self, points: jax.Array, labels: jax.Array) -> jax.Array:
+        """Tokens already in the official order (the official `_embed_points` without its `pad`
+        argument: padding is `prompt_tokens`' job). (B, N, 2) xy in the resized-input frame,
+        (B, N) labels -> (B, N, C); box corners are points labelled 2 and 3, the "not a point"
+        pad is label -1, IGNORE_LABEL an empty slot (zero embedding)."""
         points = points + 0.5  # shift to the centre of the pixel
-        if pad:
-            points = jnp.concatenate([points, jnp.zeros((points.shape[0], 1, 2), points.dtype)], axis=1)
-            labels = jnp.concatenate([labels, -jnp.ones((labels.shape[0], 1), labels.dtype)], axis=1)
         pe = self.pe_layer.forward_with_coords(points, self.input_image_size)
-        # Row i + 1 of the table is added for label i; "not a point" replaces the encoding.
+        # Row i + 2 of the table is added for label i; "not a point" and empty slots replace the encoding.
         table = jnp.concatenate(
             [jnp.zeros((1, self.embed_dim)), self.not_a_point_embed.embedding[...]]
             + [e.embedding[...] for e in self.point_embeddings]
@@ -69,15 +97,8 @@ class PromptEncoder(nnx.Module):
         pe = jnp.where((labels < 0)[..., None], 0.0, pe)
         return pe + table[jnp.clip(labels, IGNORE_LABEL, 3) + 2]
 
-    def _embed_boxes(self, boxes: jax.Array) -> jax.Array:
-        """(B, 4) xyxy boxes in the resized-input frame -> (B, 2, C) corner embeddings."""
-        coords = (boxes + 0.5).reshape(-1, 2, 2)
-        corner = self.pe_layer.forward_with_coords(coords, self.input_image_size)
-        corner = corner.at[:, 0, :].add(self.point_embeddings[2].embedding[0])
-        return corner.at[:, 1, :].add(self.point_embeddings[3].embedding[0])
-
-    def _embed_masks(self, masks: jax.Array) -> jax.Array:
-        """(B, 1, 4h, 4w) mask logits -> (B, C, h, w)."""
+    def embed_masks(self, masks: jax.Array) -> jax.Array:
+        """The official `_embed_masks`: (B, 1, 4h, 4w) mask logits -> (B, C, h, w)."""
         x = self.mask_downscaling(jnp.transpose(masks, (0, 2, 3, 1)))
         return jnp.transpose(x, (0, 3, 1, 2))
 
@@ -87,20 +108,32 @@ class PromptEncoder(nnx.Module):
         boxes: jax.Array | None,
         masks: jax.Array | None,
     ) -> tuple[jax.Array, jax.Array]:
-        """Returns sparse (B, N, C) and dense (B, C, h, w) embeddings, like the official forward."""
+        """The official forward: sparse (B, N (+1 pad without boxes) (+2 corners), C) and dense
+        (B, C, h, w) embeddings. Runs `embed` and keeps the slots the official code would emit."""
         bs = _get_batch_size(points, boxes, masks)
-        sparse = jnp.zeros((bs, 0, self.embed_dim))
-        if points is not None:
-            coords, labels = points
-            sparse = jnp.concatenate([sparse, self._embed_points(coords, labels, pad=boxes is None)], axis=1)
-        if boxes is not None:
-            sparse = jnp.concatenate([sparse, self._embed_boxes(boxes)], axis=1)
-        if masks is not None:
-            dense = self._embed_masks(masks)
-        else:
-            h, w = self.image_embedding_size
-            dense = jnp.broadcast_to(self.no_mask_embed.embedding[...].reshape(1, -1, 1, 1), (bs, self.embed_dim, h, w))
-        return sparse, dense
+        coords, labels = points if points is not None else (jnp.zeros((bs, 0, 2)), jnp.zeros((bs, 0), jnp.int32))
+        n = coords.shape[1]
+        has_box = jnp.full((bs,), boxes is not None)
+        box = boxes if boxes is not None else jnp.zeros((bs, 4))
+        sparse, dense, _ = self.embed(coords, labels, box, has_box, masks)
+        slots = list(range(n)) + ([n] if points is not None and boxes is None else []) + ([n + 1, n + 2] if boxes is not None else [])
+        return sparse[:, jnp.asarray(slots, jnp.int32)], jnp.broadcast_to(dense, (bs,) + dense.shape[1:])
+
+
+def prompt_tokens(
+    point_coords: jax.Array, point_labels: jax.Array, boxes: jax.Array, has_box: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """The official token order in fixed slots: the N points, then the "not a point" pad (label
+    -1, only when a prompt has points and no box), then the two box corners (labels 2 and 3).
+    Slots a prompt does not use are labelled IGNORE_LABEL. (B, N, 2), (B, N), (B, 4), (B,) ->
+    coords (B, N + 3, 2) and labels (B, N + 3) int32. Works on NumPy arrays too (host code)."""
+    B = point_coords.shape[0]
+    has_points = jnp.any(point_labels != IGNORE_LABEL, axis=1)
+    pad_label = jnp.where(has_points & ~has_box, -1, IGNORE_LABEL)[:, None]
+    corner_labels = jnp.where(has_box[:, None], jnp.array([[2, 3]]), IGNORE_LABEL)
+    coords = jnp.concatenate([point_coords, jnp.zeros((B, 1, 2)), jnp.reshape(boxes, (B, 2, 2))], axis=1)
+    labels = jnp.concatenate([jnp.asarray(point_labels).astype(jnp.int32), pad_label, corner_labels], axis=1)
+    return coords.astype(jnp.float32), labels
 
 
 def _get_batch_size(points, boxes, masks) -> int:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ..config import SamConfig
+from ..utils.devices import as_sharding
 from .common import interpolate_bilinear
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
@@ -18,13 +19,11 @@ from .transformer import TwoWayTransformer
 
 
 class Sam(nnx.Module):
-    mask_threshold: float = 0.0
     image_format: str = "RGB"
 
     def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
         c = config
         self.config = c
-        self.mask_threshold = c.mask_threshold
         self.image_encoder = ImageEncoderViT(
             img_size=c.image_size,
             patch_size=c.patch_size,
@@ -58,6 +57,34 @@ class Sam(nnx.Module):
             rngs=rngs,
         )
 
+    @property
+    def mask_threshold(self) -> float:
+        return self.config.mask_threshold
+
+    @property
+    def device(self) -> jax.Device:
+        """The first device holding the parameters (as torch's `module.device` in the official notebooks)."""
+        leaf = jax.tree.leaves(nnx.state(self))[0]
+        return min(leaf.sharding.device_set, key=lambda d: d.id)
+
+    def to(self, device=None) -> "Sam":
+        """Moves the parameters, in place, and returns the model (as torch's `module.to`).
+
+        device: a jax.Device; a platform name ("cpu", "gpu", "cuda", "tpu", with an optional
+        ":index"), meaning that platform's first device unless indexed; a `Mesh` (parameters
+        replicated over it); or any `jax.sharding.Sharding`."""
+        nnx.update(self, jax.device_put(nnx.state(self), as_sharding(device)))
+        return self
+
+    def eval(self, **attributes) -> "Sam":
+        """Inference mode (SAM has no dropout or batch norm: nothing changes); returns the model."""
+        super().eval(**attributes)
+        return self
+
+    def train(self, mode: bool = True, **attributes) -> "Sam":
+        super().train(**attributes) if mode else super().eval(**attributes)
+        return self
+
     def __call__(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, jax.Array]]:
         """The official end-to-end forward over a list of images with prompts (eager, for parity and
         convenience; the predictor's jitted functions are the fast path). Each dict holds `image`
@@ -79,8 +106,6 @@ def with_compute_dtype(model: Sam, dtype) -> Sam:
     """A view of `model` whose image encoder computes in `dtype` (e.g. "bfloat16"): matmuls and
     convolutions take dtype inputs, while layer norms, attention logits, softmax and the residual
     stream stay float32. Parameters are shared with `model`, not copied; the output is float32."""
-    from flax import nnx
-
     graphdef, state = nnx.split(model)
     new = nnx.merge(graphdef, state)
     for _, module in nnx.iter_modules(new.image_encoder):

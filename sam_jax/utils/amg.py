@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .rle import area_from_rle, box_xyxy_to_xywh, coco_decode_rle, coco_encode_rle, mask_to_rle, rle_to_mask  # noqa: F401
+from .rle import area_from_rle, coco_decode_rle, coco_encode_rle, mask_to_rle, rle_to_mask  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------ host side
@@ -69,14 +69,10 @@ def uncrop_points(points, crop_box):
     return points + np.array([x0, y0], dtype=np.asarray(points).dtype)
 
 
-def uncrop_masks(masks, crop_box, orig_h: int, orig_w: int):
-    """(..., h, w) crop masks -> (..., orig_h, orig_w), zero outside the crop."""
-    x0, y0, x1, y1 = crop_box
-    if x0 == 0 and y0 == 0 and x1 == orig_w and y1 == orig_h:
-        return masks
-    pad_x, pad_y = orig_w - (x1 - x0), orig_h - (y1 - y0)
-    pad = [(0, 0)] * (np.ndim(masks) - 2) + [(y0, pad_y - y0), (x0, pad_x - x0)]
-    return np.pad(masks, pad) if isinstance(masks, np.ndarray) else jnp.pad(masks, pad)
+def box_xyxy_to_xywh(box: list[float]) -> list[float]:
+    """[x0, y0, x1, y1] -> [x0, y0, w, h]."""
+    x0, y0, x1, y1 = box
+    return [x0, y0, x1 - x0, y1 - y0]
 
 
 # ---------------------------------------------------------------------------------- device side

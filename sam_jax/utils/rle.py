@@ -63,8 +63,3 @@ def coco_decode_rle(rle: dict[str, Any]) -> np.ndarray:
     encoded = {"size": list(rle["size"]), "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
     return mask_utils.decode(encoded).astype(bool)
 
-
-def box_xyxy_to_xywh(box: list[float]) -> list[float]:
-    """[x0, y0, x1, y1] -> [x0, y0, w, h]."""
-    x0, y0, x1, y1 = box
-    return [x0, y0, x1 - x0, y1 - y0]

@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .io import atomic_file
 from .rle import coco_decode_rle, coco_encode_rle, mask_to_rle
 
 _RECORD_KEYS = ("bbox", "area", "predicted_iou", "stability_score", "crop_box", "point_coords")
@@ -36,16 +35,10 @@ def to_sa1b(records: Sequence[dict[str, Any]], image_size: tuple[int, int], file
 
 def write_sa1b(path: str | Path, records, image_size: tuple[int, int], file_name: str, image_id: int = 0) -> None:
     """Write records as an SA-1B JSON, atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
     data = to_sa1b(records, image_size, file_name, image_id)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
+    with atomic_file(path) as tmp:
+        with open(tmp, "w") as f:
             json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_sa1b(path: str | Path) -> dict:

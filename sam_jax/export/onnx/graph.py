@@ -2,7 +2,7 @@
 `onnx.helper` from a loaded sam_jax model's arrays (the initializers are the model's parameters).
 
 The graph is the official `segment_anything/utils/onnx.py` `SamOnnxModel`, input for input and
-output for output; see `sam_jax.onnx_export.export_onnx` for the interface. Batch size 1 (as the
+output for output; see `sam_jax.export.onnx.export_onnx` for the interface. Batch size 1 (as the
 official export), the point count N dynamic, the output mask size a runtime function of
 `orig_im_size`. Layouts are the official NCHW ones: flax kernels are transposed on the way out.
 """
@@ -16,7 +16,7 @@ import onnx
 from flax import nnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .modeling import Sam
+from ...modeling import Sam
 
 
 def _np(x) -> np.ndarray:

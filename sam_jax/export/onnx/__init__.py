@@ -17,7 +17,7 @@ Outputs: masks (1, M, H, W) logits at the original size (threshold at 0.0), iou_
     are masks, iou_predictions, stability_scores (1, M), areas (1, M) int64, low_res_masks (the
     official order; the official script leaves the last two of these five misnamed).
 
-The graph is built from this model's parameters by `sam_jax.onnx_graph` (not traced from torch),
+The graph is built from this model's parameters by `sam_jax.export.onnx.graph` (not traced from torch),
 so it needs only `onnx` (and `onnxruntime` to run or quantize it): `pip install sam-jax[onnx]`.
 """
 
@@ -28,7 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .modeling import Sam
+from ...modeling import Sam
+from ...predictor import SamPredictor
+from ...utils.io import atomic_file
+from ...utils.transforms import ResizeLongestSide
 
 ONNX_HINT = "pip install sam-jax[onnx]"
 
@@ -57,17 +60,15 @@ def export_onnx(
     (offset 1.0). return_extra_metrics: also output stability scores and areas of the upscaled masks.
     opset: 11 or later (default 17, as the official script)."""
     onnx = _require("onnx")
-    from .onnx_graph import build_graph
+    from .graph import build_graph  # imports onnx, an optional dependency
 
     if not 11 <= opset <= onnx.defs.onnx_opset_version():
         raise ValueError(f"opset must be between 11 and {onnx.defs.onnx_opset_version()}, got {opset}")
     proto = build_graph(model, return_single_mask, use_stability_score, return_extra_metrics, opset)
     onnx.checker.check_model(proto)
     path = Path(output_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    onnx.save(proto, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        onnx.save(proto, tmp)
     return path
 
 
@@ -78,17 +79,15 @@ def quantize_onnx(in_path: str | os.PathLike, out_path: str | os.PathLike) -> Pa
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(
-        model_input=str(in_path), model_output=str(out), per_channel=False, reduce_range=False, weight_type=QuantType.QUInt8
-    )
+    with atomic_file(out) as tmp:
+        quantize_dynamic(
+            model_input=str(in_path), model_output=str(tmp), per_channel=False, reduce_range=False, weight_type=QuantType.QUInt8
+        )
     return out
 
 
 def image_embedding(model: Sam, image: np.ndarray, image_format: str = "RGB") -> np.ndarray:
     """(1, C, h, w) float32 embedding of an (H, W, 3) uint8 image, as predictor.get_image_embedding()."""
-    from .predictor import SamPredictor
-
     predictor = SamPredictor(model)
     predictor.set_image(image, image_format)
     return np.asarray(predictor.get_image_embedding(), dtype=np.float32)
@@ -97,8 +96,9 @@ def image_embedding(model: Sam, image: np.ndarray, image_format: str = "RGB") ->
 def save_image_embedding(model: Sam, image: np.ndarray, path: str | os.PathLike, image_format: str = "RGB") -> Path:
     """Writes the `image_embeddings` input of the ONNX decoder for `image` to a `.npy` file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, image_embedding(model, image, image_format))
+    embedding = image_embedding(model, image, image_format)
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, embedding)
     return path
 
 
@@ -116,8 +116,6 @@ def onnx_inputs(
     point_coords (N, 2) xy with point_labels (N,); box (4,) xyxy (two corners labelled 2 and 3);
     without a box a (0, 0) point labelled -1 is appended. mask_input: (1, 4h, 4w) or (1, 1, 4h, 4w)
     low-res logits from an earlier prediction."""
-    from .transforms import ResizeLongestSide
-
     coords = np.zeros((0, 2), np.float64) if point_coords is None else np.asarray(point_coords, np.float64).reshape(-1, 2)
     labels = np.zeros(0, np.float64) if point_labels is None else np.asarray(point_labels, np.float64).reshape(-1)
     if box is not None:

@@ -1,4 +1,4 @@
-"""`sam-jax demo`: an interactive web page in the style of the official SAM demo.
+"""The web demo's server (`sam-jax demo`): an interactive web page in the style of the official SAM demo.
 
 The server (standard library only) computes the image embedding with sam-jax once per image; the
 browser runs the exported prompt decoder (`decoder.onnx`, from `onnx_export.export_onnx`) with
@@ -6,8 +6,8 @@ onnxruntime-web for every mouse move and click, so a prompt costs no round trip.
 
 Routes (nothing else is served):
 
-    GET  /, /index.html, /app.js, /style.css   the page (sam_jax/web/)
-    GET  /ort/<ort*.mjs | *.wasm>                onnxruntime-web's dist files (sam_jax/web/node_modules)
+    GET  /, /index.html, /app.js, /style.css   the page (sam_jax/demo/web/)
+    GET  /ort/<ort*.mjs | *.wasm>                onnxruntime-web's dist files (sam_jax/demo/web/node_modules)
     GET  /decoder.onnx                           the decoder exported at start (return_single_mask=True)
     GET  /api/info                               JSON: image_size, embedding shape
     POST /api/embedding                          body: the image file's bytes
@@ -21,12 +21,9 @@ with `..`, a backslash, an empty segment or a NUL is refused with 403; any other
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
-import signal
-import sys
 import tempfile
 import threading
 from http import HTTPStatus
@@ -35,6 +32,10 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
+
+from ..export.onnx import export_onnx
+from ..predictor import SamPredictor
+from ..utils.images import read_image
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 ORT_DIST = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
@@ -67,32 +68,10 @@ def check_web_assets() -> None:
         )
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Image file bytes -> (H, W, 3) uint8 RGB, EXIF rotation applied as browsers display it.
-    Raises ValueError with a message for anything Pillow cannot decode."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if not data:
-        raise ValueError("empty request body: send the image file's bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = ImageOps.exif_transpose(im)
-            rgb = np.asarray(im.convert("RGB"))
-    except UnidentifiedImageError:
-        raise ValueError(f"could not decode the image: not an image format Pillow reads ({len(data)} bytes)") from None
-    except Exception as e:  # truncated files (OSError), DecompressionBombError, ...
-        raise ValueError(f"could not decode the image: {e}") from None
-    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ValueError(f"could not decode the image: unexpected shape {rgb.shape}")
-    return rgb
-
-
 class DemoApp:
     """The model side: one SamPredictor, its encoder compiled once at start, used under a lock."""
 
     def __init__(self, model, decoder_path: Path) -> None:
-        from .predictor import SamPredictor
-
         self.predictor = SamPredictor(model)
         self.image_size = model.config.image_size
         self.decoder_path = decoder_path
@@ -166,7 +145,7 @@ class Handler(BaseHTTPRequestHandler):
                                 else HTTPStatus.NOT_FOUND, "use POST only for /api/embedding")
             data = self._read_body()
             try:
-                meta, body = self.server.app.embed(decode_image(data))
+                meta, body = self.server.app.embed(read_image(data))
             except ValueError as e:  # undecodable, or an image the predictor refuses (with its reason)
                 raise HttpError(HTTPStatus.BAD_REQUEST, str(e)) from None
             self._send(HTTPStatus.OK, body, "application/octet-stream", {"X-SAM-Embedding": json.dumps(meta)})
@@ -261,8 +240,6 @@ class DemoServer(ThreadingHTTPServer):
 def make_server(model, host: str = "127.0.0.1", port: int = 8000, *, verbose: bool = True) -> DemoServer:
     """Exports the decoder, compiles the encoder, and binds (port 0: a free port). Call
     `serve_forever()` on the result; `server_close()` also deletes the exported decoder."""
-    from .onnx_export import export_onnx
-
     check_web_assets()
     workdir = tempfile.TemporaryDirectory(prefix="sam-jax-demo-")
     try:
@@ -272,45 +249,3 @@ def make_server(model, host: str = "127.0.0.1", port: int = 8000, *, verbose: bo
     except BaseException:
         workdir.cleanup()
         raise
-
-
-def run(args) -> int:
-    """`sam-jax demo`: load the checkpoint once, export the decoder, serve until Ctrl-C."""
-    import importlib.util
-
-    from .amg_cli import _enable_cache, _load_model
-    from .onnx_export import ONNX_HINT
-
-    check_web_assets()  # before loading a model: fail fast with the npm command
-    if importlib.util.find_spec("onnx") is None:
-        print(f"sam-jax demo: error: onnx (to export the decoder) is not installed: {ONNX_HINT}", file=sys.stderr)
-        return 2
-    _enable_cache(args.cache_dir)
-    print(f"loading {args.checkpoint} ...", file=sys.stderr)
-    server = make_server(_load_model(args), args.host, args.port)
-    print(f"sam-jax demo: open {server.url} (Ctrl-C stops)", file=sys.stderr)
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)  # a plain `kill` also removes the exported decoder
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
-
-
-def add_arguments(p) -> None:
-    import os
-
-    p.add_argument("--checkpoint", required=True, help="directory from `sam-jax convert` (or an official .pth)")
-    from .config import MODEL_TYPES
-
-    p.add_argument("--model-type", choices=MODEL_TYPES, help="cross-check a .pth checkpoint against this model type")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--cache-dir", default=os.environ.get("SAM_JAX_CACHE_DIR", str(Path.home() / ".cache" / "sam-jax" / "xla")),
-                   help="persistent XLA compilation cache ('' disables it)")

@@ -1,0 +1,42 @@
+"""The `sam-jax` command line: one module per command, the shared flags in `common`. Expected
+failures print one line and exit non-zero; no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from . import amg, convert, demo, embed, export_onnx
+
+COMMANDS = {  # name -> (module with add_arguments and run, help)
+    "convert": (convert, "convert an official .pth (or HF .safetensors) checkpoint to a sam-jax checkpoint"),
+    "amg": (amg, "automatic mask generation for an image or a folder"),
+    "export-onnx": (export_onnx, "export the prompt encoder + mask decoder to ONNX (the official export)"),
+    "embed": (embed, "write an image's embedding (.npy) for the ONNX decoder"),
+    "demo": (demo, "interactive web demo: embeddings on the server, the ONNX decoder in the browser"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sam-jax", description="Segment Anything in JAX.")
+    parser.add_argument("--version", action="version", version=f"sam-jax {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:
+        print(f"sam-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""`sam-jax embed`: an image's embedding as a `.npy`, the `image_embeddings` input of the ONNX decoder."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..export.onnx import save_image_embedding
+from ..utils.images import read_image
+from . import common
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    common.add_checkpoint_arguments(p)
+    p.add_argument("--image", required=True, help="image file (EXIF orientation applied, converted to RGB)")
+    p.add_argument("--output", required=True, help="output .npy: the (1, C, h, w) float32 image_embeddings input")
+    common.add_runtime_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    common.setup_runtime(args)
+    image = read_image(args.image)
+    path = save_image_embedding(common.load_model(args), image, args.output)
+    print(f"wrote {path}: embedding of a {image.shape[1]}x{image.shape[0]} image")
+    return 0

@@ -1,0 +1,35 @@
+"""`sam-jax export-onnx`: the official ONNX export of the prompt encoder + mask decoder."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+from ..export.onnx import ONNX_HINT, export_onnx, quantize_onnx
+from . import common
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    common.add_checkpoint_arguments(p)
+    p.add_argument("--output", required=True, help="output .onnx file")
+    p.add_argument("--return-single-mask", action="store_true", help="output only the best mask")
+    p.add_argument("--use-stability-score", action="store_true", help="stability scores instead of predicted IoU")
+    p.add_argument("--return-extra-metrics", action="store_true", help="also output stability scores and areas")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (>= 11, default 17)")
+    p.add_argument("--quantize-out", default=None, help="also write a dynamically uint8-quantized model here")
+
+
+def run(args: argparse.Namespace) -> int:
+    need = ["onnx"] + (["onnxruntime"] if args.quantize_out else [])
+    missing = [m for m in need if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} not installed: {ONNX_HINT}")
+    model = common.load_model(args)
+    path = export_onnx(
+        model, args.output, return_single_mask=args.return_single_mask, use_stability_score=args.use_stability_score,
+        return_extra_metrics=args.return_extra_metrics, opset=args.opset,
+    )
+    print(f"wrote {path}")
+    if args.quantize_out:
+        print(f"wrote {quantize_onnx(path, args.quantize_out)} (dynamic uint8 quantization)")
+    return 0
