@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import orbax.checkpoint as ocp
 
 from .config import SamConfig
 from .utils.io import atomic_dir
@@ -27,8 +28,6 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
 
 def save(output: str | os.PathLike, config: SamConfig, params: dict[tuple, np.ndarray], overwrite: bool = False) -> Path:
     """Writes config.json and the Orbax parameters ({path: array}) to the folder `output`."""
-    import orbax.checkpoint as ocp
-
     output = Path(output).absolute()
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists (pass overwrite=True / --overwrite to replace it)")
@@ -50,8 +49,6 @@ def read_config(directory: str | os.PathLike) -> SamConfig:
 def load(directory: str | os.PathLike, abstract: dict[tuple, object]) -> dict[tuple, np.ndarray]:
     """The parameters stored in `directory` for the given abstract {path: ShapeDtypeStruct}
     (Orbax checks the stored shapes against it)."""
-    import orbax.checkpoint as ocp
-
     directory = Path(directory).absolute()
     read_config(directory)  # a clear error when it is not a checkpoint
     with ocp.StandardCheckpointer() as ckptr:

@@ -67,6 +67,21 @@ class SamPredictor:
         features = embed_images_jit(self.graphdef, self.params, jnp.asarray(batch), jnp.asarray(input_sizes, jnp.int32))
         return ImageEmbeddings(features, original_sizes, input_sizes)
 
+    def set_jax_image(self, transformed_image: jax.Array, original_image_size: tuple[int, int]) -> None:
+        """The official `set_torch_image`: embeds a (1, 3, h, w) image already resized so that
+        max(h, w) == image_size (e.g. by `transform.apply_image_jax`), pixel values 0..255, for
+        prompts on an image of `original_image_size` (H, W)."""
+        x = jnp.asarray(transformed_image)
+        S = self.model.config.image_size
+        if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3 or max(x.shape[2:]) != S:
+            raise ValueError(f"set_jax_image input must be BCHW with B=1, C=3 and long side {S}, got shape {x.shape}")
+        h, w = x.shape[2:]
+        batch = jnp.zeros((1, S, S, 3), jnp.float32).at[:, :h, :w].set(jnp.transpose(x, (0, 2, 3, 1)))
+        features = embed_images_jit(self.graphdef, self.params, batch, jnp.asarray([[h, w]], jnp.int32))
+        self.set_image_embedding(ImageEmbeddings(features, [tuple(int(v) for v in original_image_size)], [(h, w)]))
+
+    set_torch_image = set_jax_image  # the official name
+
     def set_image_embedding(self, embeddings: ImageEmbeddings, index: int = 0) -> None:
         """Makes image `index` of a batch from `embed_images` the current image, without recomputing."""
         self.features = embeddings.features[index : index + 1]
@@ -158,6 +173,8 @@ class SamPredictor:
         threshold = None if return_logits else self.model.mask_threshold
         masks = upscale_masks_jit(low_res, self.model.config, self.input_size, self.original_size, threshold)
         return masks, iou, low_res
+
+    predict_torch = predict_jax  # the official name: takes any arrays, returns JAX arrays
 
     @property
     def device(self) -> jax.Device:

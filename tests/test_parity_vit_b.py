@@ -30,6 +30,11 @@ def test_vit_b_full_parity(tmp_path):
     assert r.returncode == 0, r.stderr
     model = sam_jax.load(out)
     assert model.config == sam_jax.get_config("vit_b")
+    # The official registry call on the .pth converts in memory to the same parameters.
+    registry = sam_jax.sam_model_registry["vit_b"](checkpoint=pth)
+    for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(registry))):
+        np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()), err_msg=str(path))
+    del registry
 
     x = np.random.default_rng(0).normal(size=(1, 3, 1024, 1024)).astype(np.float32)
     ref = official.image_encoder(torch.from_numpy(x))
