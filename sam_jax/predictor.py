@@ -20,10 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from . import validate
-from .functional import decode_prompts_jit, embed_images_jit, pad_prompts, upscale_masks_jit
+from .functional import Prompts, decode_prompts_jit, embed_images_jit, pad_prompts, upscale_masks_jit
 from .modeling import Sam
+from .parallel import batch_sharding, data_parallel_mesh, pad_batch, replicated
 from .utils.transforms import ResizeLongestSide
 
 
@@ -37,11 +39,17 @@ class ImageEmbeddings:
 
 
 class SamPredictor:
-    def __init__(self, sam_model: Sam) -> None:
+    def __init__(self, sam_model: Sam, mesh: Mesh | None | str = "auto") -> None:
+        """mesh: where batches of several images or prompts are split (data parallel, the model
+        replicated): "auto" for all local devices of the model's platform when it has more than
+        one, None for the model's device alone, or a `Mesh`. A single image or prompt always
+        runs on the model's device."""
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.config.image_size)
         # The split model that the compiled functions take (see functional.py).
         self.graphdef, self.params = nnx.split(sam_model)
+        self.mesh = data_parallel_mesh(sam_model.device) if mesh == "auto" else mesh
+        self._mesh_params = None  # params replicated over the mesh, made on first use
         self.reset_image()
 
     # ----------------------------------------------------------------------------- images
@@ -64,7 +72,14 @@ class SamPredictor:
             batch[i, : resized.shape[0], : resized.shape[1]] = resized
             original_sizes.append(image.shape[:2])
             input_sizes.append(resized.shape[:2])
-        features = embed_images_jit(self.graphdef, self.params, jnp.asarray(batch), jnp.asarray(input_sizes, jnp.int32))
+        sizes = np.asarray(input_sizes, np.int32)
+        if self.mesh is None or len(images) == 1:
+            features = embed_images_jit(self.graphdef, self.params, jnp.asarray(batch), jnp.asarray(sizes))
+        else:  # one slice of the batch per device, padded to a multiple of the device count
+            n = self.mesh.size
+            x = jax.device_put(pad_batch(batch, n), batch_sharding(self.mesh, 4))
+            sizes = jax.device_put(pad_batch(sizes, n), batch_sharding(self.mesh, 2))
+            features = embed_images_jit(self.graphdef, self._replicated_params(), x, sizes)[: len(images)]
         return ImageEmbeddings(features, original_sizes, input_sizes)
 
     def set_jax_image(self, transformed_image: jax.Array, original_image_size: tuple[int, int]) -> None:
@@ -84,7 +99,7 @@ class SamPredictor:
 
     def set_image_embedding(self, embeddings: ImageEmbeddings, index: int = 0) -> None:
         """Makes image `index` of a batch from `embed_images` the current image, without recomputing."""
-        self.features = embeddings.features[index : index + 1]
+        self.features = jax.device_put(embeddings.features[index : index + 1], self._param_sharding)
         self.original_size = tuple(embeddings.original_sizes[index])
         self.input_size = tuple(embeddings.input_sizes[index])
         self.is_image_set = True
@@ -168,7 +183,12 @@ class SamPredictor:
         self._require_image()
         B = validate.batch_size(point_coords, boxes, mask_input)
         prompts = pad_prompts(point_coords, point_labels, boxes, mask_input, B, self._mask_size)
-        low_res, iou = decode_prompts_jit(self.graphdef, self.params, self.features, prompts, multimask_output)
+        params, features = self.params, self.features
+        if self.mesh is not None and B > 1:  # prompts split over the devices, image and model replicated
+            n = self.mesh.size
+            prompts = Prompts(*(None if a is None else jax.device_put(pad_batch(a, n), batch_sharding(self.mesh, a.ndim)) for a in prompts))
+            params, features = self._replicated_params(), jax.device_put(features, replicated(self.mesh))
+        low_res, iou = decode_prompts_jit(self.graphdef, params, features, prompts, multimask_output)
         low_res, iou = low_res[:B], iou[:B]
         threshold = None if return_logits else self.model.mask_threshold
         masks = upscale_masks_jit(low_res, self.model.config, self.input_size, self.original_size, threshold)
@@ -180,6 +200,15 @@ class SamPredictor:
     def device(self) -> jax.Device:
         """The model's device (the first device of its parameters)."""
         return self.model.device
+
+    @property
+    def _param_sharding(self):
+        return jax.tree.leaves(self.params)[0].sharding
+
+    def _replicated_params(self) -> nnx.State:
+        if self._mesh_params is None:
+            self._mesh_params = jax.device_put(self.params, replicated(self.mesh))
+        return self._mesh_params
 
     @property
     def _mask_size(self) -> int:

@@ -1,0 +1,7 @@
+"""Many devices and many hosts: meshes, shardings, and the padding that lets a batch of any size
+be split over them. Built on JAX's own runtime (`Mesh`, `NamedSharding`, `jax.distributed`): the
+compiler places the collectives; nothing here moves data by hand."""
+
+from .mesh import DATA, FSDP, batch_sharding, data_parallel_mesh, make_mesh, pad_batch, replicated
+
+__all__ = ["DATA", "FSDP", "batch_sharding", "data_parallel_mesh", "make_mesh", "pad_batch", "replicated"]
