@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import amg_pipeline as dev
-from .functional import bucket
+from .functional import bind_model, bucket
 from .modeling import Sam
 from .predictor import SamPredictor
 from .utils import amg
@@ -72,6 +73,8 @@ class SamAutomaticMaskGenerator:
             points_per_side, crop_n_layers, crop_n_points_downscale_factor
         )
         self.predictor = SamPredictor(model)
+        self._leaves, treedef = jax.tree.flatten(self.predictor.params)
+        self._decode_crop = bind_model(dev.process_crop, self.predictor.graphdef, treedef)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
@@ -151,8 +154,8 @@ class SamAutomaticMaskGenerator:
         valid = np.arange(nb * P) < n
         (h_in, w_in) = emb.input_sizes[0]
         resamplers = self._resamplers((h_in, w_in), (ch, cw))
-        out = dev.process_crop_jit(
-            self.predictor.graphdef, self.predictor.params, emb.features,
+        out = self._decode_crop(
+            self._leaves, emb.features,
             pts.reshape(nb, P, 2), valid.reshape(nb, P),
             *resamplers,
             np.array([ch, cw], np.int32), np.array(crop_box, np.float32),

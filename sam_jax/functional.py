@@ -12,11 +12,15 @@ Prompt layout (`Prompts`). Points are (B, N, 2) xy in the resized-input frame wi
 shape-static: one compilation serves every prompt count up to the bucket size, with or without
 boxes and masks (`pad_prompts` builds the buckets on the host).
 
-Every compiled function is declared the same way, `name_jit = jax.jit(name, static_argnames=...)`.
+Every compiled function is declared the same way, `jax.jit(name, static_argnames=...)`: at module
+level as `name_jit`, or bound to one model structure by `bind_model` (what the predictor and the
+generator use: a call then passes only arrays).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -125,3 +129,17 @@ def upscale_masks(
 embed_images_jit = jax.jit(embed_images, static_argnames="graphdef")
 decode_prompts_jit = jax.jit(decode_prompts, static_argnames=("graphdef", "multimask_output"))
 upscale_masks_jit = jax.jit(upscale_masks, static_argnames=("config", "input_size", "original_size", "mask_threshold"))
+
+
+@functools.lru_cache(maxsize=32)
+def bind_model(fn: Callable, graphdef: nnx.GraphDef, treedef, static_argnames: tuple[str, ...] = ()) -> Callable:
+    """`fn(graphdef, params, *args)` compiled as a closure over `graphdef`, called as
+    `bound(leaves, *args)` with `leaves = jax.tree.leaves(params)` (params of tree structure
+    `treedef`). A `*_jit` call hashes the graphdef and flattens the nnx.State each time, about
+    2 ms, more than a whole decoder call on an accelerator; here both happen once, when bound."""
+
+    def call(leaves, *args, **kwargs):
+        return fn(graphdef, jax.tree.unflatten(treedef, leaves), *args, **kwargs)
+
+    call.__name__ = call.__qualname__ = fn.__name__  # compile events and profiles name the function
+    return jax.jit(call, static_argnames=static_argnames)

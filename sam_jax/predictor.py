@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from . import validate
-from .functional import Prompts, decode_prompts_jit, embed_images_jit, pad_prompts, upscale_masks_jit
+from .functional import Prompts, bind_model, decode_prompts, embed_images, pad_prompts, upscale_masks_jit
 from .modeling import Sam
 from .parallel import batch_sharding, data_parallel_mesh, pad_batch, replicated
 from .utils.transforms import ResizeLongestSide
@@ -48,6 +48,9 @@ class SamPredictor:
         self.transform = ResizeLongestSide(sam_model.config.image_size)
         # The split model that the compiled functions take (see functional.py).
         self.graphdef, self.params = nnx.split(sam_model)
+        self._leaves, treedef = jax.tree.flatten(self.params)
+        self._embed = bind_model(embed_images, self.graphdef, treedef)
+        self._decode = bind_model(decode_prompts, self.graphdef, treedef, ("multimask_output",))
         self.mesh = data_parallel_mesh(sam_model.device) if mesh == "auto" else mesh
         self._mesh_params = None  # params replicated over the mesh, made on first use
         self.reset_image()
@@ -74,12 +77,12 @@ class SamPredictor:
             input_sizes.append(resized.shape[:2])
         sizes = np.asarray(input_sizes, np.int32)
         if self.mesh is None or len(images) == 1:
-            features = embed_images_jit(self.graphdef, self.params, jnp.asarray(batch), jnp.asarray(sizes))
+            features = self._embed(self._leaves, jnp.asarray(batch), jnp.asarray(sizes))
         else:  # one slice of the batch per device, padded to a multiple of the device count
             n = self.mesh.size
             x = jax.device_put(pad_batch(batch, n), batch_sharding(self.mesh, 4))
             sizes = jax.device_put(pad_batch(sizes, n), batch_sharding(self.mesh, 2))
-            features = embed_images_jit(self.graphdef, self._replicated_params(), x, sizes)[: len(images)]
+            features = self._embed(self._replicated_params(), x, sizes)[: len(images)]
         return ImageEmbeddings(features, original_sizes, input_sizes)
 
     def set_jax_image(self, transformed_image: jax.Array, original_image_size: tuple[int, int]) -> None:
@@ -92,7 +95,7 @@ class SamPredictor:
             raise ValueError(f"set_jax_image input must be BCHW with B=1, C=3 and long side {S}, got shape {x.shape}")
         h, w = x.shape[2:]
         batch = jnp.zeros((1, S, S, 3), jnp.float32).at[:, :h, :w].set(jnp.transpose(x, (0, 2, 3, 1)))
-        features = embed_images_jit(self.graphdef, self.params, batch, jnp.asarray([[h, w]], jnp.int32))
+        features = self._embed(self._leaves, batch, jnp.asarray([[h, w]], jnp.int32))
         self.set_image_embedding(ImageEmbeddings(features, [tuple(int(v) for v in original_image_size)], [(h, w)]))
 
     set_torch_image = set_jax_image  # the official name
@@ -183,12 +186,12 @@ class SamPredictor:
         self._require_image()
         B = validate.batch_size(point_coords, boxes, mask_input)
         prompts = pad_prompts(point_coords, point_labels, boxes, mask_input, B, self._mask_size)
-        params, features = self.params, self.features
+        params, features = self._leaves, self.features
         if self.mesh is not None and B > 1:  # prompts split over the devices, image and model replicated
             n = self.mesh.size
             prompts = Prompts(*(None if a is None else jax.device_put(pad_batch(a, n), batch_sharding(self.mesh, a.ndim)) for a in prompts))
             params, features = self._replicated_params(), jax.device_put(features, replicated(self.mesh))
-        low_res, iou = decode_prompts_jit(self.graphdef, params, features, prompts, multimask_output)
+        low_res, iou = self._decode(params, features, prompts, multimask_output=multimask_output)
         low_res, iou = low_res[:B], iou[:B]
         threshold = None if return_logits else self.model.mask_threshold
         masks = upscale_masks_jit(low_res, self.model.config, self.input_size, self.original_size, threshold)
@@ -203,11 +206,12 @@ class SamPredictor:
 
     @property
     def _param_sharding(self):
-        return jax.tree.leaves(self.params)[0].sharding
+        return self._leaves[0].sharding
 
-    def _replicated_params(self) -> nnx.State:
+    def _replicated_params(self) -> list[jax.Array]:
+        """The parameter leaves, replicated over the mesh (made once)."""
         if self._mesh_params is None:
-            self._mesh_params = jax.device_put(self.params, replicated(self.mesh))
+            self._mesh_params = jax.device_put(self._leaves, replicated(self.mesh))
         return self._mesh_params
 
     @property
