@@ -2,7 +2,8 @@
 `scripts/export_onnx_model.py` decoder (`segment_anything.utils.onnx.SamOnnxModel`).
 
     model = sam_jax.load("sam_vit_b")
-    export_onnx(model, "sam_decoder.onnx", return_single_mask=True)
+    export_onnx(model, "sam_decoder.onnx", return_single_mask=True)   # or, as the official notebook:
+    SamOnnxModel(model, return_single_mask=True).export("sam_decoder.onnx", opset_version=17)
     quantize_onnx("sam_decoder.onnx", "sam_decoder_quant.onnx")
     save_image_embedding(model, image, "embedding.npy")
 
@@ -17,8 +18,10 @@ Outputs: masks (1, M, H, W) logits at the original size (threshold at 0.0), iou_
     are masks, iou_predictions, stability_scores (1, M), areas (1, M) int64, low_res_masks (the
     official order; the official script leaves the last two of these five misnamed).
 
-The graph is built from this model's parameters by `sam_jax.export.onnx.graph` (not traced from torch),
-so it needs only `onnx` (and `onnxruntime` to run or quantize it): `pip install sam-jax[onnx]`.
+The graph is emitted from this model's parameters, one emitter per module of `sam_jax.modeling`
+(`builder`, `prompt_encoder`, `transformer`, `mask_decoder`, and `sam_onnx` for SamOnnxModel's
+own steps), not traced from torch, so writing it needs only `onnx` (and `onnxruntime` to run or
+quantize it): `pip install sam-jax[onnx]`. This package imports without them.
 """
 
 from __future__ import annotations
@@ -32,58 +35,12 @@ from ...modeling import Sam
 from ...predictor import SamPredictor
 from ...utils.io import atomic_file
 from ...utils.transforms import ResizeLongestSide
+from .sam_onnx import ONNX_HINT, OnnxFlags, SamOnnxModel, build_graph, export_onnx, quantize_onnx
 
-ONNX_HINT = "pip install sam-jax[onnx]"
-
-
-def _require(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ImportError(f"{module} is not installed: {ONNX_HINT}") from None
-
-
-def export_onnx(
-    model: Sam,
-    output_path: str | os.PathLike,
-    *,
-    return_single_mask: bool = False,
-    use_stability_score: bool = False,
-    return_extra_metrics: bool = False,
-    opset: int = 17,
-) -> Path:
-    """Writes the decoder ONNX model of `model` (flags as the official export script) and returns its path.
-
-    return_single_mask: output only the best mask (the multimask outputs when N <= 2, the
-    single-mask token when N >= 3, counting padding points, as the official select_masks).
-    use_stability_score: replace the IoU predictions by the stability score of the low-res masks
-    (offset 1.0). return_extra_metrics: also output stability scores and areas of the upscaled masks.
-    opset: 11 or later (default 17, as the official script)."""
-    onnx = _require("onnx")
-    from .graph import build_graph  # imports onnx, an optional dependency
-
-    if not 11 <= opset <= onnx.defs.onnx_opset_version():
-        raise ValueError(f"opset must be between 11 and {onnx.defs.onnx_opset_version()}, got {opset}")
-    proto = build_graph(model, return_single_mask, use_stability_score, return_extra_metrics, opset)
-    onnx.checker.check_model(proto)
-    path = Path(output_path)
-    with atomic_file(path) as tmp:
-        onnx.save(proto, tmp)
-    return path
-
-
-def quantize_onnx(in_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Dynamic uint8 weight quantization, with the official script's settings."""
-    _require("onnx")
-    _require("onnxruntime")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out = Path(out_path)
-    with atomic_file(out) as tmp:
-        quantize_dynamic(
-            model_input=str(in_path), model_output=str(tmp), per_channel=False, reduce_range=False, weight_type=QuantType.QUInt8
-        )
-    return out
+__all__ = [
+    "ONNX_HINT", "OnnxFlags", "SamOnnxModel", "build_graph", "export_onnx", "image_embedding", "onnx_inputs",
+    "quantize_onnx", "save_image_embedding",
+]
 
 
 def image_embedding(model: Sam, image: np.ndarray, image_format: str = "RGB") -> np.ndarray:
