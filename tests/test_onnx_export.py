@@ -206,7 +206,8 @@ def test_notebook_flow_via_cli(tiny, tmp_path, capsys):
     assert_close(emb, ref.get_image_embedding().numpy(), what="embedding .npy")
     sess = _session(tmp_path / "d.onnx")
     prompts = [dict(point_coords=np.array([[40.0, 30.0], [100.0, 80.0]]), point_labels=np.array([1, 0])),
-               dict(point_coords=np.array([[40.0, 30.0]]), point_labels=np.array([1]), box=np.array([10.0, 15.0, 120.0, 90.0]))]
+               dict(point_coords=np.array([[40.0, 30.0]]), point_labels=np.array([1]), box=np.array([10.0, 15.0, 120.0, 90.0])),
+               dict(box=np.array([10.0, 15.0, 120.0, 90.0]))]
     for kw in prompts:
         masks, iou, low = sess.run(None, onnx_inputs(tiny.model, emb, image.shape[:2], **kw))
         rm, riou, rlow = ref.predict(**kw, multimask_output=True, return_logits=True)
@@ -347,6 +348,32 @@ def test_sam_onnx_model(tiny, tmp_path):
     for change, message in bad:
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
             onnx_model(**{**feed, **change})
+
+
+def test_onnx_inputs_token_order(tiny):
+    """onnx_inputs: prompt_tokens' official order without its empty slots, coordinates in the
+    resized frame (a 100 x 200 image becomes 128 x 256), the mask size of the prompt encoder."""
+    emb = np.zeros((1, 32, 16, 16), np.float32)
+    pts, lab, box = np.array([[10.0, 20.0], [30.0, 40.0]]), np.array([1, 0]), np.array([1.0, 2.0, 50.0, 60.0])
+    scale = np.array([256 / 200, 128 / 100])
+    cases = {
+        "points + box": (dict(point_coords=pts, point_labels=lab, box=box), [1, 0, 2, 3], [*pts, box[:2], box[2:]]),
+        "points": (dict(point_coords=pts, point_labels=lab), [1, 0, -1], [*pts, [0, 0]]),
+        "box": (dict(box=box), [2, 3], [box[:2], box[2:]]),
+        "nothing": ({}, [-1], [[0, 0]]),
+    }
+    for name, (kw, labels, coords) in cases.items():
+        feed = onnx_inputs(tiny.model, emb, (100, 200), **kw)
+        np.testing.assert_array_equal(feed["point_labels"], np.array([labels], np.float32), err_msg=name)
+        np.testing.assert_allclose(feed["point_coords"][0], np.array(coords) * scale, rtol=1e-6, err_msg=name)
+        assert feed["mask_input"].shape == (1, 1, 64, 64) and feed["has_mask_input"][0] == 0.0
+    feed = onnx_inputs(tiny.model, emb, (100, 200), point_coords=pts[:1], point_labels=lab[:1], mask_input=np.ones((1, 64, 64)))
+    assert feed["has_mask_input"][0] == 1.0 and feed["mask_input"].shape == (1, 1, 64, 64)
+    for kw, message in [(dict(point_coords=pts, point_labels=lab[:1]), "point_labels must have 2 labels"),
+                        (dict(mask_input=np.ones((1, 32, 32))), "mask_input must have shape"),
+                        (dict(box=box[:3]), "box must hold 4 numbers")]:
+        with pytest.raises(ValueError, match=message):
+            onnx_inputs(tiny.model, emb, (100, 200), **kw)
 
 
 def test_imports_without_onnx():

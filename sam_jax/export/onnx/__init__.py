@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ...modeling import Sam
+from ...modeling.prompt_encoder import IGNORE_LABEL, prompt_tokens
 from ...predictor import SamPredictor
 from ...utils.io import atomic_file
 from ...utils.transforms import ResizeLongestSide
@@ -70,24 +71,40 @@ def onnx_inputs(
 ) -> dict[str, np.ndarray]:
     """The decoder's input feed for prompts in original-image pixels, as the official notebook builds it.
 
-    point_coords (N, 2) xy with point_labels (N,); box (4,) xyxy (two corners labelled 2 and 3);
-    without a box a (0, 0) point labelled -1 is appended. mask_input: (1, 4h, 4w) or (1, 1, 4h, 4w)
-    low-res logits from an earlier prediction."""
-    coords = np.zeros((0, 2), np.float64) if point_coords is None else np.asarray(point_coords, np.float64).reshape(-1, 2)
-    labels = np.zeros(0, np.float64) if point_labels is None else np.asarray(point_labels, np.float64).reshape(-1)
-    if box is not None:
-        coords = np.concatenate([coords, np.asarray(box, np.float64).reshape(2, 2)])
-        labels = np.concatenate([labels, [2.0, 3.0]])
+    point_coords (N, 2) xy with point_labels (N,); box (4,) xyxy; mask_input: (1, 4h, 4w) or
+    (1, 1, 4h, 4w) low-res logits from an earlier prediction. The tokens are `prompt_tokens`'
+    (the official order: the points, the -1 pad when there is no box, the two box corners
+    labelled 2 and 3), without its empty slots; with neither points nor a box, the -1 pad alone."""
+    coords = np.zeros((0, 2)) if point_coords is None else np.asarray(point_coords, np.float64)
+    labels = np.zeros(0) if point_labels is None else np.asarray(point_labels, np.float64).reshape(-1)
+    if coords.size % 2:
+        raise ValueError(f"point_coords must have shape (N, 2), got {coords.shape}")
+    coords = coords.reshape(-1, 2)
+    if labels.shape != coords.shape[:1]:
+        raise ValueError(f"point_labels must have {len(coords)} labels to match point_coords, got shape {labels.shape}")
+    if box is not None and np.size(box) != 4:
+        raise ValueError(f"box must hold 4 numbers (x0, y0, x1, y1), got shape {np.shape(box)}")
+    # To the resized-input frame in float64 first, as the official predictor: prompt_tokens' float32 is the one rounding.
+    transform = ResizeLongestSide(model.config.image_size)
+    coords = transform.apply_coords(coords, tuple(original_size))
+    boxes = np.zeros((1, 4)) if box is None else transform.apply_boxes(np.asarray(box, np.float64), tuple(original_size))
+    tokens, token_labels = prompt_tokens(coords[None], labels[None], boxes, np.array([box is not None]))
+    tokens, token_labels = np.asarray(tokens[0]), np.array(token_labels[0])
+    if (token_labels == IGNORE_LABEL).all():  # no prompt at all: the "not a point" pad slot alone, at (0, 0)
+        token_labels[len(coords)] = -1
+    keep = token_labels != IGNORE_LABEL
+
+    mask_size = model.prompt_encoder.mask_input_size
+    if mask_input is None:
+        mask = np.zeros((1, 1, *mask_size), np.float32)
+    elif np.size(mask_input) != mask_size[0] * mask_size[1]:
+        raise ValueError(f"mask_input must have shape (1, {mask_size[0]}, {mask_size[1]}), got {np.shape(mask_input)}")
     else:
-        coords = np.concatenate([coords, np.zeros((1, 2))])
-        labels = np.concatenate([labels, [-1.0]])
-    coords = ResizeLongestSide(model.config.image_size).apply_coords(coords, tuple(original_size))
-    size = 4 * (model.config.image_size // model.config.patch_size)
-    mask = np.zeros((1, 1, size, size), np.float32) if mask_input is None else np.asarray(mask_input, np.float32).reshape(1, 1, size, size)
+        mask = np.asarray(mask_input, np.float32).reshape(1, 1, *mask_size)
     return {
         "image_embeddings": np.asarray(embedding, np.float32),
-        "point_coords": coords[None].astype(np.float32),
-        "point_labels": labels[None].astype(np.float32),
+        "point_coords": tokens[keep][None].astype(np.float32),
+        "point_labels": token_labels[keep][None].astype(np.float32),
         "mask_input": mask,
         "has_mask_input": np.array([0.0 if mask_input is None else 1.0], np.float32),
         "orig_im_size": np.array(original_size, np.float32),
