@@ -206,7 +206,8 @@ def test_notebook_flow_via_cli(tiny, tmp_path, capsys):
     assert_close(emb, ref.get_image_embedding().numpy(), what="embedding .npy")
     sess = _session(tmp_path / "d.onnx")
     prompts = [dict(point_coords=np.array([[40.0, 30.0], [100.0, 80.0]]), point_labels=np.array([1, 0])),
-               dict(point_coords=np.array([[40.0, 30.0]]), point_labels=np.array([1]), box=np.array([10.0, 15.0, 120.0, 90.0]))]
+               dict(point_coords=np.array([[40.0, 30.0]]), point_labels=np.array([1]), box=np.array([10.0, 15.0, 120.0, 90.0])),
+               dict(box=np.array([10.0, 15.0, 120.0, 90.0]))]
     for kw in prompts:
         masks, iou, low = sess.run(None, onnx_inputs(tiny.model, emb, image.shape[:2], **kw))
         rm, riou, rlow = ref.predict(**kw, multimask_output=True, return_logits=True)
@@ -239,3 +240,148 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
     assert "pip install sam-jax[onnx]" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(ImportError, match=r"sam-jax\[onnx\]"):
         export_onnx(None, tmp_path / "d.onnx")
+
+
+def test_vit_b_sizes_and_dense_pe_in_graph(tmp_path):
+    """On a vit_b model (random weights, decoder perturbed; the encoder never runs): the dense
+    positional encoding is computed in the graph, not stored (no initializer near C*h*w), and our
+    float and quantized files are no larger than the official export of the same model
+    (torch.onnx.export as the official script calls it; dynamo=False: torch's default dynamo
+    exporter needs onnxscript), with outputs still equal to the official SamOnnxModel's."""
+    import warnings
+
+    import torch
+    from helpers import perturb
+    from segment_anything import sam_model_registry
+    from segment_anything.utils.onnx import SamOnnxModel as OfficialSamOnnxModel
+    from sam_jax.build_sam import model_from_params
+    from sam_jax.convert import convert_state_dict
+
+    torch.manual_seed(0)
+    official = sam_model_registry["vit_b"]().eval()
+    perturb(official.prompt_encoder), perturb(official.mask_decoder, seed=1)
+    model = model_from_params(*convert_state_dict({k: v.numpy() for k, v in official.state_dict().items()}, "vit_b", None))
+    cfg = model.config
+    feed = _feed(cfg, [1, 0, 2, 3, -1], True, (300, 451))
+    ref = OfficialSamOnnxModel(official, return_single_mask=True)
+    names = list(feed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ref, tuple(torch.from_numpy(v) for v in feed.values()), str(tmp_path / "official.onnx"),
+                          export_params=True, opset_version=17, do_constant_folding=True, input_names=names,
+                          output_names=["masks", "iou_predictions", "low_res_masks"], dynamo=False,
+                          dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}})
+    export_onnx(model, tmp_path / "ours.onnx", return_single_mask=True)
+    for name in ("official", "ours"):
+        quantize_onnx(tmp_path / f"{name}.onnx", tmp_path / f"{name}_quant.onnx")
+    size = {p.stem: p.stat().st_size for p in tmp_path.glob("*.onnx")}
+    print("vit_b decoder bytes:", size)
+    assert size["ours"] <= size["official"] and size["ours_quant"] <= size["official_quant"], size
+
+    grid = cfg.prompt_embed_dim * (cfg.image_size // cfg.patch_size) ** 2
+    largest = max(int(np.prod(t.dims)) for t in onnx.load(tmp_path / "ours.onnx").graph.initializer)
+    assert largest < grid, f"an initializer of {largest} values: the (C, h, w) dense PE is stored"
+    out = {n: _session(tmp_path / f"{n}.onnx").run(None, feed) for n in ("ours", "official", "ours_quant", "official_quant")}
+    _compare(out["ours"], _official(type("Case", (), {"official": official}), (True, False, False), feed),
+             (True, False, False), "vit_b vs official SamOnnxModel")
+    _compare(out["ours"], out["official"], (True, False, False), "vit_b vs official ONNX")
+    # Quantized: as close to the float model as the official quantized file is to its own.
+    err = {n: np.abs(out[n][2] - out["official"][2]).max() for n in ("ours_quant", "official_quant")}
+    print("quantized low-res logits, max |error| vs float:", err)
+    assert err["ours_quant"] <= 1.5 * err["official_quant"], err
+
+
+def test_gelu_approximate(tiny, tmp_path):
+    """--gelu-approximate: tanh GELUs and no Erf node, equal to the official SamOnnxModel whose
+    GELUs were set to tanh as the export script does (a difference the tolerance sees)."""
+    import copy
+
+    import torch
+
+    ckpt = str(tiny.model_dir)
+    assert main(["export-onnx", "--checkpoint", ckpt, "--output", str(tmp_path / "tanh.onnx"), "--gelu-approximate"]) == 0
+    export_onnx(tiny.model, tmp_path / "erf.onnx")
+    ops = {n: {node.op_type for node in onnx.load(tmp_path / f"{n}.onnx").graph.node} for n in ("tanh", "erf")}
+    assert "Erf" not in ops["tanh"] and "Tanh" in ops["tanh"] and "Erf" in ops["erf"]
+
+    case = copy.copy(tiny)
+    case.official = copy.deepcopy(tiny.official)  # the session's model keeps its exact GELUs
+    for m in case.official.modules():
+        if isinstance(m, torch.nn.GELU):
+            m.approximate = "tanh"
+    sess, flags = _session(tmp_path / "tanh.onnx"), (False, False, False)
+    for i, (labels, has_mask, orig) in enumerate(PROMPTS.values()):
+        feed = _feed(tiny.config, labels, True, orig, seed=10 + i)
+        ref, exact = _official(case, flags, feed), _official(tiny, flags, feed)
+        ours = sess.run(None, feed)
+        for o, r, e, name in zip(ours, ref, exact, ("masks", "iou_predictions", "low_res_masks")):
+            assert_close(o, r, tol=1e-5, what=f"tanh GELU {name}")
+        assert np.abs(ref[2] - exact[2]).max() > 1e-4 * np.abs(exact[2]).max(), "tanh and erf GELU agree: the test sees nothing"
+
+
+def test_sam_onnx_model(tiny, tmp_path):
+    """sam_jax.utils.onnx.SamOnnxModel: called on NumPy inputs it equals the official module run in
+    torch, for every flag combination; `.export` writes (and quantizes) the same ONNX model."""
+    from sam_jax.export.onnx import SamOnnxModel as Exported
+    from sam_jax.utils.onnx import SamOnnxModel
+
+    assert SamOnnxModel is Exported
+    prompts = list(PROMPTS.values())
+    for i, flags in enumerate(FLAGS):
+        labels, has_mask, orig = prompts[i % len(prompts)]
+        feed = _feed(tiny.config, labels, has_mask, orig, seed=20 + i)
+        onnx_model = SamOnnxModel(tiny.model, *flags)
+        _compare(list(onnx_model(**feed)), _official(tiny, flags, feed), flags, f"SamOnnxModel{flags} vs official")
+
+    onnx_model = SamOnnxModel(tiny.model, return_single_mask=True, return_extra_metrics=True)
+    path = onnx_model.export(tmp_path / "d.onnx", opset_version=17, quantize_out=tmp_path / "dq.onnx")
+    assert path == tmp_path / "d.onnx" and (tmp_path / "dq.onnx").exists()
+    feed = _feed(tiny.config, [1, 0], False, (120, 90), seed=3)
+    ours = _session(path).run(None, feed)
+    _compare(ours, _official(tiny, onnx_model.flags, feed), onnx_model.flags, "SamOnnxModel.export vs official")
+    _compare(ours, list(onnx_model(**feed)), onnx_model.flags, "SamOnnxModel.export vs SamOnnxModel()")
+
+    bad = [(dict(point_labels=np.array([[1.0, 5.0]], np.float32)), "point_labels must be in"),
+           (dict(mask_input=np.zeros((1, 1, 8, 8), np.float32)), "mask_input must have shape (1, 1, 64, 64)"),
+           (dict(point_coords=np.zeros((1, 2), np.float32)), "point_coords must have shape (1, N, 2)"),
+           (dict(orig_im_size=np.array([0.0, 10.0], np.float32)), "orig_im_size must hold a positive")]
+    for change, message in bad:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            onnx_model(**{**feed, **change})
+
+
+def test_onnx_inputs_token_order(tiny):
+    """onnx_inputs: prompt_tokens' official order without its empty slots, coordinates in the
+    resized frame (a 100 x 200 image becomes 128 x 256), the mask size of the prompt encoder."""
+    emb = np.zeros((1, 32, 16, 16), np.float32)
+    pts, lab, box = np.array([[10.0, 20.0], [30.0, 40.0]]), np.array([1, 0]), np.array([1.0, 2.0, 50.0, 60.0])
+    scale = np.array([256 / 200, 128 / 100])
+    cases = {
+        "points + box": (dict(point_coords=pts, point_labels=lab, box=box), [1, 0, 2, 3], [*pts, box[:2], box[2:]]),
+        "points": (dict(point_coords=pts, point_labels=lab), [1, 0, -1], [*pts, [0, 0]]),
+        "box": (dict(box=box), [2, 3], [box[:2], box[2:]]),
+        "nothing": ({}, [-1], [[0, 0]]),
+    }
+    for name, (kw, labels, coords) in cases.items():
+        feed = onnx_inputs(tiny.model, emb, (100, 200), **kw)
+        np.testing.assert_array_equal(feed["point_labels"], np.array([labels], np.float32), err_msg=name)
+        np.testing.assert_allclose(feed["point_coords"][0], np.array(coords) * scale, rtol=1e-6, err_msg=name)
+        assert feed["mask_input"].shape == (1, 1, 64, 64) and feed["has_mask_input"][0] == 0.0
+    feed = onnx_inputs(tiny.model, emb, (100, 200), point_coords=pts[:1], point_labels=lab[:1], mask_input=np.ones((1, 64, 64)))
+    assert feed["has_mask_input"][0] == 1.0 and feed["mask_input"].shape == (1, 1, 64, 64)
+    for kw, message in [(dict(point_coords=pts, point_labels=lab[:1]), "point_labels must have 2 labels"),
+                        (dict(mask_input=np.ones((1, 32, 32))), "mask_input must have shape"),
+                        (dict(box=box[:3]), "box must hold 4 numbers")]:
+        with pytest.raises(ValueError, match=message):
+            onnx_inputs(tiny.model, emb, (100, 200), **kw)
+
+
+def test_imports_without_onnx():
+    """SamOnnxModel (and the package) import without onnx and onnxruntime: only writing needs them."""
+    import subprocess
+
+    code = ("import sys; sys.modules['onnx'] = sys.modules['onnxruntime'] = None\n"
+            "from sam_jax.utils.onnx import SamOnnxModel\nfrom sam_jax.export.onnx import export_onnx\n"
+            "try:\n    export_onnx(None, 'never.onnx')\nexcept ImportError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "onnx is not installed: pip install sam-jax[onnx]" in out.stdout, out.stderr

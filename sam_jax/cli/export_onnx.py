@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--use-stability-score", action="store_true", help="stability scores instead of predicted IoU")
     p.add_argument("--return-extra-metrics", action="store_true", help="also output stability scores and areas")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version (>= 11, default 17)")
+    p.add_argument("--gelu-approximate", action="store_true",
+                   help="tanh approximations of the GELUs, for runtimes with a slow or no Erf")
     p.add_argument("--quantize-out", default=None, help="also write a dynamically uint8-quantized model here")
 
 
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     model = common.load_model(args)
     path = export_onnx(
         model, args.output, return_single_mask=args.return_single_mask, use_stability_score=args.use_stability_score,
-        return_extra_metrics=args.return_extra_metrics, opset=args.opset,
+        return_extra_metrics=args.return_extra_metrics, opset=args.opset, gelu_approximate=args.gelu_approximate,
     )
     print(f"wrote {path}")
     if args.quantize_out:

@@ -2,7 +2,8 @@
 `scripts/export_onnx_model.py` decoder (`segment_anything.utils.onnx.SamOnnxModel`).
 
     model = sam_jax.load("sam_vit_b")
-    export_onnx(model, "sam_decoder.onnx", return_single_mask=True)
+    export_onnx(model, "sam_decoder.onnx", return_single_mask=True)   # or, as the official notebook:
+    SamOnnxModel(model, return_single_mask=True).export("sam_decoder.onnx", opset_version=17)
     quantize_onnx("sam_decoder.onnx", "sam_decoder_quant.onnx")
     save_image_embedding(model, image, "embedding.npy")
 
@@ -17,8 +18,10 @@ Outputs: masks (1, M, H, W) logits at the original size (threshold at 0.0), iou_
     are masks, iou_predictions, stability_scores (1, M), areas (1, M) int64, low_res_masks (the
     official order; the official script leaves the last two of these five misnamed).
 
-The graph is built from this model's parameters by `sam_jax.export.onnx.graph` (not traced from torch),
-so it needs only `onnx` (and `onnxruntime` to run or quantize it): `pip install sam-jax[onnx]`.
+The graph is emitted from this model's parameters, one emitter per module of `sam_jax.modeling`
+(`builder`, `prompt_encoder`, `transformer`, `mask_decoder`, and `sam_onnx` for SamOnnxModel's
+own steps), not traced from torch, so writing it needs only `onnx` (and `onnxruntime` to run or
+quantize it): `pip install sam-jax[onnx]`. This package imports without them.
 """
 
 from __future__ import annotations
@@ -29,61 +32,16 @@ from pathlib import Path
 import numpy as np
 
 from ...modeling import Sam
+from ...modeling.prompt_encoder import IGNORE_LABEL, prompt_tokens
 from ...predictor import SamPredictor
 from ...utils.io import atomic_file
 from ...utils.transforms import ResizeLongestSide
+from .sam_onnx import ONNX_HINT, OnnxFlags, SamOnnxModel, build_graph, export_onnx, quantize_onnx
 
-ONNX_HINT = "pip install sam-jax[onnx]"
-
-
-def _require(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ImportError(f"{module} is not installed: {ONNX_HINT}") from None
-
-
-def export_onnx(
-    model: Sam,
-    output_path: str | os.PathLike,
-    *,
-    return_single_mask: bool = False,
-    use_stability_score: bool = False,
-    return_extra_metrics: bool = False,
-    opset: int = 17,
-) -> Path:
-    """Writes the decoder ONNX model of `model` (flags as the official export script) and returns its path.
-
-    return_single_mask: output only the best mask (the multimask outputs when N <= 2, the
-    single-mask token when N >= 3, counting padding points, as the official select_masks).
-    use_stability_score: replace the IoU predictions by the stability score of the low-res masks
-    (offset 1.0). return_extra_metrics: also output stability scores and areas of the upscaled masks.
-    opset: 11 or later (default 17, as the official script)."""
-    onnx = _require("onnx")
-    from .graph import build_graph  # imports onnx, an optional dependency
-
-    if not 11 <= opset <= onnx.defs.onnx_opset_version():
-        raise ValueError(f"opset must be between 11 and {onnx.defs.onnx_opset_version()}, got {opset}")
-    proto = build_graph(model, return_single_mask, use_stability_score, return_extra_metrics, opset)
-    onnx.checker.check_model(proto)
-    path = Path(output_path)
-    with atomic_file(path) as tmp:
-        onnx.save(proto, tmp)
-    return path
-
-
-def quantize_onnx(in_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Dynamic uint8 weight quantization, with the official script's settings."""
-    _require("onnx")
-    _require("onnxruntime")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out = Path(out_path)
-    with atomic_file(out) as tmp:
-        quantize_dynamic(
-            model_input=str(in_path), model_output=str(tmp), per_channel=False, reduce_range=False, weight_type=QuantType.QUInt8
-        )
-    return out
+__all__ = [
+    "ONNX_HINT", "OnnxFlags", "SamOnnxModel", "build_graph", "export_onnx", "image_embedding", "onnx_inputs",
+    "quantize_onnx", "save_image_embedding",
+]
 
 
 def image_embedding(model: Sam, image: np.ndarray, image_format: str = "RGB") -> np.ndarray:
@@ -113,24 +71,40 @@ def onnx_inputs(
 ) -> dict[str, np.ndarray]:
     """The decoder's input feed for prompts in original-image pixels, as the official notebook builds it.
 
-    point_coords (N, 2) xy with point_labels (N,); box (4,) xyxy (two corners labelled 2 and 3);
-    without a box a (0, 0) point labelled -1 is appended. mask_input: (1, 4h, 4w) or (1, 1, 4h, 4w)
-    low-res logits from an earlier prediction."""
-    coords = np.zeros((0, 2), np.float64) if point_coords is None else np.asarray(point_coords, np.float64).reshape(-1, 2)
-    labels = np.zeros(0, np.float64) if point_labels is None else np.asarray(point_labels, np.float64).reshape(-1)
-    if box is not None:
-        coords = np.concatenate([coords, np.asarray(box, np.float64).reshape(2, 2)])
-        labels = np.concatenate([labels, [2.0, 3.0]])
+    point_coords (N, 2) xy with point_labels (N,); box (4,) xyxy; mask_input: (1, 4h, 4w) or
+    (1, 1, 4h, 4w) low-res logits from an earlier prediction. The tokens are `prompt_tokens`'
+    (the official order: the points, the -1 pad when there is no box, the two box corners
+    labelled 2 and 3), without its empty slots; with neither points nor a box, the -1 pad alone."""
+    coords = np.zeros((0, 2)) if point_coords is None else np.asarray(point_coords, np.float64)
+    labels = np.zeros(0) if point_labels is None else np.asarray(point_labels, np.float64).reshape(-1)
+    if coords.size % 2:
+        raise ValueError(f"point_coords must have shape (N, 2), got {coords.shape}")
+    coords = coords.reshape(-1, 2)
+    if labels.shape != coords.shape[:1]:
+        raise ValueError(f"point_labels must have {len(coords)} labels to match point_coords, got shape {labels.shape}")
+    if box is not None and np.size(box) != 4:
+        raise ValueError(f"box must hold 4 numbers (x0, y0, x1, y1), got shape {np.shape(box)}")
+    # To the resized-input frame in float64 first, as the official predictor: prompt_tokens' float32 is the one rounding.
+    transform = ResizeLongestSide(model.config.image_size)
+    coords = transform.apply_coords(coords, tuple(original_size))
+    boxes = np.zeros((1, 4)) if box is None else transform.apply_boxes(np.asarray(box, np.float64), tuple(original_size))
+    tokens, token_labels = prompt_tokens(coords[None], labels[None], boxes, np.array([box is not None]))
+    tokens, token_labels = np.asarray(tokens[0]), np.array(token_labels[0])
+    if (token_labels == IGNORE_LABEL).all():  # no prompt at all: the "not a point" pad slot alone, at (0, 0)
+        token_labels[len(coords)] = -1
+    keep = token_labels != IGNORE_LABEL
+
+    mask_size = model.prompt_encoder.mask_input_size
+    if mask_input is None:
+        mask = np.zeros((1, 1, *mask_size), np.float32)
+    elif np.size(mask_input) != mask_size[0] * mask_size[1]:
+        raise ValueError(f"mask_input must have shape (1, {mask_size[0]}, {mask_size[1]}), got {np.shape(mask_input)}")
     else:
-        coords = np.concatenate([coords, np.zeros((1, 2))])
-        labels = np.concatenate([labels, [-1.0]])
-    coords = ResizeLongestSide(model.config.image_size).apply_coords(coords, tuple(original_size))
-    size = 4 * (model.config.image_size // model.config.patch_size)
-    mask = np.zeros((1, 1, size, size), np.float32) if mask_input is None else np.asarray(mask_input, np.float32).reshape(1, 1, size, size)
+        mask = np.asarray(mask_input, np.float32).reshape(1, 1, *mask_size)
     return {
         "image_embeddings": np.asarray(embedding, np.float32),
-        "point_coords": coords[None].astype(np.float32),
-        "point_labels": labels[None].astype(np.float32),
+        "point_coords": tokens[keep][None].astype(np.float32),
+        "point_labels": token_labels[keep][None].astype(np.float32),
         "mask_input": mask,
         "has_mask_input": np.array([0.0 if mask_input is None else 1.0], np.float32),
         "orig_im_size": np.array(original_size, np.float32),
