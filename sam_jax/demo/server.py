@@ -1,7 +1,7 @@
 """The web demo's server (`sam-jax demo`): an interactive web page in the style of the official SAM demo.
 
 The server (standard library only) computes the image embedding with sam-jax once per image; the
-browser runs the exported prompt decoder (`decoder.onnx`, from `onnx_export.export_onnx`) with
+browser runs the exported prompt decoder (`decoder.onnx`, from `sam_jax.export.onnx.export_onnx`) with
 onnxruntime-web for every mouse move and click, so a prompt costs no round trip.
 
 Routes (nothing else is served):
