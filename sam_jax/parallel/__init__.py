@@ -2,6 +2,10 @@
 be split over them. Built on JAX's own runtime (`Mesh`, `NamedSharding`, `jax.distributed`): the
 compiler places the collectives; nothing here moves data by hand."""
 
+from .distributed import initialize, process_share
 from .mesh import DATA, FSDP, batch_sharding, data_parallel_mesh, make_mesh, pad_batch, replicated
 
-__all__ = ["DATA", "FSDP", "batch_sharding", "data_parallel_mesh", "make_mesh", "pad_batch", "replicated"]
+__all__ = [
+    "DATA", "FSDP", "batch_sharding", "data_parallel_mesh", "initialize", "make_mesh", "pad_batch",
+    "process_share", "replicated",
+]

@@ -1,0 +1,61 @@
+"""Joining a multi-process run (`jax.distributed`), and the helpers that split work between
+processes. Every process runs the same program; each addresses its local devices, and a global
+`Mesh` spans all of them.
+
+The coordinator, process count and process index come from the arguments (the CLI's
+`--coordinator-address`, `--num-processes`, `--process-id`), else from the environment
+(`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`), else from JAX's own cluster
+detection (Cloud TPU, Slurm, Open MPI) when `auto=True`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TypeVar
+
+import jax
+
+T = TypeVar("T")
+
+
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+) -> bool:
+    """Calls `jax.distributed.initialize` when a multi-process run is asked for; returns whether
+    it was. Call it before anything touches a device."""
+    address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+    count = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
+    index = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
+    given = [v is not None for v in (address, count, index)]
+    if not any(given) and not auto:
+        return False
+    if not all(given) and not auto:
+        raise ValueError("a multi-process run needs the coordinator address, the process count and this process's index")
+    if count is not None and not 0 <= (index or 0) < count:
+        raise ValueError(f"process index {index} is outside 0..{count - 1}")
+    # Cross-process collectives on CPU need an implementation (GPUs and TPUs bring their own).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(address, count, index)
+    return True
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer") from None
+
+
+def process_share(items: Sequence[T], index: int | None = None, count: int | None = None) -> list[T]:
+    """This process's deterministic share of `items`: every `count`-th item from `index` (the
+    same split whatever the processes' speeds, so a restarted process redoes only its own)."""
+    index = jax.process_index() if index is None else index
+    count = jax.process_count() if count is None else count
+    return list(items[index::count])
