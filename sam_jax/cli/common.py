@@ -11,6 +11,7 @@ import jax
 from ..build_sam import fetch, load
 from ..config import MODEL_TYPES
 from ..utils.devices import as_device
+from ..utils.progress import status
 from ..weights import cache_dir
 
 DEVICES = ("cpu", "gpu", "cuda", "tpu")
@@ -79,7 +80,9 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
 
 def load_model(args: argparse.Namespace):
     """The model named by --checkpoint/--model-type, on --device when given."""
-    model = load(checkpoint_path(args), model_type=args.model_type)
+    path = checkpoint_path(args)
+    with status(f"loading {args.checkpoint or args.model_type}", args.quiet):
+        model = load(path, model_type=args.model_type)
     if getattr(args, "device", None):
         model.to(select_device(args.device))
     return model

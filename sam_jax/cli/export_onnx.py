@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--return-extra-metrics", action="store_true", help="also output stability scores and areas")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version (>= 11, default 17)")
     p.add_argument("--quantize-out", default=None, help="also write a dynamically uint8-quantized model here")
+    common.add_quiet_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
+from .memory import compile_count, compile_seconds
+
 BAR_WIDTH = 30
 REDRAW_SECONDS = 0.1  # byte counts arrive per chunk: redraw a terminal bar at most this often
 
@@ -82,16 +84,21 @@ def say(text: str, quiet: bool = False, stream: TextIO | None = None) -> None:
 
 @contextlib.contextmanager
 def status(text: str, quiet: bool = False, stream: TextIO | None = None) -> Iterator[None]:
-    """`text ...` while a step runs, then its duration; on a terminal only (a step is not an item)."""
+    """`text ...` while a step runs, then its duration, and how much of it XLA spent compiling if it
+    compiled (counted through `memory.compile_count`): a one-time cost, as later calls reuse the
+    programs (and later runs too, with the compilation cache). On a terminal only: a step is not an item."""
     stream = stream or sys.stderr
     show = not quiet and stream.isatty()
     if show:
-        stream.write(f"{text} ...")
+        stream.write(f"sam-jax: {text} ...")
         stream.flush()
-    t0 = time.perf_counter()
+    t0, compiles, compiling = time.perf_counter(), compile_count(), compile_seconds()
     try:
         yield
     finally:
         if show:
-            stream.write(f" {time.perf_counter() - t0:.1f} s\n")
+            line = f" {time.perf_counter() - t0:.1f} s"
+            if compile_count() > compiles:
+                line += f" ({compile_seconds() - compiling:.1f} s of it compiling, a one-time cost)"
+            stream.write(line + "\n")
             stream.flush()
