@@ -23,6 +23,7 @@ from .config import SamConfig, get_config
 from .convert import ConversionError, convert_state_dict, read_state_dict
 from .convert.keys import official_key, official_shape
 from .modeling import Sam
+from .utils.download import exclusive
 from .utils.memory import release_host_memory
 from .utils.progress import say
 
@@ -113,16 +114,17 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
     folder = weights.converted_path(src)
     if checkpoint.is_checkpoint(folder):
         return folder
-    raw = weights.download_weights(src, quiet=quiet)
-    say(f"converting {raw.name} into {folder} (once)", quiet)
-    try:
+    # One process fetches and converts a name at a time; the others wait, then find it done.
+    with exclusive(folder.with_name(f".{folder.name}.lock"), f"fetching {name}", quiet):
+        if checkpoint.is_checkpoint(folder):
+            return folder
+        if folder.exists():  # not ours to replace
+            raise FileExistsError(f"{folder} exists but is not a sam-jax checkpoint: remove it to fetch {name}")
+        raw = weights.download_weights(src, quiet=quiet)
+        say(f"converting {raw.name} into {folder} (once)", quiet)
         convert_checkpoint(raw, folder, model_type=src.model_type)
-    except FileExistsError:
-        if not checkpoint.is_checkpoint(folder):  # not ours to replace: say so
-            raise FileExistsError(f"{folder} exists but is not a sam-jax checkpoint: remove it to fetch {name}") from None
-        # else another process converted it meanwhile
-    if src.official is not None:
-        raw.unlink(missing_ok=True)  # the converted copy is what later calls load
+        if src.official is not None:
+            raw.unlink(missing_ok=True)  # the converted copy is what later calls load
     return folder
 
 

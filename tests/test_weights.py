@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class FileServer(ThreadingHTTPServer):
         self.requests: list[tuple[str, str, str | None]] = []
         self.cut_after: int | None = None
         self.ignore_range = False
+        self.delay = 0.0  # seconds before each response
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
@@ -73,6 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, head: bool) -> None:
         rng = self.headers.get("Range")
         self.server.requests.append((self.command, self.path, rng))
+        time.sleep(self.server.delay)
         path = re.sub(r"/resolve/[^/]+/", "/resolve/main/", self.path)
         body = self.server.files.get(path)
         if body is None:
@@ -148,9 +151,9 @@ def entry(tiny, server, tmp_path, monkeypatch):
 
 
 def _cache_files(tmp_path) -> list[str]:
-    """The cache's files, but the downloads' lock files."""
+    """The cache's files, but the (empty, permanent) lock files."""
     root = tmp_path / "cache"
-    files = sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
     return [f for f in files if not f.endswith(".lock")]
 
 
@@ -190,7 +193,7 @@ def test_first_use_then_cached(tiny, entry, server, tmp_path, capsys):
     assert f"downloading {entry.file}" in err and "converting" in err
     # Only the converted checkpoint stays: no .pth, no partial file (the empty lock file stays).
     files = _cache_files(tmp_path)
-    assert "checkpoints/sam_test_tiny_" + entry.file[14:20] in files
+    assert f"checkpoints/{entry.file[:-4]}/config.json" in files
     assert not any(f.startswith("downloads/") for f in files), files
     assert (tmp_path / "cache" / "downloads" / f".{entry.file}.lock").stat().st_size == 0
 
@@ -205,6 +208,19 @@ def test_first_use_then_cached(tiny, entry, server, tmp_path, capsys):
         sam_jax.load(tmp_path / "test_tiny")
 
 
+def test_concurrent_fetches_download_once(entry, server, tmp_path, capsys):
+    server.delay = 1.0  # the first fetch still holds the lock when the second asks
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(fetch("test_tiny"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)
+    for t in threads:
+        t.join(120)
+    assert len(results) == 2 and results[0] == results[1] and len(server.requests) == 1
+    assert "waiting for another process fetching test_tiny" in capsys.readouterr().err
+
+
 def test_interrupted_download_resumes(tiny, entry, server, tmp_path):
     size = len(server.files[f"/{entry.file}"])
     server.cut_after = size // 3
@@ -214,7 +230,7 @@ def test_interrupted_download_resumes(tiny, entry, server, tmp_path):
     part = tmp_path / "cache" / "downloads" / f".{entry.file}.download"
     assert part.stat().st_size == size // 3
     assert not (tmp_path / "cache" / "downloads" / entry.file).exists()  # never under the final name
-    assert not (tmp_path / "cache" / "checkpoints").exists()
+    assert not any(f.startswith("checkpoints/") for f in _cache_files(tmp_path))
 
     model = sam_jax.load("test_tiny")
     assert server.requests[-1] == ("GET", f"/{entry.file}", f"bytes={size // 3}-")
@@ -247,7 +263,7 @@ def test_wrong_digest_deletes_the_file(entry, server, tmp_path, monkeypatch, wro
     with pytest.raises(DownloadError, match=f"{wrong.upper()} .* differs from the published .*deleted") as e:
         sam_jax.load("test_tiny")
     assert "\n" not in str(e.value)
-    assert _cache_files(tmp_path) == ["downloads"]  # nothing left but the folder
+    assert _cache_files(tmp_path) == []  # nothing left
 
 
 def test_server_down(entry, monkeypatch, tmp_path, capsys):
@@ -255,7 +271,7 @@ def test_server_down(entry, monkeypatch, tmp_path, capsys):
     with pytest.raises(DownloadError, match="cannot download .*offline") as e:
         sam_jax.load("test_tiny")
     assert "\n" not in str(e.value)
-    assert _cache_files(tmp_path) == ["downloads"]
+    assert _cache_files(tmp_path) == []
     # The CLI: one line, no traceback.
     assert cli(["convert", "--checkpoint", "test_tiny", "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()

@@ -56,7 +56,7 @@ def download(
         raise ValueError(f"download of {url}: give at least one digest of 6 or more hex digits")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f".{dest.name}.download")
-    with _exclusive(dest.with_name(f".{dest.name}.lock"), quiet):
+    with exclusive(dest.with_name(f".{dest.name}.lock"), f"downloading {dest.name}", quiet):
         if dest.is_file():  # another process finished it while this one waited
             return dest
         _fetch(url, part, quiet, timeout, hint)
@@ -133,16 +133,18 @@ def _verify(path: Path, digests: dict[str, str], name: str) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive(lock: Path, quiet: bool) -> Iterator[None]:
-    """Holds an exclusive lock on the file `lock` (created if needed) while the block runs."""
+def exclusive(lock: Path, what: str, quiet: bool = False) -> Iterator[None]:
+    """Holds an exclusive lock on the file `lock` (created if needed, left in place) while the block
+    runs; says so when it has to wait for another process `what` (e.g. "downloading x.pth")."""
     if fcntl is None:
         yield
         return
+    lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            say(f"waiting for another process downloading {lock.name[1:-5]}", quiet)
+            say(f"waiting for another process {what}", quiet)
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
