@@ -1,9 +1,10 @@
 """Benchmarks: sam-jax against the official PyTorch SAM, in the same process, on the same machine
 and the same (converted) weights, runs alternating between the two.
 
-    python -m benchmarks.bench                      # all cases, vit_b, writes benchmarks/RESULTS.md
-    python -m benchmarks.bench --cases embed,boxes  # a subset
-    python -m benchmarks.bench --models vit_b,vit_h # larger encoders (minutes each on a CPU)
+    curl -LO https://raw.githubusercontent.com/facebookresearch/segment-anything/main/notebooks/images/truck.jpg
+    python -m benchmarks.bench --image truck.jpg                      # all cases, vit_b, writes benchmarks/RESULTS.md
+    python -m benchmarks.bench --image truck.jpg --cases embed,boxes  # a subset
+    python -m benchmarks.bench --image truck.jpg --models vit_b,vit_h # larger encoders (minutes each on a CPU)
 
 Per case: median and spread (min-max) of --repeats runs after one warm-up of each, the ratio
 ours/official, our first-call time (compilation) separately, the case's FLOPs as XLA counts them,
@@ -28,7 +29,8 @@ def main(argv=None) -> None:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--models", default="vit_b")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--image", default=str(ROOT.parent / "shared" / "images" / "truck.jpg"))
+    ap.add_argument("--image", required=True,
+                    help="the photo of the prompt and AMG cases (RESULTS.md: the official notebooks/images/truck.jpg)")
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS per case in subprocesses")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--no-write", action="store_true")

@@ -1,28 +1,28 @@
 """Generate masks for a whole image and save an overlay of all of them.
 
-    python examples/automatic_masks.py --checkpoint sam_vit_b --image photo.jpg --output masks.png
+    python examples/automatic_masks.py --checkpoint vit_b --image photo.jpg --output masks.png
 
---checkpoint takes a directory written by `sam-jax convert` or an official .pth. Generator
-options mirror the official ones (see --help).
+--checkpoint takes a model name (vit_b, vit_l, vit_h: downloaded and converted on first use), a
+directory written by `sam-jax convert` or an official .pth. Generator options mirror the official
+ones (see --help; `sam-jax amg --help` explains each).
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 
 import sam_jax
 from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
 from sam_jax.utils.overlay import overlay_masks
+from sam_jax.utils.progress import status
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--model-type", default="vit_b", help="config to check a .pth against")
+    ap.add_argument("--checkpoint", default="vit_b", help="model name, converted directory or .pth (default: vit_b)")
+    ap.add_argument("--model-type", help="check the checkpoint against this config (vit_b, vit_l, vit_h)")
     ap.add_argument("--image", required=True)
     ap.add_argument("--output", default="masks.png")
     ap.add_argument("--points-per-side", type=int, default=32)
@@ -30,22 +30,24 @@ def main(argv=None) -> None:
     ap.add_argument("--stability-score-thresh", type=float, default=0.95)
     ap.add_argument("--crop-n-layers", type=int, default=0)
     ap.add_argument("--min-mask-region-area", type=int, default=0)
+    ap.add_argument("--quiet", action="store_true", help="no status lines")
     args = ap.parse_args(argv)
 
-    ckpt = Path(args.checkpoint)
-    model = sam_jax.load(ckpt) if ckpt.is_dir() else sam_jax.sam_model_registry[args.model_type](checkpoint=ckpt)
+    with status(f"loading {args.checkpoint}", args.quiet):
+        model = sam_jax.load(args.checkpoint, model_type=args.model_type)
     image = np.asarray(Image.open(args.image).convert("RGB"))
     generator = SamAutomaticMaskGenerator(
         model, points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh, crop_n_layers=args.crop_n_layers,
         min_mask_region_area=args.min_mask_region_area,
     )
-    records = generator.generate(image)
+    with status(f"generating masks for {args.image}", args.quiet):
+        records = generator.generate(image)
     # Largest first, so small masks stay visible on top.
     records.sort(key=lambda r: r["area"], reverse=True)
     masks = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0,) + image.shape[:2], bool)
     overlay_masks(image, masks, alpha=0.35).save(args.output)
-    print(f"{len(records)} masks -> {args.output}")
+    print(f"{len(records)} mask{'' if len(records) == 1 else 's'} -> {args.output}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Segment an image from a click and a box, and save an overlay PNG.
+"""Segment an image from clicks and/or a box, and save an overlay PNG.
 
-    python examples/predictor.py --checkpoint sam_vit_b_01ec64.pth --image photo.jpg \
+    python examples/predictor.py --checkpoint vit_b --image photo.jpg \
         --point 500,375 --box 425,600,700,875 --output overlay.png
 
---checkpoint takes an official .pth (converted in memory) or a directory written by
-`sam-jax convert` (faster to load). Without --point/--box the image centre is clicked.
+--checkpoint takes a model name (vit_b, vit_l, vit_h: the official weights, downloaded and
+converted on first use, then cached), a directory written by `sam-jax convert`, or an official
+.pth (converted in memory). Without --point/--box the image centre is clicked.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from PIL import Image
 
 import sam_jax
 from sam_jax.utils.overlay import overlay_masks
+from sam_jax.utils.progress import status
 
 
 def _floats(text: str) -> list[float]:
@@ -24,22 +26,23 @@ def _floats(text: str) -> list[float]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--model-type", default="vit_b", help="config to check a .pth against (ignored for a converted dir)")
+    ap.add_argument("--checkpoint", default="vit_b", help="model name, converted directory or .pth (default: vit_b)")
+    ap.add_argument("--model-type", help="check the checkpoint against this config (vit_b, vit_l, vit_h)")
     ap.add_argument("--image", required=True)
     ap.add_argument("--point", action="append", type=_floats, help="x,y of a foreground click (repeatable)")
     ap.add_argument("--negative", action="append", type=_floats, help="x,y of a background click (repeatable)")
     ap.add_argument("--box", type=_floats, help="x0,y0,x1,y1")
     ap.add_argument("--output", default="overlay.png")
+    ap.add_argument("--quiet", action="store_true", help="no status lines")
     args = ap.parse_args(argv)
 
-    from pathlib import Path
-
-    ckpt = Path(args.checkpoint)
-    model = sam_jax.load(ckpt) if ckpt.is_dir() else sam_jax.sam_model_registry[args.model_type](checkpoint=ckpt)
+    # Each long step says what it does (on a terminal); the first run also compiles, once.
+    with status(f"loading {args.checkpoint}", args.quiet):
+        model = sam_jax.load(args.checkpoint, model_type=args.model_type)
     image = np.asarray(Image.open(args.image).convert("RGB"))
     predictor = sam_jax.SamPredictor(model)
-    predictor.set_image(image)
+    with status(f"embedding {args.image}", args.quiet):
+        predictor.set_image(image)
 
     pos, neg = args.point or [], args.negative or []
     if not pos and not neg and args.box is None:
@@ -48,7 +51,8 @@ def main(argv=None) -> None:
     labels = np.array([1] * len(pos) + [0] * len(neg)) if coords is not None else None
     box = np.array(args.box) if args.box is not None else None
 
-    masks, scores, _ = predictor.predict(coords, labels, box, multimask_output=box is None)
+    with status("predicting masks", args.quiet):
+        masks, scores, _ = predictor.predict(coords, labels, box, multimask_output=box is None)
     best = int(np.argmax(scores))
     overlay_masks(image, masks[best : best + 1], points=coords, labels=labels, boxes=box).save(args.output)
     print(f"mask {best} (predicted IoU {scores[best]:.3f}, {int(masks[best].sum())} pixels) -> {args.output}")

@@ -1,6 +1,7 @@
 """Model construction and loading: the official `build_sam.py` registry, and `load`, the one entry
 point for every kind of checkpoint.
 
+    sam = sam_jax.load("vit_b")                           # a model name: downloaded and converted once (weights.py)
     sam = sam_jax.load("sam_vit_b")                       # a folder written by `sam-jax convert`
     sam = sam_jax.load("sam_vit_b_01ec64.pth")            # an official checkpoint, converted in memory
     sam = sam_jax.load("facebook-sam-vit-base/")          # a Hugging Face folder (model.safetensors)
@@ -17,12 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from . import checkpoint
+from . import checkpoint, weights
 from .config import SamConfig, get_config
 from .convert import ConversionError, convert_state_dict, read_state_dict
 from .convert.keys import official_key, official_shape
 from .modeling import Sam
+from .utils.download import exclusive
 from .utils.memory import release_host_memory
+from .utils.progress import say
 
 HF_WEIGHTS = "model.safetensors"
 
@@ -89,16 +92,40 @@ def read_params(
 
 
 def load(path_or_name: str | os.PathLike, *, model_type: str | None = None) -> Sam:
-    """The model stored at `path_or_name` (see `read_params` for what it may be).
+    """The model stored at `path_or_name` (see `read_params` for what it may be), or the official
+    weights of a model name ("vit_b", "sam_vit_b_01ec64.pth", "facebook/sam-vit-base", ...; see
+    `weights`), downloaded and converted on first use. An existing path wins over a name.
 
     model_type: "vit_b", "vit_l" or "vit_h" to check the checkpoint against (default: the
     configuration is read from the checkpoint, or inferred from its tensor shapes)."""
     path = Path(path_or_name)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        path = fetch(str(path_or_name))  # a model name, else FileNotFoundError listing the names
     model = model_from_params(*read_params(path, model_type))
     release_host_memory()  # the reader's staging buffers
     return model
+
+
+def fetch(name: str, *, quiet: bool = False) -> Path:
+    """The converted checkpoint folder of a model name (see `weights`): from the cache, or
+    downloaded, verified and converted into it once. Raises FileNotFoundError for an unknown name,
+    `weights.DownloadError` (one line) when the download fails."""
+    src = weights.source(name)
+    folder = weights.converted_path(src)
+    if checkpoint.is_checkpoint(folder):
+        return folder
+    # One process fetches and converts a name at a time; the others wait, then find it done.
+    with exclusive(folder.with_name(f".{folder.name}.lock"), f"fetching {name}", quiet):
+        if checkpoint.is_checkpoint(folder):
+            return folder
+        if folder.exists():  # not ours to replace
+            raise FileExistsError(f"{folder} exists but is not a sam-jax checkpoint: remove it to fetch {name}")
+        raw = weights.download_weights(src, quiet=quiet)
+        say(f"converting {raw.name} into {folder} (once)", quiet)
+        convert_checkpoint(raw, folder, model_type=src.model_type)
+        if src.official is not None:
+            raw.unlink(missing_ok=True)  # the converted copy is what later calls load
+    return folder
 
 
 def convert_checkpoint(
@@ -131,6 +158,8 @@ def build_sam_from_config(config: SamConfig | str, checkpoint: str | os.PathLike
     config = get_config(config) if isinstance(config, str) else config
     if checkpoint is None:
         return Sam(config, rngs=nnx.Rngs(seed))
+    if not Path(checkpoint).exists():
+        checkpoint = fetch(str(checkpoint))  # an official file name, as the official notebooks pass it
     try:
         cfg, params = read_params(checkpoint, config=config)
     except ConversionError as e:

@@ -23,6 +23,7 @@ def test_wheel_contents_and_installed_cli(tmp_path):
     assert all(t == "sam_jax" or t.endswith(".dist-info") for t in top), top
     assert "sam_jax/convert/keys.py" in names and "sam_jax/cli/common.py" in names
     assert "sam_jax/configs/vit_h.json" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)  # the Apache-2.0 text ships
 
     assert "sam_jax/demo/web/index.html" in names and "sam_jax/demo/web/package-lock.json" in names
     assert not any("node_modules" in n for n in names)

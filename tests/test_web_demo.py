@@ -32,7 +32,7 @@ CHROMIUM = Path(os.environ.get("SAM_JAX_CHROMIUM", "/usr/bin/chromium"))
 LOGIT_MARGIN = 1e-3  # drawn and reference masks may differ only where |logit| <= this
 
 needs_ort = pytest.mark.skipif(
-    not (demo.ORT_DIST / demo.ORT_ENTRY).is_file(),
+    demo.find_dist() is None,
     reason=f"onnxruntime-web not installed: run `npm ci` in {demo.WEB_DIR}",
 )
 
@@ -69,7 +69,7 @@ def demo_server(cases):
     """The demo server, in this process on a free port, for a converted random-weight test model whose
     mask logits are scaled by 100 (the last layer of every output hypernetwork MLP), so that few
     pixels sit near the threshold. The browser and the reference both use this same model."""
-    if not (demo.ORT_DIST / demo.ORT_ENTRY).is_file():
+    if demo.find_dist() is None:
         pytest.skip(f"onnxruntime-web not installed: run `npm ci` in {demo.WEB_DIR}")
     from sam_jax import load
 
@@ -151,16 +151,66 @@ def test_bad_image_is_400(demo_server, body):
     assert _request(server, "GET", "/api/info")[0] == 200
 
 
-def test_missing_npm_packages_named(monkeypatch, tmp_path, capsys):
-    from sam_jax.cli import main
+def test_runtime_installed_on_first_start(monkeypatch, tmp_path, capsys):
+    """After a plain `pip install` (no node_modules), `sam-jax demo` installs the pinned
+    onnxruntime-web into the cache from the npm registry, checked against the lock file's
+    integrity; without the network it says so in one line, before loading any model."""
+    import base64
+    import functools
+    import hashlib
+    import socket
+    import tarfile
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-    monkeypatch.setattr(demo, "ORT_DIST", tmp_path / "nothing")
+    from sam_jax.cli import main
+    from sam_jax.demo import assets
+
+    monkeypatch.setattr(assets, "NODE_MODULES_DIST", tmp_path / "nothing")
+    monkeypatch.setenv("SAM_JAX_CACHE", str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="npm ci"):
         demo.check_web_assets()
-    # The CLI says so in one line, before loading any model.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("SAM_JAX_NPM_REGISTRY", f"http://127.0.0.1:{port}")
     assert main(["demo", "--checkpoint", str(tmp_path / "no-such-model"), "--cache-dir", ""]) == 2
-    err = capsys.readouterr().err
-    assert "npm ci" in err and str(demo.WEB_DIR) in err and len(err.strip().splitlines()) == 1
+    lines = capsys.readouterr().err.strip().splitlines()  # what it tried, then the error in one line
+    assert len(lines) == 2 and "installing onnxruntime-web" in lines[0]
+    assert "cannot download" in lines[1] and "npm ci" in lines[1] and str(demo.WEB_DIR) in lines[1]
+
+    # A registry serving a tarball in npm's layout (small stand-ins for the real files).
+    registry = tmp_path / "registry"
+    (registry / "onnxruntime-web" / "-").mkdir(parents=True)
+    tgz = registry / "onnxruntime-web" / "-" / "onnxruntime-web-9.9.9.tgz"
+    contents = {f"package/dist/{f}": f"contents of {f}".encode() for f in assets.FILES}
+    contents |= {"package/package.json": b"{}", "package/dist/ort.all.js": b"not needed", "package/README.md": b"no"}
+    with tarfile.open(tgz, "w:gz") as tar:
+        for name, data in contents.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    integrity = "sha512-" + base64.b64encode(hashlib.sha512(tgz.read_bytes()).digest()).decode()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(registry)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SAM_JAX_NPM_REGISTRY", f"http://127.0.0.1:{httpd.server_address[1]}")
+    try:
+        monkeypatch.setattr(assets, "pin", lambda: assets.Pin("9.9.9", "sha512-" + base64.b64encode(b"x" * 64).decode()))
+        with pytest.raises(OSError, match="SHA512 .* differs"):
+            assets.install(quiet=True)
+        assert assets.find_dist() is None
+
+        monkeypatch.setattr(assets, "pin", lambda: assets.Pin("9.9.9", integrity))
+        dist = assets.install(quiet=True)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    installed = tmp_path / "cache" / "web" / "onnxruntime-web-9.9.9"
+    assert dist == installed / "dist" and assets.find_dist() == dist  # found from now on, offline
+    assert sorted(str(p.relative_to(installed)) for p in installed.rglob("*") if p.is_file()) == sorted(
+        ["package.json"] + [f"dist/{f}" for f in assets.FILES])
+    assert (dist / assets.ENTRY).read_bytes() == f"contents of {assets.ENTRY}".encode()
+    assert not any(p.suffix == ".tgz" for p in (tmp_path / "cache" / "downloads").iterdir())
+    assert demo.check_web_assets() == dist
 
 
 # ------------------------------------------------------------------------------------ browser

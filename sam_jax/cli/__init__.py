@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, OSError, ImportError) as e:  # ImportError: a missing extra
         print(f"sam-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -9,6 +9,7 @@ output is a complete one; a rerun skips images whose output exists unless `--ove
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 from pathlib import Path
@@ -19,20 +20,37 @@ from PIL import Image
 from ..automatic_mask_generator import SamAutomaticMaskGenerator
 from ..utils.images import read_image
 from ..utils.io import atomic_dir, atomic_file
+from ..utils.memory import compile_seconds
 from ..utils.progress import Progress
 from ..utils.sa1b import write_sa1b
 from . import common
 
-AMG_FLAGS = {  # flag -> type; each sets the SamAutomaticMaskGenerator argument of the same name
-    "--points-per-side": int, "--points-per-batch": int, "--pred-iou-thresh": float,
-    "--stability-score-thresh": float, "--stability-score-offset": float, "--box-nms-thresh": float,
-    "--crop-n-layers": int, "--crop-nms-thresh": float, "--crop-overlap-ratio": float,
-    "--crop-n-points-downscale-factor": int, "--min-mask-region-area": int,
+AMG_FLAGS = {  # flag -> help; each sets the SamAutomaticMaskGenerator argument of the same name (its type and default)
+    "--points-per-side": "points sampled along each side of the image: the prompt grid has this squared points "
+                         "(more points find smaller objects, and take longer)",
+    "--points-per-batch": "grid points decoded together: memory against speed, same masks",
+    "--pred-iou-thresh": "keep masks whose predicted quality (IoU, 0-1) is at least this",
+    "--stability-score-thresh": "keep masks whose stability score (IoU of the mask thresholded at -offset and "
+                                "+offset) is at least this",
+    "--stability-score-offset": "logit offset of the stability score",
+    "--box-nms-thresh": "of two masks whose boxes overlap more than this IoU, drop the lower-scored one",
+    "--crop-n-layers": "also segment crops of the image: layer i has (2^i)^2 crops (small objects; slower)",
+    "--crop-nms-thresh": "of two masks from different crops whose boxes overlap more than this IoU, keep one",
+    "--crop-overlap-ratio": "overlap of neighbouring crops, as a fraction of the crop size",
+    "--crop-n-points-downscale-factor": "divide the points per side of crop layer i by this^i",
+    "--min-mask-region-area": "remove holes and islands smaller than this many pixels from each mask (0: off)",
+}
+GENERATOR_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(SamAutomaticMaskGenerator.__init__).parameters.items()
 }
 METADATA_HEADER = (
     "id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,predicted_iou,"
     "stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h"
 )
+
+
+def _argument(flag: str) -> str:
+    return flag[2:].replace("-", "_")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,25 +61,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("official", "sa1b"), default="official", help="sa1b: SA-1B annotation JSON per image")
     common.add_overwrite_argument(p, "recompute images whose output already exists")
     common.add_runtime_arguments(p)
-    for flag, kind in AMG_FLAGS.items():
-        p.add_argument(flag, type=kind, default=None)
+    common.add_quiet_argument(p)
+    tuning = p.add_argument_group("mask generation (the official SamAutomaticMaskGenerator arguments)")
+    for flag, help in AMG_FLAGS.items():
+        default = GENERATOR_DEFAULTS[_argument(flag)]
+        shown = "512/1500" if flag == "--crop-overlap-ratio" else default
+        tuning.add_argument(flag, type=type(default), default=default, metavar="N" if isinstance(default, int) else "X",
+                            help=f"{help} (default: {shown})")
 
 
 def run(args: argparse.Namespace) -> int:
-    common.setup_runtime(args)
     src = Path(args.input)
     if not src.exists():
         raise FileNotFoundError(f"input not found: {src}")
     targets = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")) if src.is_dir() else [src]
     out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = {f[2:].replace("-", "_"): getattr(args, f[2:].replace("-", "_")) for f in AMG_FLAGS}
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     mode = "coco_rle" if (args.convert_to_rle or args.format == "sa1b") else "binary_mask"
-    generator = SamAutomaticMaskGenerator(common.load_model(args), output_mode=mode, **kwargs)
 
-    failures, seen = 0, {}
-    progress = Progress(len(targets), prefix="sam-jax amg")
+    # Which images need work, before loading anything: a rerun with every output done loads no model.
+    failures, seen, pending = 0, {}, []
+    progress = Progress(len(targets), prefix="sam-jax amg", quiet=args.quiet)
     for target in targets:
         name = target.stem
         if name in seen:
@@ -72,18 +91,37 @@ def run(args: argparse.Namespace) -> int:
         final = out_dir / (name if mode == "binary_mask" else f"{name}.json")
         if final.exists() and not args.overwrite:
             progress.step(f"{target.name}: done before, skipped")
-            continue
+        else:
+            pending.append((target, final))
+
+    empty = []
+    if pending:
+        common.setup_runtime(args)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        kwargs = {_argument(f): getattr(args, _argument(f)) for f in AMG_FLAGS}
+        generator = SamAutomaticMaskGenerator(common.load_model(args), output_mode=mode, **kwargs)
+    for target, final in pending:
         try:
             image = read_image(target)
         except ValueError as e:
             failures += 1
             progress.message(f"skipping {target}: {e}")
             continue
-        t0 = time.perf_counter()
+        t0, compiling = time.perf_counter(), compile_seconds()
         records = generator.generate(image)
         write_output(final, records, image.shape[:2], target.name, args.format, mode, args.overwrite)
-        progress.step(f"{target.name}: {len(records)} masks in {time.perf_counter() - t0:.1f} s")
+        note = f", {compile_seconds() - compiling:.1f} s of it compiling (once)" if compile_seconds() > compiling else ""
+        n = len(records)
+        progress.step(f"{target.name}: {n} mask{'' if n == 1 else 's'} in {time.perf_counter() - t0:.1f} s{note}")
+        if n == 0:
+            empty.append(target.name)
     progress.close()
+    if empty and not args.quiet:
+        progress.message(
+            f"no masks for {len(empty)} image(s): every candidate failed --pred-iou-thresh ({args.pred_iou_thresh:g}) or "
+            f"--stability-score-thresh ({args.stability_score_thresh:g}); lower them, or check that the checkpoint "
+            "holds trained weights", counts=False,
+        )
     if failures:
         progress.message(f"{failures} of {len(targets)} inputs failed", counts=False)
     return 1 if failures else 0

@@ -4,38 +4,45 @@ command takes with them (pick the device, enable the compilation cache, load the
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import jax
 
-from ..build_sam import load
+from ..build_sam import fetch, load
 from ..config import MODEL_TYPES
 from ..utils.devices import as_device
+from ..utils.progress import status
+from ..weights import cache_dir
 
 DEVICES = ("cpu", "gpu", "cuda", "tpu")
+CHECKPOINT_HELP = (
+    "a model name (vit_b, vit_l, vit_h, an official file name such as sam_vit_b_01ec64.pth, or a Hugging Face "
+    "id such as facebook/sam-vit-base: downloaded and converted on first use, then cached under $SAM_JAX_CACHE), "
+    "a folder written by `sam-jax convert`, an official .pth, or a Hugging Face model.safetensors (or its folder); "
+    "default: the official weights of --model-type"
+)
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("SAM_JAX_CACHE_DIR", str(Path.home() / ".cache" / "sam-jax" / "xla"))
-
-
-def add_checkpoint_arguments(p: argparse.ArgumentParser, help: str | None = None) -> None:
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     """--checkpoint and --model-type: which model to load."""
-    p.add_argument(
-        "--checkpoint", required=True,
-        help=help or "a folder written by `sam-jax convert`, an official .pth, or a Hugging Face model.safetensors (or its folder)",
-    )
-    p.add_argument("--model-type", choices=MODEL_TYPES, help="check the checkpoint against this model type (default: read or inferred from it)")
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("--model-type", choices=MODEL_TYPES,
+                   help="check the checkpoint against this model type (default: read or inferred from it); "
+                        "without --checkpoint, load its official weights")
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     """--device and --cache-dir: where the model runs and where compiled programs are kept."""
     p.add_argument("--device", choices=DEVICES, default=None,
                    help="platform to run on (default: JAX's default, the accelerator when there is one)")
-    p.add_argument("--cache-dir", default=default_cache_dir(),
+    p.add_argument("--cache-dir", default=str(cache_dir("xla")),
                    help="persistent XLA compilation cache, so that a second run skips compiling "
-                        "(default: $SAM_JAX_CACHE_DIR or ~/.cache/sam-jax/xla; '' disables it)")
+                        "(default: $SAM_JAX_CACHE/xla, i.e. ~/.cache/sam-jax/xla; '' disables it)")
+
+
+def add_quiet_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress or status lines (errors and skipped inputs are still reported)")
 
 
 def add_overwrite_argument(p: argparse.ArgumentParser, what: str) -> None:
@@ -61,9 +68,21 @@ def select_device(platform: str):
         raise ValueError(f"--device {platform}: {e}") from None
 
 
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    """The checkpoint that --checkpoint (a path, or a model name: fetched into the cache) or, without
+    it, --model-type names."""
+    name = args.checkpoint or args.model_type
+    if name is None:
+        raise ValueError("give --checkpoint (a path, or a model name such as vit_b) or --model-type")
+    path = Path(name)
+    return path if path.exists() else fetch(name, quiet=getattr(args, "quiet", False))
+
+
 def load_model(args: argparse.Namespace):
     """The model named by --checkpoint/--model-type, on --device when given."""
-    model = load(args.checkpoint, model_type=args.model_type)
+    path = checkpoint_path(args)
+    with status(f"loading {args.checkpoint or args.model_type}", args.quiet):
+        model = load(path, model_type=args.model_type)
     if getattr(args, "device", None):
         model.to(select_device(args.device))
     return model

@@ -1,4 +1,5 @@
-"""`sam-jax demo`: load the checkpoint once, export the decoder, serve the page until Ctrl-C."""
+"""`sam-jax demo`: load the checkpoint once, export the decoder, serve the page until Ctrl-C. The
+first start after a plain `pip install` also installs the page's onnxruntime-web (demo/assets.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import importlib.util
 import signal
 import sys
 
-from ..demo.server import check_web_assets, make_server
+from ..demo.assets import find_dist, install
+from ..demo.server import make_server
 from ..export.onnx import ONNX_HINT
+from ..utils.progress import status
 from . import common
 
 
@@ -17,15 +20,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     common.add_runtime_arguments(p)
+    common.add_quiet_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    check_web_assets()  # before loading a model: fail fast with the npm command
     if importlib.util.find_spec("onnx") is None:
         raise ValueError(f"onnx (to export the decoder) is not installed: {ONNX_HINT}")
+    if find_dist() is None:  # a plain pip install: fetch the browser runtime once, before loading a model
+        install(args.quiet)
     common.setup_runtime(args)
-    print(f"loading {args.checkpoint} ...", file=sys.stderr)
-    server = make_server(common.load_model(args), args.host, args.port)
+    model = common.load_model(args)
+    with status("exporting the decoder, compiling the image encoder", args.quiet):
+        server = make_server(model, args.host, args.port)
     print(f"sam-jax demo: open {server.url} (Ctrl-C stops)", file=sys.stderr)
 
     def stop(signum, frame):

@@ -6,6 +6,7 @@ import argparse
 
 from ..export.onnx import save_image_embedding
 from ..utils.images import read_image
+from ..utils.progress import status
 from . import common
 
 
@@ -14,11 +15,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, help="image file (EXIF orientation applied, converted to RGB)")
     p.add_argument("--output", required=True, help="output .npy: the (1, C, h, w) float32 image_embeddings input")
     common.add_runtime_arguments(p)
+    common.add_quiet_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     common.setup_runtime(args)
     image = read_image(args.image)
-    path = save_image_embedding(common.load_model(args), image, args.output)
+    model = common.load_model(args)
+    with status(f"embedding {args.image}", args.quiet):
+        path = save_image_embedding(model, image, args.output)
     print(f"wrote {path}: embedding of a {image.shape[1]}x{image.shape[0]} image")
     return 0

@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gelu-approximate", action="store_true",
                    help="tanh approximations of the GELUs, for runtimes with a slow or no Erf")
     p.add_argument("--quantize-out", default=None, help="also write a dynamically uint8-quantized model here")
+    common.add_quiet_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

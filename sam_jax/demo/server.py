@@ -7,7 +7,7 @@ onnxruntime-web for every mouse move and click, so a prompt costs no round trip.
 Routes (nothing else is served):
 
     GET  /, /index.html, /app.js, /style.css   the page (sam_jax/demo/web/)
-    GET  /ort/<ort*.mjs | *.wasm>                onnxruntime-web's dist files (sam_jax/demo/web/node_modules)
+    GET  /ort/<ort*.mjs | *.wasm>                onnxruntime-web's dist files (node_modules or the cache: assets.py)
     GET  /decoder.onnx                           the decoder exported at start (return_single_mask=True)
     GET  /api/info                               JSON: image_size, embedding shape
     POST /api/embedding                          body: the image file's bytes
@@ -36,10 +36,7 @@ import numpy as np
 from ..export.onnx import export_onnx
 from ..predictor import SamPredictor
 from ..utils.images import read_image
-
-WEB_DIR = Path(__file__).resolve().parent / "web"
-ORT_DIST = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
-ORT_ENTRY = "ort.wasm.min.mjs"  # the WebAssembly-only build that app.js imports
+from .assets import WEB_DIR, find_dist
 PAGE_FILES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
 ORT_NAME = re.compile(r"^(ort[A-Za-z0-9_.-]*\.mjs|[A-Za-z0-9_.-]+\.wasm)$")
 CONTENT_TYPES = {
@@ -59,13 +56,15 @@ class HttpError(Exception):
         self.status = status
 
 
-def check_web_assets() -> None:
-    """Raises FileNotFoundError, naming the command to run, when onnxruntime-web is not installed."""
-    if not (ORT_DIST / ORT_ENTRY).is_file():
+def check_web_assets() -> Path:
+    """The folder of onnxruntime-web's files; FileNotFoundError saying how to get them otherwise."""
+    dist = find_dist()
+    if dist is None:
         raise FileNotFoundError(
-            f"the web demo's onnxruntime-web is not installed ({ORT_DIST / ORT_ENTRY} is missing): "
-            f"run `npm ci --prefix {WEB_DIR}` (or `cd {WEB_DIR} && npm ci`) first"
+            "the web demo's onnxruntime-web is not installed: `sam-jax demo` installs it on its first start "
+            f"(the network is needed once), or run `npm ci --prefix {WEB_DIR}`"
         )
+    return dist
 
 
 class DemoApp:
@@ -124,9 +123,9 @@ class Handler(BaseHTTPRequestHandler):
             name = path[len("/ort/"):]
             if not ORT_NAME.match(name):
                 raise HttpError(HTTPStatus.NOT_FOUND, "not found")
-            check_web_assets()
-            file = (ORT_DIST / name).resolve()
-            if file.parent != ORT_DIST.resolve() or not file.is_file():
+            dist = self.server.ort_dist
+            file = (dist / name).resolve()
+            if file.parent != dist.resolve() or not file.is_file():
                 raise HttpError(HTTPStatus.NOT_FOUND, "not found")
             return file
         raise HttpError(HTTPStatus.NOT_FOUND, "not found")
@@ -168,8 +167,6 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_file(target, head)
         except HttpError as e:
             self._send_error(e, head)
-        except FileNotFoundError as e:  # onnxruntime-web not installed: say which command fixes it
-            self._send_error(HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, str(e)), head)
 
     # ------------------------------------------------------------------ I/O
     def _read_body(self) -> bytes:
@@ -221,9 +218,10 @@ class Handler(BaseHTTPRequestHandler):
 class DemoServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, app: DemoApp, workdir: tempfile.TemporaryDirectory | None, verbose: bool) -> None:
+    def __init__(self, address, app: DemoApp, ort_dist: Path, workdir: tempfile.TemporaryDirectory | None,
+                 verbose: bool) -> None:
         super().__init__(address, Handler)
-        self.app, self._workdir, self.verbose = app, workdir, verbose
+        self.app, self.ort_dist, self._workdir, self.verbose = app, ort_dist, workdir, verbose
 
     @property
     def url(self) -> str:
@@ -240,12 +238,12 @@ class DemoServer(ThreadingHTTPServer):
 def make_server(model, host: str = "127.0.0.1", port: int = 8000, *, verbose: bool = True) -> DemoServer:
     """Exports the decoder, compiles the encoder, and binds (port 0: a free port). Call
     `serve_forever()` on the result; `server_close()` also deletes the exported decoder."""
-    check_web_assets()
+    ort_dist = check_web_assets()
     workdir = tempfile.TemporaryDirectory(prefix="sam-jax-demo-")
     try:
         decoder = export_onnx(model, Path(workdir.name) / "decoder.onnx", return_single_mask=True)
         app = DemoApp(model, Path(decoder))
-        return DemoServer((host, port), app, workdir, verbose)
+        return DemoServer((host, port), app, ort_dist, workdir, verbose)
     except BaseException:
         workdir.cleanup()
         raise

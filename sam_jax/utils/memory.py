@@ -20,6 +20,7 @@ TRIM_AFTER_SECONDS = 0.2  # shorter compilations leave too little to be worth a 
 
 _lock = threading.Lock()
 _compiles: dict[str, int] = {}
+_compile_seconds = [0.0]
 
 
 def release_host_memory() -> None:
@@ -38,12 +39,19 @@ def compile_count(fun_name: str | None = None) -> int:
         return sum(_compiles.values()) if fun_name is None else _compiles.get(fun_name, 0)
 
 
+def compile_seconds() -> float:
+    """Seconds spent in XLA compilations (or persistent-cache loads) in this process so far."""
+    with _lock:
+        return _compile_seconds[0]
+
+
 def _on_event(event: str, duration: float, **kwargs) -> None:
     if event != COMPILE_EVENT:
         return
     with _lock:
         name = str(kwargs.get("fun_name", ""))
         _compiles[name] = _compiles.get(name, 0) + 1
+        _compile_seconds[0] += duration
     if duration >= TRIM_AFTER_SECONDS:
         release_host_memory()
 
