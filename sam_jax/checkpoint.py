@@ -47,6 +47,21 @@ def read_config(directory: str | os.PathLike) -> SamConfig:
     return SamConfig.load(directory / CONFIG_FILE)
 
 
+def stored_shapes(directory: str | os.PathLike) -> dict[tuple, tuple[int, ...]]:
+    """{parameter path: shape} as stored in the folder's Orbax metadata (nothing is read but it)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(directory / PARAMS_DIR)
+    tree = getattr(meta, "item_metadata", meta)
+    return {
+        tuple(int(k.key) if k.key.isdigit() else k.key for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
 def load(directory: str | os.PathLike, abstract: dict[tuple, object]) -> dict[tuple, np.ndarray]:
     """The parameters stored in `directory` for the given abstract {path: ShapeDtypeStruct}
     (Orbax checks the stored shapes against it)."""
