@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from .keys import ConversionError, infer_config, official_to_params, params_to_o
 from .torch_pickle import CheckpointFormatError, UnsafeCheckpointError, load_torch_state_dict
 
 __all__ = [
-    "CheckpointFormatError", "ConversionError", "HF_WEIGHTS", "UnsafeCheckpointError", "convert_state_dict",
+    "Checkpoint", "CheckpointFormatError", "ConversionError", "HF_WEIGHTS", "UnsafeCheckpointError", "convert_state_dict",
     "load_checkpoint", "official_to_params", "params_to_official", "read_config_file", "read_state_dict",
     "weights_file",
 ]
@@ -92,10 +93,19 @@ def convert_state_dict(
     return resolve_config(infer_config(state), base, name), official_to_params(state)
 
 
+class Checkpoint(NamedTuple):
+    """What `load_checkpoint` read: the model's config and parameters, and the config file beside
+    the weights that supplied the config (a Hugging Face config.json), if any."""
+
+    config: SamConfig
+    params: dict[tuple, np.ndarray]
+    config_file: Path | None
+
+
 def load_checkpoint(
     path: str | os.PathLike, model_type: str | None = None, config: SamConfig | None = None
-) -> tuple[SamConfig, dict[tuple, np.ndarray]]:
-    """(config, {our parameter path: float32 array}) from an official `.pth`, a Hugging Face
+) -> Checkpoint:
+    """The config and {our parameter path: float32 array} of an official `.pth`, a Hugging Face
     `model.safetensors` / `pytorch_model.bin`, or a Hugging Face model folder.
 
     For a Hugging Face checkpoint the config comes from the transformers `config.json` beside it
@@ -104,14 +114,14 @@ def load_checkpoint(
     architecture, whose decoder always has 8 heads."""
     weights = weights_file(path)
     state, hf = _read(weights)
-    name = "the given config"
+    name, config_file = "the given config", None
     if hf and config is None:
         beside = weights.parent / HF_CONFIG
         if beside.is_file():
-            config, name = read_config_file(beside), str(beside)
+            config, name, config_file = read_config_file(beside), str(beside), beside
         elif model_type is None:
             raise ConversionError(
                 f"{weights} is a Hugging Face checkpoint without the {HF_CONFIG} it was saved with: its mask decoder's "
                 f"head count is in no tensor shape; put that {HF_CONFIG} beside it, or pass --config (or --model-type)"
             )
-    return convert_state_dict(state, model_type, config, name)
+    return Checkpoint(*convert_state_dict(state, model_type, config, name), config_file)

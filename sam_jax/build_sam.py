@@ -20,9 +20,10 @@ from flax import nnx
 
 from . import checkpoint
 from .config import SamConfig, get_config
-from .convert import ConversionError, load_checkpoint, read_config_file
+from .convert import ConversionError, load_checkpoint, read_config_file, weights_file
 from .convert.keys import official_key, official_shape
 from .modeling import Sam
+from .utils.io import check_output, file_digest
 from .utils.memory import release_host_memory
 
 
@@ -98,7 +99,8 @@ def read_params(
         except ConversionError as e:
             raise ConversionError(f"{path}: its {checkpoint.CONFIG_FILE} does not describe its parameters: {e}") from None
         return config, checkpoint.load(path, parameter_shapes(config))
-    return load_checkpoint(path, model_type, config)
+    loaded = load_checkpoint(path, model_type, config)
+    return loaded.config, loaded.params
 
 
 def load(path_or_name: str | os.PathLike, *, model_type: str | None = None) -> Sam:
@@ -123,15 +125,28 @@ def convert_checkpoint(
 ) -> SamConfig:
     """Converts an official `.pth` (or HF checkpoint or folder) into a sam-jax checkpoint folder:
     what `sam-jax convert` runs. `config_file` (a SamConfig JSON, or a transformers config.json)
-    is checked against the shapes and supplies what they cannot tell (the decoder's head count)."""
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists (use --overwrite to replace it)")
+    is checked against the shapes and supplies what they cannot tell (the decoder's head count).
+
+    Before anything is read, `output` is checked (`utils.io.check_output`): never the input or a
+    folder holding it, never an existing file; an existing folder only with `overwrite`, and only
+    a sam-jax checkpoint holding nothing else. The folder's record.json states the source's
+    SHA-256 and the settings, so two conversions of the same file write the same record."""
+    weights = weights_file(source)
+    inputs = [source, weights] + ([config_file] if config_file is not None else [])
+    check_output(output, kind="dir", overwrite=overwrite, is_own=checkpoint.is_own_folder,
+                 what=checkpoint.OWN_OUTPUT, inputs=inputs)
     config = read_config_file(config_file) if config_file is not None else None
-    cfg, params = load_checkpoint(source, model_type, config)
-    check_params(cfg, params)
-    checkpoint.save(output, cfg, params, overwrite=overwrite)
-    return cfg
+    loaded = load_checkpoint(weights, model_type, config)
+    check_params(loaded.config, loaded.params)
+    config_file = config_file if config_file is not None else loaded.config_file
+    record = {
+        "producer": "sam-jax convert",
+        "source_sha256": file_digest(weights),
+        "config_sha256": None if config_file is None else file_digest(config_file),
+        "model_type": model_type,
+    }
+    checkpoint.save(output, loaded.config, loaded.params, overwrite=overwrite, record=record)
+    return loaded.config
 
 
 def build_sam_from_config(config: SamConfig | str, checkpoint: str | os.PathLike | None = None, seed: int = 0) -> Sam:

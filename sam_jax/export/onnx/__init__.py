@@ -19,6 +19,10 @@ Outputs: masks (1, M, H, W) logits at the original size (threshold at 0.0), iou_
 
 The graph is built from this model's parameters by `sam_jax.export.onnx.graph` (not traced from torch),
 so it needs only `onnx` (and `onnxruntime` to run or quantize it): `pip install sam-jax[onnx]`.
+
+Every writer here refuses an existing output unless `overwrite`, and then replaces only a file of
+its own kind written by sam-jax: an ONNX model whose producer is "sam-jax" (quantized ones too),
+an embedding `.npy` (float32, shape (1, C, h, w)); never one of its inputs.
 """
 
 from __future__ import annotations
@@ -30,10 +34,59 @@ import numpy as np
 
 from ...modeling import Sam
 from ...predictor import SamPredictor
-from ...utils.io import atomic_file
+from ...utils.io import atomic_file, check_output, remove_stale_partials
 from ...utils.transforms import ResizeLongestSide
 
 ONNX_HINT = "pip install sam-jax[onnx]"
+PRODUCER = "sam-jax"  # the producer_name of every ONNX model written here
+ONNX_OUTPUT = "an ONNX model"
+EMBEDDING_OUTPUT = "an image embedding .npy"
+
+
+def onnx_producer(path: str | os.PathLike) -> str | None:
+    """The producer_name of an ONNX file, from its first bytes (protobuf writes ModelProto's
+    fields in number order: ir_version (1), then producer_name (2)); None if it is not there."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+
+    def varint(pos: int) -> tuple[int, int]:
+        value = shift = 0
+        while pos < len(head):
+            byte = head[pos]
+            value |= (byte & 0x7F) << shift
+            pos, shift = pos + 1, shift + 7
+            if not byte & 0x80:
+                return value, pos
+        return -1, pos
+
+    if head[:1] != b"\x08":
+        return None
+    _, pos = varint(1)
+    if head[pos : pos + 1] != b"\x12":
+        return None
+    n, pos = varint(pos + 1)
+    return head[pos : pos + n].decode("utf-8", "replace") if 0 <= n <= len(head) - pos else None
+
+
+def is_own_onnx(path: Path) -> bool:
+    return path.is_file() and onnx_producer(path) == PRODUCER
+
+
+def is_embedding_npy(path: Path) -> bool:
+    """A .npy of one image embedding, the kind `save_image_embedding` writes."""
+    try:
+        with open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+    except (OSError, ValueError):
+        return False
+    return dtype == np.dtype("<f4") and not fortran and len(shape) == 4 and shape[0] == 1
+
+
+def _check(path: Path, overwrite: bool, is_own, what: str, inputs=()) -> None:
+    check_output(path, kind="file", overwrite=overwrite, is_own=is_own, what=what, inputs=inputs)
+    remove_stale_partials(path.parent)
 
 
 def _require(module: str):
@@ -51,6 +104,7 @@ def export_onnx(
     use_stability_score: bool = False,
     return_extra_metrics: bool = False,
     opset: int = 17,
+    overwrite: bool = False,
 ) -> Path:
     """Writes the decoder ONNX model of `model` (flags as the official export script) and returns its path.
 
@@ -58,31 +112,38 @@ def export_onnx(
     single-mask token when N >= 3, counting padding points, as the official select_masks).
     use_stability_score: replace the IoU predictions by the stability score of the low-res masks
     (offset 1.0). return_extra_metrics: also output stability scores and areas of the upscaled masks.
-    opset: 11 or later (default 17, as the official script)."""
+    opset: 11 or later (default 17, as the official script). overwrite: replace an existing ONNX
+    model written by sam-jax (see the module docstring)."""
     onnx = _require("onnx")
     from .graph import build_graph  # imports onnx, an optional dependency
 
+    path = Path(output_path)
+    _check(path, overwrite, is_own_onnx, ONNX_OUTPUT)
     if not 11 <= opset <= onnx.defs.onnx_opset_version():
         raise ValueError(f"opset must be between 11 and {onnx.defs.onnx_opset_version()}, got {opset}")
     proto = build_graph(model, return_single_mask, use_stability_score, return_extra_metrics, opset)
     onnx.checker.check_model(proto)
-    path = Path(output_path)
     with atomic_file(path) as tmp:
         onnx.save(proto, tmp)
     return path
 
 
-def quantize_onnx(in_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Dynamic uint8 weight quantization, with the official script's settings."""
-    _require("onnx")
+def quantize_onnx(in_path: str | os.PathLike, out_path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Dynamic uint8 weight quantization, with the official script's settings (its producer
+    stays "sam-jax", so that it is recognised as sam-jax's own output)."""
+    onnx = _require("onnx")
     _require("onnxruntime")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = Path(out_path)
+    _check(out, overwrite, is_own_onnx, ONNX_OUTPUT, inputs=[in_path])
     with atomic_file(out) as tmp:
         quantize_dynamic(
             model_input=str(in_path), model_output=str(tmp), per_channel=False, reduce_range=False, weight_type=QuantType.QUInt8
         )
+        proto = onnx.load(tmp)
+        proto.producer_name = PRODUCER
+        onnx.save(proto, tmp)
     return out
 
 
@@ -93,9 +154,13 @@ def image_embedding(model: Sam, image: np.ndarray, image_format: str = "RGB") ->
     return np.asarray(predictor.get_image_embedding(), dtype=np.float32)
 
 
-def save_image_embedding(model: Sam, image: np.ndarray, path: str | os.PathLike, image_format: str = "RGB") -> Path:
-    """Writes the `image_embeddings` input of the ONNX decoder for `image` to a `.npy` file."""
+def save_image_embedding(
+    model: Sam, image: np.ndarray, path: str | os.PathLike, image_format: str = "RGB", overwrite: bool = False
+) -> Path:
+    """Writes the `image_embeddings` input of the ONNX decoder for `image` to a `.npy` file
+    (replacing an existing embedding .npy only with `overwrite`)."""
     path = Path(path)
+    _check(path, overwrite, is_embedding_npy, EMBEDDING_OUTPUT)
     embedding = image_embedding(model, image, image_format)
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
         np.save(f, embedding)

@@ -17,6 +17,7 @@ from flax import nnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ...modeling import Sam
+from . import PRODUCER
 
 
 def _np(x) -> np.ndarray:
@@ -258,5 +259,5 @@ def build_graph(
     graph = helper.make_graph(g.nodes, "sam_jax_decoder", inputs, outs, initializer=g.inits)
     opsets = [helper.make_opsetid("", opset)]
     return helper.make_model(
-        graph, opset_imports=opsets, producer_name="sam-jax", ir_version=helper.find_min_ir_version_for(opsets)
+        graph, opset_imports=opsets, producer_name=PRODUCER, ir_version=helper.find_min_ir_version_for(opsets)
     )
