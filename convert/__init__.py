@@ -18,7 +18,7 @@ import numpy as np
 from sam_jax.config import SamConfig, get_config
 
 from .hf import hf_to_official, is_hf_state_dict, read_safetensors
-from .hf_config import HF_CONFIG, hf_config_fields, is_hf_config, read_hf_config
+from .hf_config import HF_CONFIG, hf_config_fields, is_hf_config
 from .keys import ConversionError, infer_config, official_to_params, params_to_official, resolve_config
 from .torch_pickle import CheckpointFormatError, UnsafeCheckpointError, load_torch_state_dict
 

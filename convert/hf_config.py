@@ -20,8 +20,6 @@ ignored.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 HF_CONFIG = "config.json"
@@ -116,16 +114,3 @@ def hf_config_fields(data: dict, where: str = HF_CONFIG) -> dict[str, Any]:
     if problems:
         raise ValueError(f"{where}: a SAM model sam-jax cannot run as written: " + "; ".join(problems))
     return fields
-
-
-def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
-    """`hf_config_fields` of a transformers config.json file."""
-    path = os.fspath(path)
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{path}: not a readable JSON config ({type(e).__name__})") from None
-    if not is_hf_config(data):
-        raise ValueError(f"{path} is not a transformers SamConfig (model_type 'sam' with vision_config, ...)")
-    return hf_config_fields(data, path)

@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--convert-to-rle", action="store_true", help="one COCO-RLE JSON per image instead of PNG masks")
     p.add_argument("--format", choices=("official", "sa1b"), default="official", help="sa1b: SA-1B annotation JSON per image")
-    common.add_overwrite_argument(p, "outputs of sam-jax made with other settings (recomputed), and recompute done ones")
+    common.add_overwrite_argument(p, "sam-jax's own outputs: recompute them, those made with other settings included")
     common.add_runtime_arguments(p)
     for flag, kind in AMG_FLAGS.items():
         p.add_argument(flag, type=kind, default=None)
