@@ -1,10 +1,17 @@
 """Read PyTorch `torch.save` checkpoints into numpy, without torch and without running pickled code.
 
 A `.pth` file is a pickle, and unpickling an untrusted pickle normally means executing whatever
-callables it names. Here the unpickler resolves only a small allowlist of globals (the ones torch
-emits for a plain tensor state dict), and each resolves to a local, inert stand-in that merely
-records what the pickle describes. Anything else raises `UnsafeCheckpointError` before a single
-byte of it is acted on. Tensor data are then read as raw bytes and viewed with numpy.
+callables it names. The pickle is read by `torch_unpickler` (an allowlist of inert stand-ins; see
+there), which only records what it describes; tensor data are then read as raw bytes and viewed
+with numpy.
+
+Memory is bounded by the file, not by what the file claims. Before anything is allocated:
+the pickle is at most MAX_PICKLE_BYTES; every tensor's extent lies inside its storage and holds
+no more elements than the storage (an overlapping or stride-0 view would multiply it); all
+tensors together need at most MAX_VIEW_RATIO times the bytes of the storages they come from;
+and every storage record holds exactly the bytes its tensors need, stored or deflated (what
+torch writes), within the file. Records are then read one at a time, in bounded chunks, so one
+that inflates beyond its declared size fails after one chunk.
 
 Two on-disk layouts are supported (see `torch/serialization.py`):
 
@@ -17,264 +24,88 @@ Two on-disk layouts are supported (see `torch/serialization.py`):
 
 from __future__ import annotations
 
-import _compat_pickle
-import io
+import math
 import os
-import pickle
 import struct
 import sys
 import zipfile
-from typing import IO, Any, Iterator, NamedTuple
+from typing import IO, Any, Iterator
 
-import ml_dtypes
 import numpy as np
 
-__all__ = ["CheckpointFormatError", "UnsafeCheckpointError", "load_torch_state_dict"]
+from .torch_unpickler import BadData, StorageRef, TensorRef, TruncatedPickle, UnsafeCheckpointError, unpickle
 
+__all__ = ["CheckpointFormatError", "MAX_PICKLE_BYTES", "MAX_VIEW_RATIO", "UnsafeCheckpointError", "load_torch_state_dict"]
+
+# sam_vit_h's pickle is 74 KB (594 tensors; with Adam's state beside them, about 250 KB). The cap
+# bounds what the unpickler can build (about 75 bytes of objects per pickle byte at worst) and
+# the time `torch_unpickler.scan` takes (0.4 s for 512 Ki one-byte opcodes).
+MAX_PICKLE_BYTES = 512 << 10
+# Tied weights and the views of one storage may repeat its bytes, but not without bound.
+MAX_VIEW_RATIO = 2
+_CHUNK = 1 << 20  # bytes read from a record at a time
+_DEFLATE_MAX_RATIO = 1032  # deflate cannot expand data more than this
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 _LEGACY_PROTOCOL = 1001  # torch.serialization.PROTOCOL_VERSION
-
-
-class UnsafeCheckpointError(ValueError):
-    """The pickle references a global outside the tensor-state-dict allowlist."""
 
 
 class CheckpointFormatError(ValueError):
     """The file is not a readable torch checkpoint (or holds something other than tensors)."""
 
 
-class _BadData(Exception):
-    """Raised by the stand-ins, which do not know the file name; re-raised with it."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Inert stand-ins for the allowlisted globals. They are NamedTuples (immutable, no __dict__), so
-# the pickle's BUILD opcode cannot alter them, and none of them is a class, so NEWOBJ/OBJ cannot
-# instantiate anything through them.
-
-
-class _StorageType(NamedTuple):
-    """Stand-in for `torch.FloatStorage` & co.; `dtype` None = a torch dtype numpy lacks."""
-
-    name: str
-    dtype: np.dtype | None
-
-
-class _DType(NamedTuple):
-    """Stand-in for a `torch.<dtype>` object (only `_rebuild_tensor_v3` pickles those)."""
-
-    name: str
-    dtype: np.dtype | None
-
-
-class _Storage(NamedTuple):
-    """What `persistent_load` returns: `nbytes` bytes at `byte_offset` of storage record `key`."""
-
-    key: str
-    dtype: np.dtype  # element type of the storage; uint8 for an UntypedStorage
-    byte_offset: int  # non-zero only for the views of very old legacy files
-    nbytes: int
-
-
-class _Tensor(NamedTuple):
-    """A tensor as described by the pickle: a strided view (in elements of `dtype`) of a storage."""
-
-    storage: _Storage
-    dtype: np.dtype
-    offset: int
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-
-
-class _Dict(dict):
-    """Stand-in for `collections.OrderedDict` (state dicts and the empty backward-hook dicts)."""
-
-    def __setstate__(self, state: Any) -> None:
-        # torch's state dicts carry a `_metadata` attribute (module versions); it is not needed.
-        if not isinstance(state, dict):
-            raise _BadData(f"unexpected OrderedDict state of type {type(state).__name__}")
-
-
-def _ordered_dict(items: Any = ()) -> _Dict:
-    return _Dict(items)
-
-
-def _is_int(x: Any) -> bool:
-    return type(x) is int
-
-
-def _int_tuple(x: Any) -> bool:
-    return type(x) is tuple and all(_is_int(v) and v >= 0 for v in x)
-
-
-def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: np.dtype | None) -> _Tensor:
-    if not isinstance(storage, _Storage):
-        raise _BadData(f"tensor rebuilt from a {type(storage).__name__}, not a storage")
-    if not (_is_int(offset) and offset >= 0 and _int_tuple(size) and _int_tuple(stride) and len(size) == len(stride)):
-        raise _BadData(f"invalid tensor geometry: offset={offset!r} size={size!r} stride={stride!r}")
-    dtype = storage.dtype if dtype is None else dtype
-    return _Tensor(storage, dtype, offset, size, stride)
-
-
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
-    if metadata:  # conj/neg bits: never set on state-dict tensors, and numpy has no equivalent
-        raise _BadData(f"unsupported tensor metadata {metadata!r}")
-    return _tensor(storage, storage_offset, size, stride, None)
-
-
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
-    # torch >= 2.1 pickles dtypes without a legacy *Storage class (float8, uint16...) as an
-    # UntypedStorage of bytes plus the dtype.
-    if not isinstance(dtype, _DType):
-        raise _BadData(f"_rebuild_tensor_v3 expects a dtype, got {type(dtype).__name__}")
-    if dtype.dtype is None:
-        raise _BadData(f"unsupported dtype torch.{dtype.name}")
-    if not isinstance(storage, _Storage) or storage.dtype != np.uint8:
-        raise _BadData("_rebuild_tensor_v3 expects an untyped storage")
-    if metadata:
-        raise _BadData(f"unsupported tensor metadata {metadata!r}")
-    return _tensor(storage, storage_offset, size, stride, dtype.dtype)
-
-
-def _rebuild_parameter(data, requires_grad, backward_hooks, state=None):
-    # nn.Parameter: keep the tensor; `state` holds Python attributes of Parameter subclasses.
-    if not isinstance(data, _Tensor):
-        raise _BadData(f"parameter rebuilt from a {type(data).__name__}, not a tensor")
-    return data
-
-
-_STORAGE_DTYPES: dict[str, Any] = {
-    "DoubleStorage": np.float64,
-    "FloatStorage": np.float32,
-    "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-    "ComplexDoubleStorage": np.complex128,
-    "ComplexFloatStorage": np.complex64,
-    # Quantized storages: harmless names, but no numpy dtype -> CheckpointFormatError, not Unsafe.
-    "QInt8Storage": None,
-    "QInt32Storage": None,
-    "QUInt8Storage": None,
-    "QUInt4x2Storage": None,
-    "QUInt2x4Storage": None,
-}
-
-# torch.storage._new_dtypes(): the dtypes pickled via _rebuild_tensor_v3.
-_V3_DTYPES: dict[str, Any] = {
-    "float8_e5m2": ml_dtypes.float8_e5m2,
-    "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
-    "float8_e5m2fnuz": ml_dtypes.float8_e5m2fnuz,
-    "float8_e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
-    "float8_e8m0fnu": ml_dtypes.float8_e8m0fnu,
-    "uint16": np.uint16,
-    "uint32": np.uint32,
-    "uint64": np.uint64,
-    **dict.fromkeys(["float4_e2m1fn_x2", "bits8", "bits16", "bits1x8", "bits2x4", "bits4x2", "complex32", "bcomplex32"]),
-}
-
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): _ordered_dict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch.storage", "UntypedStorage"): _StorageType("UntypedStorage", np.dtype(np.uint8)),
-    ("torch", "UntypedStorage"): _StorageType("UntypedStorage", np.dtype(np.uint8)),
-    **{("torch", n): _StorageType(n, None if d is None else np.dtype(d)) for n, d in _STORAGE_DTYPES.items()},
-    **{("torch", n): _DType(n, None if d is None else np.dtype(d)) for n, d in _V3_DTYPES.items()},
-}
-
-
-def _py3_name(module: str, name: str) -> str:
-    """`module.name` as Python 3 spells it (protocol <= 2 pickles record `__builtin__.eval`)."""
-    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-    text = f"{module}.{name}"
-    return text if text.isprintable() else ascii(text)
-
-
-class _Unpickler(pickle.Unpickler):
-    """Resolves only `_ALLOWED` globals, and storage persistent ids, to stand-ins."""
-
-    def __init__(self, file: IO[bytes], path: str, legacy: bool, storages: dict[str, _Storage]):
-        super().__init__(file)
-        self._path, self._legacy, self._storages = path, legacy, storages
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[(module, name)]
-        except (KeyError, TypeError):
-            raise UnsafeCheckpointError(
-                f"{self._path}: refusing to load: the pickle references {_py3_name(str(module), str(name))}, "
-                "which is not part of a tensor state dict"
-            ) from None
-
-    def persistent_load(self, pid: Any) -> _Storage:
-        # zip:    ("storage", storage_type, key, location, numel)
-        # legacy: ("storage", storage_type, key, location, numel, view_metadata)
-        n = 6 if self._legacy else 5
-        if not (type(pid) is tuple and len(pid) == n and pid[0] == "storage"):
-            raise _BadData(f"unsupported persistent id {pid!r:.200}")
-        stype, key, location, numel = pid[1:5]
-        if not (isinstance(stype, _StorageType) and type(key) is str and key and type(location) is str):
-            raise _BadData(f"malformed storage persistent id {pid!r:.200}")
-        if not (_is_int(numel) and numel >= 0):
-            raise _BadData(f"storage {key!r} has invalid element count {numel!r}")
-        if stype.dtype is None:
-            raise _BadData(f"unsupported dtype (torch.{stype.name})")
-        root = _Storage(key, stype.dtype, 0, numel * stype.dtype.itemsize)
-        if self._storages.setdefault(key, root) != root:
-            raise _BadData(f"storage {key!r} is referenced with two different dtypes or sizes")
-        view = pid[5] if self._legacy else None
-        if view is None:
-            return root
-        # Views existed only in pre-1.0 legacy files: (view_key, offset, size), in elements.
-        if not (type(view) is tuple and len(view) == 3 and type(view[0]) is str and _int_tuple(view[1:])):
-            raise _BadData(f"malformed storage view {view!r:.200}")
-        itemsize = stype.dtype.itemsize
-        start, size = view[1] * itemsize, view[2] * itemsize
-        if start + size > root.nbytes:
-            raise _BadData(f"storage view {view[0]!r} exceeds storage {key!r}")
-        return _Storage(key, stype.dtype, start, size)
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def _state_dict(obj: Any) -> dict[str, _Tensor]:
+def _state_dict(obj: Any) -> dict[str, TensorRef]:
     """Checks that `obj` is a flat str -> tensor dict, after unwrapping {"model": ...} wrappers."""
     if not isinstance(obj, dict):
-        raise _BadData(f"the pickle holds a {type(obj).__name__}, not a state dict")
-    if not any(isinstance(v, _Tensor) for v in obj.values()):
+        raise BadData(f"the pickle holds a {type(obj).__name__}, not a state dict")
+    if not any(isinstance(v, TensorRef) for v in obj.values()):
         for wrapper in ("model", "state_dict"):
             if isinstance(obj.get(wrapper), dict):
                 obj = obj[wrapper]
                 break
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise _BadData(f"state dict key {key!r:.100} is not a string")
+            raise BadData(f"state dict key {key!r:.100} is not a string")
         if isinstance(value, dict):
-            raise _BadData(f"key {key!r} holds a nested dict, expected a flat state dict of tensors")
-        if not isinstance(value, _Tensor):
-            raise _BadData(f"key {key!r} holds a {type(value).__name__}, not a tensor")
+            raise BadData(f"key {key!r:.100} holds a nested dict, expected a flat state dict of tensors")
+        if not isinstance(value, TensorRef):
+            raise BadData(f"key {key!r:.100} holds a {type(value).__name__}, not a tensor")
     return obj
 
 
-def _to_array(t: _Tensor, data: bytes, swap: bool) -> np.ndarray:
-    """The (C-contiguous, owned) array for `t`, whose storage record's bytes are `data`."""
-    s = t.storage  # the callers have checked that `data` holds the whole storage record
+def _check_tensors(tensors: dict[str, TensorRef], storages: dict[str, StorageRef]) -> None:
+    """Refuses, before anything is read or allocated, views that reach outside their storage or
+    that would make the arrays larger than the data the file stores (see the module docstring)."""
+    total = 0
+    for name, t in tensors.items():
+        s = t.storage
+        count = s.nbytes // t.dtype.itemsize
+        numel = math.prod(t.shape)
+        total += numel * t.dtype.itemsize
+        if numel == 0:
+            continue
+        last = t.offset + sum((n - 1) * st for n, st in zip(t.shape, t.stride))
+        if last >= count:
+            raise BadData(f"tensor {name!r:.100} reaches element {last} of storage {s.key!r:.100}, which holds {count}")
+        if numel > count - t.offset:
+            raise BadData(
+                f"tensor {name!r:.100} of shape {t.shape} has {numel} elements, more than the {count - t.offset} its "
+                f"storage {s.key!r:.100} holds from offset {t.offset} (an overlapping or stride-0 view)"
+            )
+    stored = sum(storages[k].nbytes for k in {t.storage.key for t in tensors.values()})
+    if total > MAX_VIEW_RATIO * stored:
+        raise BadData(
+            f"the tensors need {total} bytes, more than {MAX_VIEW_RATIO} times the {stored} bytes of data "
+            "the file stores for them (views repeating the same storage)"
+        )
+
+
+def _to_array(t: TensorRef, data: np.ndarray, swap: bool) -> np.ndarray:
+    """The (C-contiguous, owned) array for `t`, whose storage record's bytes are `data` (uint8);
+    `_check_tensors` has checked its geometry."""
+    s = t.storage
     if 0 in t.shape:
         return np.zeros(t.shape, t.dtype)
-    count = s.nbytes // t.dtype.itemsize
-    last = t.offset + sum((n - 1) * st for n, st in zip(t.shape, t.stride))
-    if last >= count:
-        raise _BadData(f"tensor view reaches element {last} of storage {s.key!r}, which holds {count}")
-    flat = np.frombuffer(data, t.dtype, count=count, offset=s.byte_offset)  # no copy
+    flat = np.frombuffer(data, t.dtype, count=s.nbytes // t.dtype.itemsize, offset=s.byte_offset)  # no copy
     view = np.lib.stride_tricks.as_strided(
         flat[t.offset :], t.shape, tuple(st * t.dtype.itemsize for st in t.stride), writeable=False
     )
@@ -284,7 +115,7 @@ def _to_array(t: _Tensor, data: bytes, swap: bool) -> np.ndarray:
     return out
 
 
-def _materialize(tensors: dict[str, _Tensor], records: Iterator[tuple[str, bytes]], swap: bool) -> dict[str, np.ndarray]:
+def _materialize(tensors: dict[str, TensorRef], records: Iterator[tuple[str, np.ndarray]], swap: bool) -> dict[str, np.ndarray]:
     """Builds the arrays one storage at a time, so only one storage's bytes are alive at once."""
     by_storage: dict[str, list[str]] = {}
     for name, t in tensors.items():
@@ -296,42 +127,94 @@ def _materialize(tensors: dict[str, _Tensor], records: Iterator[tuple[str, bytes
         if not by_storage:
             break
     if by_storage:
-        raise _BadData(f"storage record {next(iter(by_storage))!r} is missing")
+        raise BadData(f"storage record {next(iter(by_storage))!r} is missing")
     return {name: arrays[name] for name in tensors}  # the checkpoint's key order
 
 
-def _load_zip(path: str) -> dict[str, np.ndarray]:
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        pkls = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
-        if len(pkls) != 1:
-            raise _BadData(f"zip archive has {len(pkls)} '<prefix>/data.pkl' records, expected 1")
-        prefix = pkls[0][: -len("data.pkl")]
-        storages: dict[str, _Storage] = {}
-        with zf.open(pkls[0]) as f:
-            obj = _Unpickler(f, path, legacy=False, storages=storages).load()
-        tensors = _state_dict(obj)
-        byteorder = zf.read(prefix + "byteorder").decode() if prefix + "byteorder" in names else sys.byteorder
-        if byteorder not in ("little", "big"):
-            raise _BadData(f"unknown byteorder record {byteorder!r}")
+# ---------------------------------------------------------------------------------------------
+# zip
 
-        def records() -> Iterator[tuple[str, bytes]]:
-            for key in {t.storage.key for t in tensors.values()}:
-                if prefix + "data/" + key not in names:
-                    raise _BadData(f"storage record data/{key} is missing")
-                data = zf.read(prefix + "data/" + key)  # one read per storage, CRC-checked
-                if len(data) != storages[key].nbytes:
-                    raise _BadData(f"storage data/{key} holds {len(data)} bytes, expected {storages[key].nbytes}")
-                yield key, data
+
+def _check_record(info: zipfile.ZipInfo, size: int, file_size: int, what: str) -> None:
+    """The record's header must declare exactly `size` bytes that the file can actually hold."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise BadData(f"{what} uses zip compression method {info.compress_type}; torch writes stored (or deflated) records")
+    if info.file_size != size:
+        raise BadData(f"{what} holds {info.file_size} bytes, expected {size}")
+    ratio = 1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO
+    if info.header_offset + info.compress_size > file_size or size > ratio * info.compress_size + 64:
+        raise BadData(f"{what} claims {size} bytes, which its {info.compress_size} bytes in the file cannot hold")
+
+
+def _read_record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> np.ndarray:
+    """A record's bytes (checked by `_check_record`), read in bounded chunks: data beyond the
+    declared size is never produced, and the CRC check at its end catches it."""
+    out = np.empty(info.file_size, np.uint8)  # pages are only committed as they are written
+    view, pos = memoryview(out), 0
+    with zf.open(info) as f:
+        while pos < info.file_size:
+            n = f.readinto(view[pos : pos + _CHUNK])
+            if not n:
+                break
+            pos += n
+    if pos != info.file_size:
+        raise BadData(f"{what} is truncated: {pos} of {info.file_size} bytes")
+    return out
+
+
+def _load_zip(path: str) -> dict[str, np.ndarray]:
+    file_size = os.path.getsize(path)
+    with zipfile.ZipFile(path) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        pkls = [n for n in infos if n.count("/") == 1 and n.endswith("/data.pkl")]
+        if len(pkls) != 1:
+            raise BadData(f"zip archive has {len(pkls)} '<prefix>/data.pkl' records, expected 1")
+        prefix, info = pkls[0][: -len("data.pkl")], infos[pkls[0]]
+        if info.file_size > MAX_PICKLE_BYTES:
+            raise BadData(f"data.pkl is {info.file_size} bytes, more than the {MAX_PICKLE_BYTES} a state dict needs")
+        _check_record(info, info.file_size, file_size, "data.pkl")
+        storages: dict[str, StorageRef] = {}
+        obj, _ = unpickle(_read_record(zf, info, "data.pkl").tobytes(), path, legacy=False, storages=storages)
+        tensors = _state_dict(obj)
+        byteorder = sys.byteorder
+        if (info := infos.get(prefix + "byteorder")) is not None:
+            _check_record(info, min(info.file_size, 8), file_size, "byteorder")
+            byteorder = _read_record(zf, info, "byteorder").tobytes().decode()
+        if byteorder not in ("little", "big"):
+            raise BadData(f"unknown byteorder record {byteorder!r}")
+        needed = sorted({t.storage.key for t in tensors.values()})
+        for key in needed:
+            if prefix + "data/" + key not in infos:
+                raise BadData(f"storage record data/{key} is missing")
+            _check_record(infos[prefix + "data/" + key], storages[key].nbytes, file_size, f"storage data/{key}")
+        _check_tensors(tensors, storages)
+
+        def records() -> Iterator[tuple[str, np.ndarray]]:
+            for key in needed:
+                yield key, _read_record(zf, infos[prefix + "data/" + key], f"storage data/{key}")
 
         return _materialize(tensors, records(), swap=byteorder != sys.byteorder)
 
 
+# ---------------------------------------------------------------------------------------------
+# legacy
+
+
 def _load_legacy(path: str, f: IO[bytes]) -> dict[str, np.ndarray]:
-    storages: dict[str, _Storage] = {}
+    file_size = os.fstat(f.fileno()).st_size
+    head = f.read(MAX_PICKLE_BYTES)  # the five pickles must fit, as data.pkl must
+    storages: dict[str, StorageRef] = {}
+    pos = 0
 
     def load() -> Any:
-        return _Unpickler(f, path, legacy=True, storages=storages).load()
+        nonlocal pos
+        try:
+            obj, pos = unpickle(head, path, legacy=True, storages=storages, start=pos)
+        except TruncatedPickle:
+            if len(head) == MAX_PICKLE_BYTES:
+                raise BadData(f"the pickles are larger than the {MAX_PICKLE_BYTES} bytes a state dict needs") from None
+            raise
+        return obj
 
     try:
         magic = load()
@@ -340,34 +223,40 @@ def _load_legacy(path: str, f: IO[bytes]) -> dict[str, np.ndarray]:
     except Exception:  # whatever garbage makes the unpickler fail: not a legacy file
         magic = None
     if type(magic) is not int or magic != _LEGACY_MAGIC:
-        raise _BadData("not a PyTorch checkpoint: neither a zip archive nor a legacy torch.save file")
+        raise BadData("not a PyTorch checkpoint: neither a zip archive nor a legacy torch.save file")
     if (protocol := load()) != _LEGACY_PROTOCOL:
-        raise _BadData(f"unsupported legacy protocol version {protocol!r}")
+        raise BadData(f"unsupported legacy protocol version {protocol!r:.100}")
     load()  # sys_info: endianness/type sizes of the saver; storages are always little-endian
     tensors = _state_dict(load())
     keys = load()
     if not (type(keys) is list and all(type(k) is str for k in keys)):
-        raise _BadData("malformed storage key list")
+        raise BadData("malformed storage key list")
     needed = {t.storage.key for t in tensors.values()}
+    for key in keys:
+        if key not in storages:
+            raise BadData(f"storage {key!r:.100} is listed but never referenced")
+    # Each record is an 8-byte count and the data: the file must be able to hold them all.
+    if pos + sum(8 + storages[k].nbytes for k in keys) > file_size:
+        raise BadData("truncated: the storages the pickle declares do not fit in the file")
+    _check_tensors(tensors, storages)
+    f.seek(pos)
 
-    def records() -> Iterator[tuple[str, bytes]]:
+    def records() -> Iterator[tuple[str, np.ndarray]]:
         for key in keys:  # stored back to back in this order
-            if key not in storages:
-                raise _BadData(f"storage {key!r} is listed but never referenced")
             itemsize = storages[key].dtype.itemsize
             header = f.read(8)
             if len(header) != 8:
-                raise _BadData(f"file ends before storage {key!r}")
+                raise BadData(f"file ends before storage {key!r}")
             (numel,) = struct.unpack("<q", header)
             if numel * itemsize != storages[key].nbytes:
-                raise _BadData(f"storage {key!r} has {numel} elements on disk, the pickle says {storages[key].nbytes // itemsize}")
+                raise BadData(f"storage {key!r} has {numel} elements on disk, the pickle says {storages[key].nbytes // itemsize}")
             if key in needed:
-                data = f.read(numel * itemsize)
+                data = np.frombuffer(f.read(numel * itemsize), np.uint8)
                 if len(data) != numel * itemsize:
-                    raise _BadData(f"storage {key!r} is truncated: {len(data)} of {numel * itemsize} bytes")
+                    raise BadData(f"storage {key!r} is truncated: {len(data)} of {numel * itemsize} bytes")
                 yield key, data
             else:
-                f.seek(numel * itemsize, io.SEEK_CUR)
+                f.seek(numel * itemsize, os.SEEK_CUR)
 
     # Legacy storages hold little-endian data whatever machine wrote them.
     return _materialize(tensors, records(), swap=sys.byteorder != "little")
@@ -380,7 +269,8 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     float16 -> float16, int64 -> int64, bool -> bool, ...). A top-level dict that holds no tensors
     but has a "model" or "state_dict" dict is unwrapped. Raises UnsafeCheckpointError if the pickle
     names any global beyond what a tensor state dict needs, CheckpointFormatError for anything else
-    that is not a flat dict of tensors in a well-formed file; messages name `path`.
+    that is not a flat dict of tensors in a well-formed file, or that claims more memory than its
+    data justify (module docstring); messages name `path` and are one line.
     """
     path = os.fspath(path)
     try:
@@ -388,13 +278,13 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return _load_zip(path)
         with open(path, "rb") as f:
             if f.read(4) == b"PK\x03\x04":  # a zip's local header, but no central directory
-                raise _BadData("truncated or corrupt zip archive")
+                raise BadData("truncated or corrupt zip archive")
             f.seek(0)
             return _load_legacy(path, f)
     except (UnsafeCheckpointError, CheckpointFormatError, OSError):
         raise
     except Exception as e:  # malformed input surfaces as all sorts of errors from pickle/zipfile
         msg = " ".join(str(e).split()) or type(e).__name__
-        if not isinstance(e, _BadData):
-            msg = f"malformed checkpoint ({type(e).__name__}: {msg})"
+        if not isinstance(e, BadData):
+            msg = f"malformed checkpoint ({type(e).__name__}: {msg[:300]})"
         raise CheckpointFormatError(f"{path}: {msg}") from e

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import numpy as np
-from PIL import Image
 
 import sam_jax
 from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
-from sam_jax.utils.overlay import overlay_masks
+from sam_jax.utils.images import read_image
+from sam_jax.utils.io import check_output
+from sam_jax.utils.overlay import OVERLAY_OUTPUT, is_own_overlay, overlay_masks, save_overlay
 from sam_jax.utils.progress import status
 
 
@@ -31,11 +32,15 @@ def main(argv=None) -> None:
     ap.add_argument("--crop-n-layers", type=int, default=0)
     ap.add_argument("--min-mask-region-area", type=int, default=0)
     ap.add_argument("--quiet", action="store_true", help="no status lines")
+    ap.add_argument("--overwrite", action="store_true", help="replace an overlay PNG this script wrote before")
     args = ap.parse_args(argv)
+    # Before any work: never write over the image, the checkpoint or a file this script did not write.
+    check_output(args.output, kind="file", overwrite=args.overwrite, is_own=is_own_overlay, what=OVERLAY_OUTPUT,
+                 inputs=[args.image, args.checkpoint])
 
     with status(f"loading {args.checkpoint}", args.quiet):
         model = sam_jax.load(args.checkpoint, model_type=args.model_type)
-    image = np.asarray(Image.open(args.image).convert("RGB"))
+    image = read_image(args.image)
     generator = SamAutomaticMaskGenerator(
         model, points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh, crop_n_layers=args.crop_n_layers,
@@ -46,9 +51,12 @@ def main(argv=None) -> None:
     # Largest first, so small masks stay visible on top.
     records.sort(key=lambda r: r["area"], reverse=True)
     masks = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0,) + image.shape[:2], bool)
-    overlay_masks(image, masks, alpha=0.35).save(args.output)
+    save_overlay(overlay_masks(image, masks, alpha=0.35), args.output, args.overwrite, inputs=[args.image, args.checkpoint])
     print(f"{len(records)} mask{'' if len(records) == 1 else 's'} -> {args.output}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as e:  # a bad input or output: one line, no traceback
+        raise SystemExit(f"error: {e}") from None

@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from PIL import Image
 
 import sam_jax
-from sam_jax.utils.overlay import overlay_masks
+from sam_jax.utils.images import read_image
+from sam_jax.utils.io import check_output
+from sam_jax.utils.overlay import OVERLAY_OUTPUT, is_own_overlay, overlay_masks, save_overlay
 from sam_jax.utils.progress import status
 
 
@@ -34,12 +35,16 @@ def main(argv=None) -> None:
     ap.add_argument("--box", type=_floats, help="x0,y0,x1,y1")
     ap.add_argument("--output", default="overlay.png")
     ap.add_argument("--quiet", action="store_true", help="no status lines")
+    ap.add_argument("--overwrite", action="store_true", help="replace an overlay PNG this script wrote before")
     args = ap.parse_args(argv)
+    # Before any work: never write over the image, the checkpoint or a file this script did not write.
+    check_output(args.output, kind="file", overwrite=args.overwrite, is_own=is_own_overlay, what=OVERLAY_OUTPUT,
+                 inputs=[args.image, args.checkpoint])
 
     # Each long step says what it does (on a terminal); the first run also compiles, once.
     with status(f"loading {args.checkpoint}", args.quiet):
         model = sam_jax.load(args.checkpoint, model_type=args.model_type)
-    image = np.asarray(Image.open(args.image).convert("RGB"))
+    image = read_image(args.image)
     predictor = sam_jax.SamPredictor(model)
     with status(f"embedding {args.image}", args.quiet):
         predictor.set_image(image)
@@ -54,9 +59,13 @@ def main(argv=None) -> None:
     with status("predicting masks", args.quiet):
         masks, scores, _ = predictor.predict(coords, labels, box, multimask_output=box is None)
     best = int(np.argmax(scores))
-    overlay_masks(image, masks[best : best + 1], points=coords, labels=labels, boxes=box).save(args.output)
+    overlay = overlay_masks(image, masks[best : best + 1], points=coords, labels=labels, boxes=box)
+    save_overlay(overlay, args.output, args.overwrite, inputs=[args.image, args.checkpoint])
     print(f"mask {best} (predicted IoU {scores[best]:.3f}, {int(masks[best].sum())} pixels) -> {args.output}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as e:  # a bad input or output: one line, no traceback
+        raise SystemExit(f"error: {e}") from None

@@ -61,14 +61,27 @@ class SamAutomaticMaskGenerator:
             raise ValueError("exactly one of points_per_side or point_grids must be provided")
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
-        if points_per_batch < 1:
-            raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+        for name, value, low in [("points_per_batch", points_per_batch, 1), ("crop_n_layers", crop_n_layers, 0),
+                                 ("crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1),
+                                 ("points_per_side", 1 if points_per_side is None else points_per_side, 1)]:
+            if not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if point_grids is not None:
             point_grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
             if any(g.ndim != 2 or g.shape[1] != 2 for g in point_grids):
                 raise ValueError("each point grid must have shape (N, 2), xy in [0, 1]")
+            if not all(np.isfinite(g).all() for g in point_grids):
+                raise ValueError("point_grids contain NaN or infinite values")
             if len(point_grids) < crop_n_layers + 1:
                 raise ValueError(f"point_grids needs one grid per crop layer ({crop_n_layers + 1}), got {len(point_grids)}")
+        else:
+            for layer in range(crop_n_layers + 1):
+                if points_per_side < crop_n_points_downscale_factor**layer:
+                    raise ValueError(
+                        f"crop layer {layer} would have no points: points_per_side {points_per_side} / "
+                        f"crop_n_points_downscale_factor {crop_n_points_downscale_factor}**{layer} < 1; "
+                        "use fewer crop layers or a smaller downscale factor"
+                    )
         self.point_grids = point_grids or amg.build_all_layer_point_grids(
             points_per_side, crop_n_layers, crop_n_points_downscale_factor
         )
@@ -116,9 +129,26 @@ class SamAutomaticMaskGenerator:
         ]
 
     # ------------------------------------------------------------------------------------------
+    def _crop_boxes(self, orig_size: tuple[int, int]) -> tuple[list[list[int]], list[int]]:
+        """The official crop boxes, or a ValueError naming the deepest crop_n_layers that this
+        image allows when a layer would have empty crops."""
+        deepest = 0
+        while deepest < self.crop_n_layers and 2 ** (deepest + 1) <= min(orig_size):  # 4^n crops: bound n first
+            boxes, _ = amg.generate_crop_boxes(orig_size, deepest + 1, self.crop_overlap_ratio)
+            if any(x1 <= x0 or y1 <= y0 for x0, y0, x1, y1 in boxes):
+                break
+            deepest += 1
+        if deepest < self.crop_n_layers:
+            raise ValueError(
+                f"crop_n_layers={self.crop_n_layers} is too deep for a {orig_size[1]}x{orig_size[0]} image "
+                f"(with crop_overlap_ratio {self.crop_overlap_ratio:.3g}): layer {deepest + 1} would have empty crops; "
+                f"use crop_n_layers <= {deepest}"
+            )
+        return amg.generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+
     def _generate_masks(self, image: np.ndarray) -> dict[str, np.ndarray]:
         orig_size = image.shape[:2]
-        crop_boxes, layer_idxs = amg.generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        crop_boxes, layer_idxs = self._crop_boxes(orig_size)
         crops = [self._process_crop(image, box, layer, orig_size) for box, layer in zip(crop_boxes, layer_idxs)]
         crop_of = np.concatenate([np.full(len(c.iou_preds), i) for i, c in enumerate(crops)]).astype(int)
         index = np.concatenate([np.arange(len(c.iou_preds)) for c in crops]).astype(int)

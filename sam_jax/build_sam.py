@@ -10,6 +10,7 @@ point for every kind of checkpoint.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -20,14 +21,13 @@ from flax import nnx
 
 from . import checkpoint, weights
 from .config import SamConfig, get_config
-from .convert import ConversionError, convert_state_dict, read_state_dict
+from .convert import ConversionError, load_checkpoint, read_config_file, weights_file
 from .convert.keys import official_key, official_shape
 from .modeling import Sam
 from .utils.download import exclusive
+from .utils.io import check_output, file_digest
 from .utils.memory import release_host_memory
 from .utils.progress import say
-
-HF_WEIGHTS = "model.safetensors"
 
 
 def abstract_model(config: SamConfig) -> Sam:
@@ -35,17 +35,30 @@ def abstract_model(config: SamConfig) -> Sam:
     return nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
 
 
+def parameter_shapes(config: SamConfig) -> dict[tuple, jax.ShapeDtypeStruct]:
+    """{variable path: shape and dtype} of the model `config` builds."""
+    return dict(_parameter_shapes(config))
+
+
+@functools.lru_cache(maxsize=8)
+def _parameter_shapes(config: SamConfig) -> tuple[tuple[tuple, jax.ShapeDtypeStruct], ...]:
+    # Tracing the model's construction takes seconds; a load needs the shapes twice (the check
+    # and the restore), and a session often loads the same configuration again.
+    return tuple((p, jax.ShapeDtypeStruct(v.shape, v.dtype)) for p, v in nnx.to_flat_state(nnx.state(abstract_model(config))))
+
+
 def check_params(config: SamConfig, params: dict[tuple, object]) -> None:
     """Raises ConversionError naming, by official key, every parameter of the model `config`
     builds that `params` lacks, every entry it has that the model does not, and every shape that
-    differs (`params` values: arrays or anything with a `.shape`)."""
-    expected = {p: tuple(v.shape) for p, v in nnx.to_flat_state(nnx.state(abstract_model(config)))}
+    differs (`params` values: arrays, anything with a `.shape`, or shape tuples)."""
+    expected = {p: tuple(v.shape) for p, v in parameter_shapes(config).items()}
+    shapes = {p: tuple(v) if isinstance(v, tuple) else tuple(v.shape) for p, v in params.items()}
     key = lambda p: official_key(p)[0]
-    missing = sorted(key(p) for p in expected.keys() - params.keys())
-    unexpected = sorted(key(p) if isinstance(p, tuple) else str(p) for p in params.keys() - expected.keys())
+    missing = sorted(key(p) for p in expected.keys() - shapes.keys())
+    unexpected = sorted(key(p) if isinstance(p, tuple) else str(p) for p in shapes.keys() - expected.keys())
     misshaped = [
-        f"{key(p)}: checkpoint {official_shape(p, tuple(params[p].shape))}, model expects {official_shape(p, shape)}"
-        for p, shape in expected.items() if p in params and tuple(params[p].shape) != shape
+        f"{key(p)}: checkpoint {official_shape(p, shapes[p])}, model expects {official_shape(p, shape)}"
+        for p, shape in expected.items() if p in shapes and shapes[p] != shape
     ]
     problems = []
     if missing:
@@ -73,8 +86,10 @@ def read_params(
     path: str | os.PathLike, model_type: str | None = None, config: SamConfig | None = None
 ) -> tuple[SamConfig, dict[tuple, np.ndarray]]:
     """(config, {parameter path: array}) from any checkpoint on disk: a sam-jax folder, an official
-    `.pth`, a Hugging Face `model.safetensors` or its folder. `model_type` or `config` cross-checks
-    the configuration (and, for an official file, supplies what no tensor shape tells)."""
+    `.pth`, a Hugging Face `model.safetensors` or its folder (with its `config.json`). `model_type`
+    or `config` cross-checks the configuration (and, for an official file, supplies what no tensor
+    shape tells). A sam-jax folder's stored parameter shapes are checked against the model its
+    config.json builds before anything is read, so a hand-edited config fails here, naming them."""
     path = Path(path)
     if path.is_dir() and checkpoint.is_checkpoint(path):
         stored = checkpoint.read_config(path)
@@ -82,13 +97,13 @@ def read_params(
         if expected is not None and stored != expected:
             raise ValueError(f"{path} holds a model whose config differs from {model_type or 'the requested config'}")
         config = stored
-        abstract = {p: jax.ShapeDtypeStruct(v.shape, v.dtype) for p, v in nnx.to_flat_state(nnx.state(abstract_model(config)))}
-        return config, checkpoint.load(path, abstract)
-    if path.is_dir():
-        if not (path / HF_WEIGHTS).is_file():
-            raise FileNotFoundError(f"{path} is neither a sam-jax checkpoint (config.json + params/) nor a folder with {HF_WEIGHTS}")
-        path = path / HF_WEIGHTS
-    return convert_state_dict(read_state_dict(path), model_type, config)
+        try:
+            check_params(config, checkpoint.stored_shapes(path))
+        except ConversionError as e:
+            raise ConversionError(f"{path}: its {checkpoint.CONFIG_FILE} does not describe its parameters: {e}") from None
+        return config, checkpoint.load(path, parameter_shapes(config))
+    loaded = load_checkpoint(path, model_type, config)
+    return loaded.config, loaded.params
 
 
 def load(path_or_name: str | os.PathLike, *, model_type: str | None = None) -> Sam:
@@ -135,20 +150,30 @@ def convert_checkpoint(
     config_file: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> SamConfig:
-    """Converts an official `.pth` (or HF checkpoint) into a sam-jax checkpoint folder: what
-    `sam-jax convert` runs. `config_file` (a SamConfig JSON) is checked against the shapes and
-    supplies what they cannot tell (the decoder's head count)."""
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists (use --overwrite to replace it)")
-    source = Path(source)
-    if source.is_dir() and (source / HF_WEIGHTS).is_file():
-        source = source / HF_WEIGHTS
-    config = SamConfig.load(config_file) if config_file is not None else None
-    cfg, params = convert_state_dict(read_state_dict(source), model_type, config)
-    check_params(cfg, params)
-    checkpoint.save(output, cfg, params, overwrite=overwrite)
-    return cfg
+    """Converts an official `.pth` (or HF checkpoint or folder) into a sam-jax checkpoint folder:
+    what `sam-jax convert` runs. `config_file` (a SamConfig JSON, or a transformers config.json)
+    is checked against the shapes and supplies what they cannot tell (the decoder's head count).
+
+    Before anything is read, `output` is checked (`utils.io.check_output`): never the input or a
+    folder holding it, never an existing file; an existing folder only with `overwrite`, and only
+    a sam-jax checkpoint holding nothing else. The folder's record.json states the source's
+    SHA-256 and the settings, so two conversions of the same file write the same record."""
+    weights_path = weights_file(source)
+    inputs = [source, weights_path] + ([config_file] if config_file is not None else [])
+    check_output(output, kind="dir", overwrite=overwrite, is_own=checkpoint.is_own_folder,
+                 what=checkpoint.OWN_OUTPUT, inputs=inputs)
+    config = read_config_file(config_file) if config_file is not None else None
+    loaded = load_checkpoint(weights_path, model_type, config)
+    check_params(loaded.config, loaded.params)
+    config_file = config_file if config_file is not None else loaded.config_file
+    record = {
+        "producer": "sam-jax convert",
+        "source_sha256": file_digest(weights_path),
+        "config_sha256": None if config_file is None else file_digest(config_file),
+        "model_type": model_type,
+    }
+    checkpoint.save(output, loaded.config, loaded.params, overwrite=overwrite, record=record)
+    return loaded.config
 
 
 def build_sam_from_config(config: SamConfig | str, checkpoint: str | os.PathLike | None = None, seed: int = 0) -> Sam:

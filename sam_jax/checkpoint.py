@@ -1,23 +1,32 @@
 """The native checkpoint format (host-side I/O): a folder holding `config.json` and `params/`, an
-Orbax tree of the model's parameters keyed by their paths. Written by `sam-jax convert`, by
-training, and by the weights-by-name cache; read by `sam_jax.load`.
+Orbax tree of the model's parameters keyed by their paths, and optionally `record.json`, what
+produced it. Written by `sam-jax convert`, by training, and by the weights-by-name cache; read
+by `sam_jax.load`.
 
-A folder is written atomically (`utils.io.atomic_dir`): one with the final name is complete.
+A folder is written atomically (`utils.io.atomic_dir`): one with the final name is complete. An
+existing folder is replaced only with `overwrite`, and only when it holds a checkpoint and
+nothing else (`is_own_folder`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from .config import SamConfig
-from .utils.io import atomic_dir
+from .utils.io import atomic_dir, check_output, remove_stale_partials
+from .utils.records import record_text
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+RECORD_FILE = "record.json"
+OWN_OUTPUT = "a checkpoint folder (and nothing else)"  # what `is_own_folder` recognises, for messages
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
@@ -26,17 +35,51 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
 
 
-def save(output: str | os.PathLike, config: SamConfig, params: dict[tuple, np.ndarray], overwrite: bool = False) -> Path:
-    """Writes config.json and the Orbax parameters ({path: array}) to the folder `output`."""
+def is_own_folder(path: str | os.PathLike) -> bool:
+    """True for a checkpoint folder holding nothing but its own parts: what `save` may replace."""
+    path = Path(path)
+    if path.is_symlink() or not is_checkpoint(path):
+        return False
+    return {p.name for p in path.iterdir()} <= {CONFIG_FILE, PARAMS_DIR, RECORD_FILE}
+
+
+def save(
+    output: str | os.PathLike, config: SamConfig, params: dict[tuple, np.ndarray], overwrite: bool = False,
+    record: dict | None = None,
+) -> Path:
+    """Writes config.json, the Orbax parameters ({path: array}) and the `record` of what produced
+    them (if given) to the folder `output` (see the module docstring for what it may replace)."""
     output = Path(output).absolute()
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists (pass overwrite=True / --overwrite to replace it)")
+    check_output(output, kind="dir", overwrite=overwrite, is_own=is_own_folder, what=OWN_OUTPUT)
+    remove_stale_partials(output.parent)
     with atomic_dir(output, overwrite=overwrite) as tmp:
         config.save(tmp / CONFIG_FILE)
+        # The content digest is stored so that a rerun can name this model without reading it.
+        (tmp / RECORD_FILE).write_text(record_text({**(record or {}), "content_sha256": content_digest(config, params)}))
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, _nest(params))
             ckptr.wait_until_finished()
     return output
+
+
+def content_digest(config: SamConfig, params: dict[tuple, object]) -> str:
+    """SHA-256 (hex) of a model: its config and every parameter's path, shape and float32 bytes,
+    whatever file they came from (an official .pth and its conversion give the same digest)."""
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for path in sorted(params, key=lambda p: tuple(str(k) for k in p)):
+        value = np.ascontiguousarray(np.asarray(params[path]), dtype="<f4")
+        h.update(f"{path}{value.shape}".encode())
+        h.update(memoryview(value).cast("B"))
+    return h.hexdigest()
+
+
+def stored_digest(directory: str | os.PathLike) -> str | None:
+    """The content digest that `save` recorded in the folder, or None (an older folder)."""
+    try:
+        digest = json.loads((Path(directory) / RECORD_FILE).read_text()).get("content_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return digest if isinstance(digest, str) else None
 
 
 def read_config(directory: str | os.PathLike) -> SamConfig:
@@ -44,6 +87,18 @@ def read_config(directory: str | os.PathLike) -> SamConfig:
     if not is_checkpoint(directory):
         raise FileNotFoundError(f"{directory} is not a sam-jax checkpoint (expected {CONFIG_FILE} and {PARAMS_DIR}/)")
     return SamConfig.load(directory / CONFIG_FILE)
+
+
+def stored_shapes(directory: str | os.PathLike) -> dict[tuple, tuple[int, ...]]:
+    """{parameter path: shape} as stored in the folder's Orbax metadata (nothing is read but it)."""
+    directory = Path(directory).absolute()
+    with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(directory / PARAMS_DIR)
+    tree = getattr(meta, "item_metadata", meta)
+    return {
+        tuple(int(k.key) if k.key.isdigit() else k.key for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def load(directory: str | os.PathLike, abstract: dict[tuple, object]) -> dict[tuple, np.ndarray]:

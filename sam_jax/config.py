@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from importlib import resources
 from typing import Any
@@ -50,7 +51,8 @@ class SamConfig:
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so configs are hashable (usable as static jit arguments).
         for name in ("encoder_global_attn_indexes", "pixel_mean", "pixel_std"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         self.validate()
 
     @property
@@ -59,7 +61,11 @@ class SamConfig:
         return self.image_size // self.patch_size
 
     def validate(self) -> None:
-        problems = []
+        """ValueError naming every field of the wrong type or range, and every inconsistency
+        (a hand-edited config.json gets a one-line error, not a traceback later)."""
+        problems = [f"{name} must be {kind}, got {getattr(self, name)!r:.60}" for name, kind in self._bad_fields()]
+        if problems:
+            raise ValueError("invalid SamConfig: " + "; ".join(problems))
         if self.image_size % self.patch_size:
             problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.encoder_embed_dim % self.encoder_num_heads:
@@ -75,11 +81,36 @@ class SamConfig:
         if problems:
             raise ValueError("invalid SamConfig: " + "; ".join(problems))
 
+    def _bad_fields(self) -> list[tuple[str, str]]:
+        """(field, what it must be) for the fields whose value has the wrong type or range."""
+        bad = []
+        for f in dataclasses.fields(self):
+            v, d = getattr(self, f.name), f.default
+            if isinstance(d, bool):
+                ok, kind = type(v) is bool, "true or false"
+            elif isinstance(d, int):
+                low = 0 if f.name in ("window_size", "num_multimask_outputs") else 1
+                ok, kind = type(v) is int and v >= low, f"an integer >= {low}"
+            elif isinstance(d, float):
+                ok, kind = type(v) in (int, float) and math.isfinite(v), "a finite number"
+                if f.name == "mlp_ratio":
+                    ok, kind = ok and v > 0, "a positive number"
+            elif f.name == "encoder_global_attn_indexes":
+                ok, kind = isinstance(v, tuple) and all(type(i) is int for i in v), "a list of block indexes"
+            else:  # pixel_mean, pixel_std
+                ok = isinstance(v, tuple) and len(v) == 3 and all(type(x) in (int, float) and math.isfinite(x) for x in v)
+                ok, kind = ok and (f.name != "pixel_std" or min(v) > 0), "a list of 3 (positive, for std) numbers"
+            if not ok:
+                bad.append((f.name, kind))
+        return bad
+
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SamConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"a SamConfig is a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -93,8 +124,15 @@ class SamConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SamConfig":
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"{path}: not a readable JSON config ({type(e).__name__})") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 def get_config(name: str) -> SamConfig:

@@ -6,7 +6,8 @@ on them and no weights or image features are ever baked into a compiled function
     emb = embed_images_jit(graphdef, params, images, input_sizes)
 
 Prompt layout (`Prompts`). Points are (B, N, 2) xy in the resized-input frame with labels (B, N):
-1 positive, 0 negative, -1 the official "not a point" token, IGNORE_LABEL (-2) an empty slot
+1 positive, 0 negative, 2 and 3 points without a label embedding (as the official predictor
+takes them), -1 the official "not a point" token, IGNORE_LABEL (-2) an empty slot
 (excluded from every attention, so padding never changes a result). A box is `boxes` (B, 4) with
 `has_box` (B,); a mask input (B, 1, 4h, 4w) comes with `has_mask` (B,). All of it is
 shape-static: one compilation serves every prompt count up to the bucket size, with or without

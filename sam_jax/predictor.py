@@ -131,8 +131,10 @@ class SamPredictor:
         """Masks for one prompt on the current image, as the official `SamPredictor.predict`.
 
         point_coords: (N, 2) xy pixels in the original image (points outside the image are
-        accepted, as the official model accepts them); point_labels: (N,) 1 foreground, 0
-        background; box: (4,) xyxy pixels; mask_input: (1, 4h, 4w) low-res logits of an earlier
+        accepted, as the official model accepts them, but not values float32 cannot hold);
+        point_labels: (N,) 1 foreground, 0 background, -1 ignored, and 2 / 3 as the official
+        predictor takes them (a point with no label embedding: unlike the official ONNX model,
+        it does not treat them as box corners); box: (4,) xyxy pixels; mask_input: (1, 4h, 4w) low-res logits of an earlier
         call. Returns masks (C, H, W) bool (float logits if return_logits), iou_predictions (C,)
         and low_res_logits (C, 4h, 4w), C = 3 with multimask_output else 1.
         """
@@ -167,8 +169,10 @@ class SamPredictor:
         validate.batch_size(coords, boxes, masks)
         if coords is not None:
             coords = self.transform.apply_coords(coords, self.original_size)
+            validate.check_float32(coords, "point_coords (scaled to the model input)")
         if boxes is not None:
             boxes = self.transform.apply_boxes(boxes, self.original_size)
+            validate.check_float32(boxes, "box (scaled to the model input)")
         out = self.predict_jax(coords, labels, boxes, masks, multimask_output, return_logits)
         return tuple(np.asarray(a) for a in out)
 

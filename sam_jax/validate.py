@@ -39,9 +39,20 @@ def check_image(image, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _finite(a: np.ndarray, name: str) -> None:
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains NaN or infinite values")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32(a: np.ndarray, name: str) -> None:
+    """ValueError unless every value is finite as a float32 (the model computes in float32: a
+    coordinate of 1e39 would become inf there, and the scores NaN)."""
+    bad = a[~(np.abs(a) <= FLOAT32_MAX)]  # NaN compares False too
+    if bad.size:
+        value = float(bad.flat[0])
+        what = "NaN" if np.isnan(value) else "an infinite value" if np.isinf(value) else f"{value:g}, beyond float32"
+        raise ValueError(f"{name} contains {what}: values must be finite float32 numbers (|x| <= {FLOAT32_MAX:.3g})")
+
+
+POINT_LABELS = (-1, 0, 1, 2, 3)
 
 
 def check_points(coords, labels, batch: int | None) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
@@ -58,9 +69,12 @@ def check_points(coords, labels, batch: int | None) -> tuple[np.ndarray, np.ndar
         raise ValueError(f"point_coords must have shape {shape_c} (xy pixels), got {coords.shape}")
     if labels.shape != coords.shape[:-1]:
         raise ValueError(f"point_labels must have shape {coords.shape[:-1]} to match point_coords, got {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.number) or not np.all(np.isin(labels, (-1, 0, 1))):
-        raise ValueError("point_labels must be 1 (foreground), 0 (background) or -1 (ignored)")
-    _finite(coords, "point_coords")
+    if not np.issubdtype(labels.dtype, np.number) or not np.all(np.isin(labels, POINT_LABELS)):
+        raise ValueError(
+            "point_labels must be 1 (foreground), 0 (background), -1 (ignored), or 2 / 3 (accepted as the "
+            "official predictor accepts them: a point with no label embedding)"
+        )
+    check_float32(coords, "point_coords")
     return coords, labels.astype(np.int32)
 
 
@@ -75,7 +89,7 @@ def check_boxes(boxes, batch: int | None) -> np.ndarray | None:
         boxes = boxes.reshape(1, 4)
     elif boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes must have shape (B, 4) as x0, y0, x1, y1 pixels, got {boxes.shape}")
-    _finite(boxes, "box")
+    check_float32(boxes, "box")
     bad = np.nonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))[0]
     if bad.size:
         raise ValueError(f"box {bad[0]} is {boxes[bad[0]].tolist()}: expected x0, y0, x1, y1 with x1 >= x0 and y1 >= y0")
@@ -93,7 +107,7 @@ def check_mask_input(mask_input, size: int, batch: int | None) -> np.ndarray | N
         raise ValueError(f"mask_input must have shape {want} (low-res logits from a previous predict), got {mask_input.shape}")
     if not np.issubdtype(mask_input.dtype, np.floating):
         raise ValueError(f"mask_input must be float logits, got dtype {mask_input.dtype}")
-    _finite(mask_input, "mask_input")
+    check_float32(mask_input, "mask_input")
     return mask_input.astype(np.float32)
 
 

@@ -44,7 +44,7 @@ def test_folder_binary_masks(tiny, folder, tmp_path):
     assert "Traceback" not in r.stderr
     bad = [l for l in r.stderr.splitlines() if "notes.txt" in l]
     assert len(bad) == 1 and "could not decode the image" in bad[0]
-    assert sorted(p.name for p in out.iterdir()) == ["a", "b"]
+    assert sorted(p.name for p in out.iterdir()) == [".sam-jax", "a", "b"]  # the outputs and their stamps
     gen = SamAutomaticMaskGenerator(tiny.model, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
     records = gen.generate(np.asarray(Image.open(folder / "a.png").convert("RGB")))
     rows = (out / "a" / "metadata.csv").read_text().splitlines()
@@ -66,7 +66,8 @@ def test_rerun_skips_and_overwrite_recomputes(tiny, folder, tmp_path):
     assert (out / "a" / "metadata.csv").stat().st_mtime_ns == stamp
     _run(tiny, folder, out, "--overwrite")
     assert (out / "a" / "metadata.csv").stat().st_mtime_ns != stamp
-    assert sorted(p.name for p in out.iterdir()) == ["a", "b"]  # no temporary leftovers
+    assert sorted(p.name for p in out.iterdir()) == [".sam-jax", "a", "b"]  # no temporary leftovers
+    assert sorted(p.name for p in (out / ".sam-jax").iterdir()) == ["a.json", "b.json"]
 
 
 def test_rle_json_and_sa1b(tiny, folder, tmp_path):

@@ -213,3 +213,22 @@ def test_hf_safetensors_checkpoint(tiny, tmp_path):
 def test_missing_checkpoint_file(tmp_path, capsys):
     assert cli(["convert", "--checkpoint", str(tmp_path / "nope.pth"), "--output", str(tmp_path / "o")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    ({"encoder_embed_dim": 128}, "image_encoder.patch_embed.proj.weight: checkpoint (64, 3, 16, 16), model expects (128, 3, 16, 16)"),
+    ({"image_size": 512}, "image_encoder.pos_embed: checkpoint (1, 16, 16, 64), model expects (1, 32, 32, 64)"),
+    ({"encoder_global_attn_indexes": [0, 3]}, "image_encoder.blocks.0.attn.rel_pos_h: checkpoint (11, 16), model expects (31, 16)"),
+    ({"decoder_depth": "2"}, "decoder_depth must be an integer >= 1, got '2'"),
+])
+def test_hand_edited_config_fails_naming_the_mismatches(tiny, tmp_path, edit, named):
+    import json
+    import shutil
+
+    folder = tmp_path / "edited"
+    shutil.copytree(tiny.model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(ValueError) as info:
+        sam_jax.load(folder)
+    assert named in str(info.value) and "\n" not in str(info.value), str(info.value)

@@ -55,3 +55,17 @@ def test_automatic_masks_example(tiny, tmp_path):
     assert n > 0
     overlay = np.asarray(Image.open(out))
     assert overlay.shape == image.shape and (overlay != image).any()
+
+
+def test_examples_never_write_over_their_inputs(tiny, tmp_path):
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(image)
+    before = image.read_bytes()
+    for script in ("predictor.py", "automatic_masks.py"):
+        r = subprocess.run(
+            [sys.executable, ROOT / "examples" / script, "--checkpoint", tiny.model_dir, "--image", image,
+             "--output", image, "--overwrite"],
+            capture_output=True, text=True,
+        )
+        assert r.returncode != 0 and "is the input" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert image.read_bytes() == before

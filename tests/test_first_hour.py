@@ -94,16 +94,21 @@ def images(tmp_path):
     return src
 
 
-def test_amg_rerun_with_everything_done_loads_no_model(images, tmp_path, monkeypatch, capsys):
+def test_amg_rerun_with_everything_done_loads_no_model(tiny, images, tmp_path, monkeypatch, capsys):
+    """The model is named by the content digest recorded in its checkpoint folder: a rerun whose
+    outputs are all this very work reads neither the weights nor builds the model."""
     out = tmp_path / "out"
-    for name in ("a", "b", "c"):
-        (out / name).mkdir(parents=True)
+    flags = ["--checkpoint", str(tiny.model_dir), "--input", str(images), "--output", str(out), "--points-per-side", "2",
+             "--cache-dir", ""]
+    assert cli(["amg", *flags]) == 0
+    capsys.readouterr()
     monkeypatch.setattr(amg_cli.common, "load_model", lambda args: pytest.fail("loaded a model"))
-    assert cli(["amg", "--checkpoint", "vit_h", "--input", str(images), "--output", str(out)]) == 0
+    monkeypatch.setattr(amg_cli.common, "read_params", lambda *a, **k: pytest.fail("read the weights"))
+    assert cli(["amg", *flags]) == 0
     assert capsys.readouterr().err.count("done before, skipped") == 3
 
 
-def test_amg_counts_and_the_empty_hint(images, tmp_path, monkeypatch, capsys):
+def test_amg_counts_and_the_empty_hint(tiny, images, tmp_path, monkeypatch, capsys):
     class Generator:  # 0, 1 and 2 masks: only the command's reporting is under test
         def __init__(self, model, **kwargs):
             self.kwargs, self.calls = kwargs, 0
@@ -114,7 +119,7 @@ def test_amg_counts_and_the_empty_hint(images, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(amg_cli, "SamAutomaticMaskGenerator", Generator)
     monkeypatch.setattr(amg_cli.common, "load_model", lambda args: None)
-    argv = ["amg", "--checkpoint", "x", "--input", str(images), "--output", str(tmp_path / "o"), "--convert-to-rle",
+    argv = ["amg", "--checkpoint", str(tiny.model_dir), "--input", str(images), "--output", str(tmp_path / "o"), "--convert-to-rle",
             "--cache-dir", ""]
     assert cli(argv) == 0
     err = capsys.readouterr().err

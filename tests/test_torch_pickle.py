@@ -339,3 +339,36 @@ def test_float8_and_uint16_round_trip(tmp_path):
     assert arrays["f8"].dtype == ml_dtypes.float8_e4m3fn and arrays["u16"].dtype == np.uint16
     np.testing.assert_array_equal(arrays["f8"].astype(np.float32), tensors["f8"].float().numpy())
     np.testing.assert_array_equal(arrays["u16"], tensors["u16"].numpy())
+
+
+# --- no state poisoning ------------------------------------------------------------------------
+
+
+def _unicode(text: str) -> bytes:
+    return b"X" + len(text).to_bytes(4, "little") + text.encode()
+
+
+def _build_attr(module: str, name: str, attr: str, value: bytes) -> bytes:
+    """A pickle that applies BUILD (None, {attr: value}) to the global module.name: on a plain
+    function, the unpickler's setattr would change it for every later load."""
+    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"N}" + _unicode(attr) + value + b"s\x86b."
+
+
+_POISONED_DEFAULTS = b"}" + _unicode("poison") + b"K\x01s\x85"  # ({"poison": 1},)
+
+
+@pytest.mark.parametrize(("module", "name", "attr", "value"), [
+    ("collections", "OrderedDict", "__defaults__", _POISONED_DEFAULTS),  # every state dict would gain a key
+    ("torch._utils", "_rebuild_tensor_v2", "__defaults__", b"K\x01\x85"),  # metadata=1: every tensor refused
+    ("torch", "FloatStorage", "dtype", b"N"),
+    ("torch", "float8_e4m3fn", "dtype", b"N"),
+])
+def test_pickle_cannot_alter_the_stand_ins(tmp_path, module, name, attr, value):
+    tensors = torch.nn.Linear(2, 3).state_dict()  # an OrderedDict, as every module's state dict
+    good = _save(tensors, tmp_path / "good.pth", "zip")
+    _assert_same(load_torch_state_dict(good), tensors)
+    hostile = _torch_like_zip(tmp_path, _build_attr(module, name, attr, value), "hostile.pth")
+    with pytest.raises(CheckpointFormatError) as info:
+        load_torch_state_dict(hostile)
+    assert "\n" not in str(info.value)
+    _assert_same(load_torch_state_dict(good), tensors)  # the same valid load, after the hostile one

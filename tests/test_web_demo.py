@@ -116,9 +116,12 @@ def test_serves_only_the_demo_files(demo_server):
         assert status == 403, (path, status)
         assert json.loads(body)["error"] == "forbidden path"
     for path in ["/etc/passwd", "/demo.py", "/package.json", "/package-lock.json", "/node_modules/onnxruntime-web/package.json",
-                 "/ort/package.json", "/ort/ort.min.js.map", "http://example.com/etc/passwd", "/api/nothing"]:
+                 "/ort/package.json", "/ort/ort.min.js.map", "/api/nothing"]:
         status, _, _ = _request(server, "GET", path)
         assert status == 404, (path, status)
+    # An absolute URI: http.client sends it with Host: example.com, which is not this server.
+    status, _, body = _request(server, "GET", "http://example.com/etc/passwd")
+    assert status == 403 and "forbidden host" in json.loads(body)["error"]
     assert _request(server, "GET", "/api/embedding")[0] == 405
     assert _request(server, "POST", "/app.js", b"x")[0] == 405
 
@@ -149,6 +152,113 @@ def test_bad_image_is_400(demo_server, body):
     assert "image" in message and "Traceback" not in message, message
     # The server keeps serving after a bad request.
     assert _request(server, "GET", "/api/info")[0] == 200
+
+
+def _raw(server, request: bytes) -> tuple[int, dict]:
+    """Sends raw request bytes (headers as written) and returns the status and the JSON body ({}
+    for another content type)."""
+    import socket
+
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=60) as sock:
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        body = response.read()
+        return response.status, json.loads(body) if response.getheader("Content-Type") == "application/json" else {}
+
+
+@needs_ort
+@pytest.mark.parametrize(("length", "status"), [
+    (b"Content-Length: \xc2\xb2", 400),  # '²': str.isdigit() says yes, int() says no (was a 500 with its text)
+    (b"Content-Length: 12abc", 400), (b"Content-Length: -5", 400), (b"Content-Length: 3\r\nContent-Length: 4", 400),
+    (b"Content-Length: 99999999999999999999", 400), (b"X-No-Length: 1", 411),
+])
+def test_malformed_content_length_is_a_client_error(demo_server, length, status):
+    server, _ = demo_server
+    port = server.server_address[1]
+    got, body = _raw(server, b"POST /api/embedding HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n\r\nabc" % (port, length))
+    assert got == status and "Traceback" not in body["error"] and "invalid literal" not in body["error"], body
+
+
+@needs_ort
+def test_host_header_must_name_this_server(demo_server):
+    """DNS rebinding: a page of evil.example, whose name now resolves to 127.0.0.1, must not reach the API."""
+    server, _ = demo_server
+    port = server.server_address[1]
+    for host, status in [("evil.example:%d" % port, 403), ("127.0.0.1:%d" % (port + 1), 403), ("", 403),
+                         ("localhost:%d" % port, 200), ("127.0.0.1:%d" % port, 200), ("[::1]:%d" % port, 200)]:
+        for method, path in [("GET", "/api/info"), ("GET", "/"), ("POST", "/api/embedding")]:
+            if method == "POST" and status == 200:
+                continue
+            request = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n".encode()
+            got, body = _raw(server, request)
+            assert got == status, (host, path, got)
+            if status == 403:
+                assert "forbidden host" in body["error"]
+
+
+@needs_ort
+def test_internal_errors_say_no_more(demo_server, monkeypatch, capsys):
+    server, _ = demo_server
+
+    def broken(data):
+        raise RuntimeError("secret detail of /home/someone")
+
+    monkeypatch.setattr(server.app, "embed", broken)
+    status, _, raw = _request(server, "POST", "/api/embedding", _png(_image(20, 30)))
+    assert status == 500 and "secret" not in raw.decode() and "RuntimeError" not in raw.decode()
+    assert "secret detail" in capsys.readouterr().err  # in the server's log instead
+
+
+def _png_of_size(width: int, height: int) -> bytes:
+    """A valid 8-bit grey PNG of width x height zeros, built without compressing it all (every
+    run of rows compresses to the same deflate bytes after a full flush): a few hundred KB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = 64
+    block = bytes(rows * (width + 1))  # each row: filter byte 0, then the pixels
+    assert height % rows == 0
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    one = c.compress(block) + c.flush(zlib.Z_FULL_FLUSH)
+    adler = 1
+    for _ in range(height // rows):
+        adler = zlib.adler32(block, adler)
+    stream = b"\x78\xda" + one * (height // rows) + c.flush() + struct.pack(">I", adler)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
+
+
+def _hwm_kb() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+@needs_ort
+def test_concurrent_huge_uploads_are_refused_before_decoding(demo_server):
+    """Six concurrent 64-megapixel uploads (decoded: 6 x 192 MB of RGB, and Pillow's own copy)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, _ = demo_server
+    png = _png_of_size(8000, 8000)
+    assert len(png) < 1 << 20
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets this process's peak RSS
+    before = _hwm_kb()
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: _request(server, "POST", "/api/embedding", png), range(6)))
+    peak_mb = (_hwm_kb() - before) / 1024
+    for status, _, raw in results:
+        assert status == 400 and "8000x8000 (64.0 megapixels), more than the 50 megapixels" in json.loads(raw)["error"]
+    assert peak_mb < 200, f"peak RSS +{peak_mb:.0f} MB"
+    print(f"six concurrent 64-megapixel uploads refused, peak RSS +{peak_mb:.1f} MB")
+    assert server.request_queue_size >= 64  # a page load's burst of connections is queued, not dropped
 
 
 def test_runtime_installed_on_first_start(monkeypatch, tmp_path, capsys):

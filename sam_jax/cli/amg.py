@@ -3,7 +3,15 @@
 Per image, either a folder `<name>/` of `N.png` masks plus `metadata.csv` (the default), one
 COCO-RLE JSON `<name>.json` (`--convert-to-rle`), or an SA-1B annotation JSON (`--format sa1b`).
 Each output is assembled under a temporary name and renamed into place, so a complete-looking
-output is a complete one; a rerun skips images whose output exists unless `--overwrite`.
+output is a complete one; leftovers of killed runs are removed by the next run.
+
+Each output is stamped (`utils.records`) with what made it: the format, the generation settings
+(every generator argument but points_per_batch, which changes no mask), the model's content
+digest and the input image's digest. A rerun skips the images whose output is this very work,
+without loading the model when all are done. Outputs made by other work (settings, format,
+model or image) are refused, naming the differences, unless `--overwrite`, which recomputes them;
+an output that is not sam-jax's (no stamp: a folder or file of someone else's that has an
+output's name) is never replaced, and its image fails like an unreadable one.
 """
 
 from __future__ import annotations
@@ -13,16 +21,18 @@ import inspect
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from ..automatic_mask_generator import SamAutomaticMaskGenerator
+from ..utils import records
 from ..utils.images import read_image
-from ..utils.io import atomic_dir, atomic_file
+from ..utils.io import atomic_dir, atomic_file, file_digest, remove_stale_partials
 from ..utils.memory import compile_seconds
 from ..utils.progress import Progress
-from ..utils.sa1b import write_sa1b
+from ..utils.sa1b import to_sa1b
 from . import common
 
 AMG_FLAGS = {  # flag -> help; each sets the SamAutomaticMaskGenerator argument of the same name (its type and default)
@@ -59,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--convert-to-rle", action="store_true", help="one COCO-RLE JSON per image instead of PNG masks")
     p.add_argument("--format", choices=("official", "sa1b"), default="official", help="sa1b: SA-1B annotation JSON per image")
-    common.add_overwrite_argument(p, "recompute images whose output already exists")
+    common.add_overwrite_argument(p, "sam-jax's own outputs: recompute them, those made with other settings included")
     common.add_runtime_arguments(p)
     common.add_quiet_argument(p)
     tuning = p.add_argument_group("mask generation (the official SamAutomaticMaskGenerator arguments)")
@@ -70,51 +80,76 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             help=f"{help} (default: {shown})")
 
 
+def generation_settings(kwargs: dict) -> dict:
+    """Every argument of SamAutomaticMaskGenerator that changes its output, defaults filled in."""
+    skip = ("self", "model", "points_per_batch", "point_grids")
+    return {k: kwargs.get(k, default) for k, default in GENERATOR_DEFAULTS.items() if k not in skip}
+
+
 def run(args: argparse.Namespace) -> int:
-    src = Path(args.input)
+    src, out_dir = Path(args.input), Path(args.output)
     if not src.exists():
         raise FileNotFoundError(f"input not found: {src}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"output {out_dir} exists and is not a folder")
     targets = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")) if src.is_dir() else [src]
-    out_dir = Path(args.output)
+    kwargs = {_argument(f): getattr(args, _argument(f)) for f in AMG_FLAGS}
     mode = "coco_rle" if (args.convert_to_rle or args.format == "sa1b") else "binary_mask"
+    fmt = "sa1b" if args.format == "sa1b" else "coco_rle_json" if mode == "coco_rle" else "png_masks"
+    record = {"producer": "sam-jax amg", "format": fmt, "settings": generation_settings({**kwargs, "output_mode": mode}),
+              "model_sha256": common.checkpoint_digest(args)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, out_dir / records.STAMP_DIR):
+        remove_stale_partials(folder)
 
-    # Which images need work, before loading anything: a rerun with every output done loads no model.
-    failures, seen, pending = 0, {}, []
+    # Which images need work, before loading the model: a rerun with every output done loads none.
     progress = Progress(len(targets), prefix="sam-jax amg", quiet=args.quiet)
-    for target in targets:
-        name = target.stem
-        if name in seen:
+    failures, plan = 0, _plan(targets, out_dir, fmt, record)
+    other = [p.stamp for p in plan if p.state == records.OTHER_WORK]
+    if other and not args.overwrite:
+        diff = records.differences(other[0]["record"], record) or ["the input image changed"]
+        raise FileExistsError(
+            f"{len(other)} output(s) in {out_dir} were made by other work ({'; '.join(diff)}): "
+            "use --overwrite to recompute them, or another --output"
+        )
+    pending = []
+    for item in plan:
+        problem = None
+        if item.clash is not None:
+            problem = f"its output name {item.final.name!r} is already used by {item.clash.name}"
+        elif item.state == records.FOREIGN:
+            problem = f"{item.final} exists and was not written by sam-jax amg; move it away or choose another --output"
+        elif item.state == records.CHANGED and not args.overwrite:
+            problem = f"{item.final} is not what sam-jax wrote there (changed since, or an interrupted run); --overwrite recomputes it"
+        if problem:
             failures += 1
-            progress.message(f"skipping {target}: its output name {name!r} is already used by {seen[name].name}")
-            continue
-        seen[name] = target
-        final = out_dir / (name if mode == "binary_mask" else f"{name}.json")
-        if final.exists() and not args.overwrite:
-            progress.step(f"{target.name}: done before, skipped")
+            progress.message(f"skipping {item.target}: {problem}")
+        elif item.state == records.DONE and not args.overwrite:
+            progress.step(f"{item.target.name}: done before, skipped")
         else:
-            pending.append((target, final))
+            pending.append(item)
 
     empty = []
     if pending:
         common.setup_runtime(args)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        kwargs = {_argument(f): getattr(args, _argument(f)) for f in AMG_FLAGS}
         generator = SamAutomaticMaskGenerator(common.load_model(args), output_mode=mode, **kwargs)
-    for target, final in pending:
+    for item in pending:
         try:
-            image = read_image(target)
-        except ValueError as e:
+            image = read_image(item.target)
+            t0, compiling = time.perf_counter(), compile_seconds()
+            masks = generator.generate(image)
+        except (ValueError, MemoryError) as e:  # one bad image never takes the rest down
             failures += 1
-            progress.message(f"skipping {target}: {e}")
+            progress.message(f"skipping {item.target}: {e if isinstance(e, ValueError) else 'out of memory'}")
             continue
-        t0, compiling = time.perf_counter(), compile_seconds()
-        records = generator.generate(image)
-        write_output(final, records, image.shape[:2], target.name, args.format, mode, args.overwrite)
+        final = item.final
+        write_output(final, masks, image.shape[:2], item.target.name, fmt,
+                     lambda tmp: records.write_stamp(final, record, item.digest, tmp))
         note = f", {compile_seconds() - compiling:.1f} s of it compiling (once)" if compile_seconds() > compiling else ""
-        n = len(records)
-        progress.step(f"{target.name}: {n} mask{'' if n == 1 else 's'} in {time.perf_counter() - t0:.1f} s{note}")
+        n = len(masks)
+        progress.step(f"{item.target.name}: {n} mask{'' if n == 1 else 's'} in {time.perf_counter() - t0:.1f} s{note}")
         if n == 0:
-            empty.append(target.name)
+            empty.append(item.target.name)
     progress.close()
     if empty and not args.quiet:
         progress.message(
@@ -127,23 +162,48 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def write_output(final: Path, records, size, file_name: str, fmt: str, mode: str, overwrite: bool) -> None:
-    """One image's output, atomically: an SA-1B JSON, a COCO-RLE JSON, or the official folder."""
-    if fmt == "sa1b":
-        write_sa1b(final, records, size, file_name)
-    elif mode == "binary_mask":
-        with atomic_dir(final, overwrite=overwrite) as tmp:
-            write_masks_to_folder(records, tmp)
-    else:
-        with atomic_file(final) as tmp:
-            with open(tmp, "w") as f:
-                json.dump(records, f)
+class Planned(NamedTuple):
+    target: Path  # the input image
+    final: Path  # its output
+    digest: str | None  # the input's SHA-256
+    state: str | None  # records.inspect's verdict on the output
+    stamp: dict | None  # the output's stamp, when it was made by other work
+    clash: Path | None  # an earlier input with the same output name
 
 
-def write_masks_to_folder(records, path: Path) -> None:
+def _plan(targets: list[Path], out_dir: Path, fmt: str, record: dict) -> list[Planned]:
+    plan, seen = [], {}
+    for target in targets:
+        final = out_dir / (target.stem if fmt == "png_masks" else f"{target.stem}.json")
+        if final.name in seen:
+            plan.append(Planned(target, final, None, None, None, seen[final.name]))
+            continue
+        seen[final.name] = target
+        digest = file_digest(target)
+        state, stamp = records.inspect(final, record, digest)
+        plan.append(Planned(target, final, digest, state, stamp, None))
+    return plan
+
+
+def write_output(final: Path, masks, size, file_name: str, fmt: str, before_rename) -> None:
+    """One image's output, atomically: the official folder, a COCO-RLE JSON or an SA-1B JSON.
+    `before_rename(tmp)` runs on the finished output just before it takes its name."""
+    if fmt == "png_masks":
+        with atomic_dir(final, overwrite=True) as tmp:  # the caller has checked what it replaces
+            write_masks_to_folder(masks, tmp)
+            before_rename(tmp)
+        return
+    data = to_sa1b(masks, size, file_name) if fmt == "sa1b" else masks
+    with atomic_file(final) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        before_rename(tmp)
+
+
+def write_masks_to_folder(masks, path: Path) -> None:
     """`N.png` (0/255) per mask and `metadata.csv`, as the official scripts/amg.py writes them."""
     rows = [METADATA_HEADER]
-    for i, r in enumerate(records):
+    for i, r in enumerate(masks):
         Image.fromarray(r["segmentation"].astype(np.uint8) * 255).save(path / f"{i}.png")
         values = [i, r["area"], *r["bbox"], *r["point_coords"][0], r["predicted_iou"], r["stability_score"], *r["crop_box"]]
         rows.append(",".join(str(v) for v in values))

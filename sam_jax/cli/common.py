@@ -8,7 +8,8 @@ from pathlib import Path
 
 import jax
 
-from ..build_sam import fetch, load
+from ..build_sam import fetch, load, read_params
+from ..checkpoint import content_digest, is_checkpoint, stored_digest
 from ..config import MODEL_TYPES
 from ..utils.devices import as_device
 from ..utils.progress import status
@@ -86,3 +87,12 @@ def load_model(args: argparse.Namespace):
     if getattr(args, "device", None):
         model.to(select_device(args.device))
     return model
+
+
+def checkpoint_digest(args: argparse.Namespace) -> str:
+    """The content digest of the model that --checkpoint names (`checkpoint.content_digest`): read
+    from a sam-jax folder's record when there is one, so that nothing else is loaded; otherwise
+    computed from the weights."""
+    path = checkpoint_path(args)
+    digest = stored_digest(path) if is_checkpoint(path) else None
+    return digest or content_digest(*read_params(path, args.model_type))

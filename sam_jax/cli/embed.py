@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..export.onnx import save_image_embedding
+from ..export.onnx import EMBEDDING_OUTPUT, is_embedding_npy, save_image_embedding
 from ..utils.images import read_image
+from ..utils.io import check_output
 from ..utils.progress import status
 from . import common
 
@@ -14,15 +15,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_checkpoint_arguments(p)
     p.add_argument("--image", required=True, help="image file (EXIF orientation applied, converted to RGB)")
     p.add_argument("--output", required=True, help="output .npy: the (1, C, h, w) float32 image_embeddings input")
+    common.add_overwrite_argument(p, "an existing embedding .npy")
     common.add_runtime_arguments(p)
     common.add_quiet_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output(args.output, kind="file", overwrite=args.overwrite, is_own=is_embedding_npy, what=EMBEDDING_OUTPUT,
+                 inputs=[args.image, args.checkpoint])
     common.setup_runtime(args)
     image = read_image(args.image)
     model = common.load_model(args)
     with status(f"embedding {args.image}", args.quiet):
-        path = save_image_embedding(model, image, args.output)
+        path = save_image_embedding(model, image, args.output, overwrite=args.overwrite)
     print(f"wrote {path}: embedding of a {image.shape[1]}x{image.shape[0]} image")
     return 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from ..export.onnx import ONNX_HINT, export_onnx, quantize_onnx
+from ..export.onnx import ONNX_HINT, ONNX_OUTPUT, export_onnx, is_own_onnx, quantize_onnx
+from ..utils.io import check_output
 from . import common
 
 
@@ -20,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tanh approximations of the GELUs, for runtimes with a slow or no Erf")
     p.add_argument("--quantize-out", default=None, help="also write a dynamically uint8-quantized model here")
     common.add_quiet_argument(p)
+    common.add_overwrite_argument(p, "existing ONNX files written by sam-jax")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,12 +29,17 @@ def run(args: argparse.Namespace) -> int:
     missing = [m for m in need if importlib.util.find_spec(m) is None]
     if missing:
         raise ValueError(f"{', '.join(missing)} not installed: {ONNX_HINT}")
+    outputs = [args.output] + ([args.quantize_out] if args.quantize_out else [])
+    for i, output in enumerate(outputs):  # before loading anything
+        check_output(output, kind="file", overwrite=args.overwrite, is_own=is_own_onnx, what=ONNX_OUTPUT,
+                     inputs=[args.checkpoint] + outputs[:i])
     model = common.load_model(args)
     path = export_onnx(
         model, args.output, return_single_mask=args.return_single_mask, use_stability_score=args.use_stability_score,
         return_extra_metrics=args.return_extra_metrics, opset=args.opset, gelu_approximate=args.gelu_approximate,
+        overwrite=args.overwrite,
     )
     print(f"wrote {path}")
     if args.quantize_out:
-        print(f"wrote {quantize_onnx(path, args.quantize_out)} (dynamic uint8 quantization)")
+        print(f"wrote {quantize_onnx(path, args.quantize_out, overwrite=args.overwrite)} (dynamic uint8 quantization)")
     return 0

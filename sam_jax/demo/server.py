@@ -17,15 +17,28 @@ The embedding response body is the float32 little-endian embedding, shape (1, C,
 so that its longest side is image_size), image_size and scale = image_size / max(H, W). A path
 with `..`, a backslash, an empty segment or a NUL is refused with 403; any other unknown path is
 404; an undecodable image is 400 with a JSON {"error": ...} message.
+
+Bounds. An upload is at most MAX_UPLOAD_BYTES (64 MiB) and MAX_IMAGE_PIXELS (50 megapixels,
+refused from its header before decoding); at most MAX_UPLOADS_IN_FLIGHT bodies are read at once
+(later ones wait, then get 503), and images are decoded and embedded one at a time, under the
+model's lock, so memory stays at about one decoded image whatever the browsers send. A
+Content-Length that is not a decimal number is 400 (none: 411). A request whose Host header names
+another site is refused with 403 (DNS rebinding: a page of evil.example whose name resolves to
+127.0.0.1 would otherwise reach this server): only IP addresses, `localhost` and the `--host`
+name are accepted, with the server's port. Errors of the server itself are a 500 that says no
+more; the details go to its log.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
+import sys
 import tempfile
 import threading
+import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,6 +61,10 @@ CONTENT_TYPES = {
     ".onnx": "application/octet-stream",
 }
 MAX_UPLOAD_BYTES = 64 << 20
+MAX_IMAGE_PIXELS = 50_000_000  # a 48-megapixel phone photo fits; decoded, about 150 MB of RGB
+MAX_UPLOADS_IN_FLIGHT = 2
+UPLOAD_WAIT_SECONDS = 60
+DIGITS = re.compile(r"^[0-9]{1,12}$")  # str.isdigit() also accepts '²', which int() refuses
 
 
 class HttpError(Exception):
@@ -79,10 +96,14 @@ class DemoApp:
         features = self.predictor.embed_images([np.zeros((self.image_size, self.image_size, 3), np.uint8)]).features
         self.embedding_shape = tuple(int(d) for d in features.shape)
 
-    def embed(self, image: np.ndarray) -> tuple[dict, bytes]:
+    def embed(self, data: bytes) -> tuple[dict, bytes]:
+        """The embedding of an image file's bytes; decoded under the lock, so that only one
+        decoded image is alive at a time."""
         with self.lock:
+            image = read_image(data, max_pixels=MAX_IMAGE_PIXELS)
             emb = self.predictor.embed_images([image])
             features = np.asarray(emb.features, dtype="<f4")
+            del image
         H, W = emb.original_sizes[0]
         meta = {
             "shape": list(features.shape),
@@ -130,6 +151,18 @@ class Handler(BaseHTTPRequestHandler):
             return file
         raise HttpError(HTTPStatus.NOT_FOUND, "not found")
 
+    def _check_host(self) -> None:
+        """403 unless the Host header names this server: an IP address, localhost or the --host
+        name, with its port (a DNS-rebound name is none of these)."""
+        host = self.headers.get("Host", "")
+        if host.startswith("["):  # [IPv6]:port
+            name, _, rest = host[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else rest
+        else:
+            name, _, port = host.partition(":")
+        if (port or "80") != str(self.server.server_address[1]) or not self.server.host_allowed(name.lower()):
+            raise HttpError(HTTPStatus.FORBIDDEN, f"forbidden host {host!r:.80}: use {self.server.url}")
+
     def do_GET(self) -> None:
         self._handle(head=False)
 
@@ -137,26 +170,39 @@ class Handler(BaseHTTPRequestHandler):
         self._handle(head=True)
 
     def do_POST(self) -> None:
+        uploads = self.server.uploads
+        acquired = False
         try:
+            self._check_host()
             target = self._route()
             if target != "/api/embedding":
                 raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED if isinstance(target, Path) or target == "/api/info"
                                 else HTTPStatus.NOT_FOUND, "use POST only for /api/embedding")
-            data = self._read_body()
+            length = self._content_length()
+            if not (acquired := uploads.acquire(timeout=UPLOAD_WAIT_SECONDS)):
+                raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "busy with other uploads: try again")
+            data = self._read_body(length)
             try:
-                meta, body = self.server.app.embed(read_image(data))
-            except ValueError as e:  # undecodable, or an image the predictor refuses (with its reason)
+                meta, body = self.server.app.embed(data)
+            except ValueError as e:  # undecodable, too large, or an image the predictor refuses (with its reason)
                 raise HttpError(HTTPStatus.BAD_REQUEST, str(e)) from None
+            finally:
+                del data
             self._send(HTTPStatus.OK, body, "application/octet-stream", {"X-SAM-Embedding": json.dumps(meta)})
         except HttpError as e:
             self.close_connection = True  # the request body may be unread
             self._send_error(e)
-        except Exception as e:  # a model failure: report it, keep serving
+        except Exception:  # a model failure: log it, say no more to the client, keep serving
             self.close_connection = True
-            self._send_error(HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}"))
+            traceback.print_exc(file=sys.stderr)
+            self._send_error(HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (see the server's log)"))
+        finally:
+            if acquired:
+                uploads.release()
 
     def _handle(self, head: bool) -> None:
         try:
+            self._check_host()
             target = self._route()
             if target == "/api/info":
                 self._send(HTTPStatus.OK, json.dumps(self.server.app.info()).encode(), "application/json", head=head)
@@ -169,17 +215,24 @@ class Handler(BaseHTTPRequestHandler):
             self._send_error(e, head)
 
     # ------------------------------------------------------------------ I/O
-    def _read_body(self) -> bytes:
+    def _content_length(self) -> int:
         if self.headers.get("Transfer-Encoding"):
             raise HttpError(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length, not chunked")
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
             raise HttpError(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
-        n = int(length)
+        if len(values) > 1 or not DIGITS.match(values[0]):
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"malformed Content-Length {', '.join(values)!r:.40}")
+        n = int(values[0])
         if n > MAX_UPLOAD_BYTES:
-            self.close_connection = True
             raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"image larger than {MAX_UPLOAD_BYTES >> 20} MiB")
-        return self.rfile.read(n)
+        return n
+
+    def _read_body(self, n: int) -> bytes:
+        data = self.rfile.read(n)
+        if len(data) != n:
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"the body ended after {len(data)} of {n} bytes")
+        return data
 
     def _send_file(self, file: Path, head: bool) -> None:
         if not file.is_file():
@@ -217,11 +270,22 @@ class Handler(BaseHTTPRequestHandler):
 
 class DemoServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # the listen backlog: a page load opens a burst of connections
 
     def __init__(self, address, app: DemoApp, ort_dist: Path, workdir: tempfile.TemporaryDirectory | None,
                  verbose: bool) -> None:
         super().__init__(address, Handler)
         self.app, self.ort_dist, self._workdir, self.verbose = app, ort_dist, workdir, verbose
+        self.uploads = threading.BoundedSemaphore(MAX_UPLOADS_IN_FLIGHT)
+        self.bound_name = str(address[0]).strip("[]").lower()
+
+    def host_allowed(self, name: str) -> bool:
+        """IP addresses cannot be rebound; of names, only localhost and the one the server was bound to."""
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            return bool(name) and name in ("localhost", self.bound_name)
 
     @property
     def url(self) -> str:

@@ -3,7 +3,10 @@
 Point labels: 1 foreground, 0 background, 2/3 top-left/bottom-right box corner (the official ONNX
 convention), -1 the official "not a point" padding token. Label -2 marks a bucket-padding slot
 that is not a token at all: it gets a zero embedding and the mask decoder excludes it from every
-attention, so padded prompts give exactly the unpadded result.
+attention, so padded prompts give exactly the unpadded result. Label 4 is a point with its
+positional encoding only: what the official `_embed_points` makes of a point labelled 2 or 3
+(it adds embeddings for labels -1, 0 and 1 only; box corners get theirs in `_embed_boxes`), so
+`prompt_tokens` gives user points labelled 2 or 3 that label.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from flax import nnx
 from .common import GELU, Buffer, LayerNorm2d, Sequential
 
 IGNORE_LABEL = -2
+PLAIN_POINT_LABEL = 4
 
 
 class PromptEncoder(nnx.Module):
@@ -85,17 +89,19 @@ class PromptEncoder(nnx.Module):
         """Tokens already in the official order (the official `_embed_points` without its `pad`
         argument: padding is `prompt_tokens`' job). (B, N, 2) xy in the resized-input frame,
         (B, N) labels -> (B, N, C); box corners are points labelled 2 and 3, the "not a point"
-        pad is label -1, IGNORE_LABEL an empty slot (zero embedding)."""
+        pad is label -1, IGNORE_LABEL an empty slot (zero embedding), PLAIN_POINT_LABEL a point
+        with no label embedding."""
         points = points + 0.5  # shift to the centre of the pixel
         pe = self.pe_layer.forward_with_coords(points, self.input_image_size)
         # Row i + 2 of the table is added for label i; "not a point" and empty slots replace the encoding.
         table = jnp.concatenate(
             [jnp.zeros((1, self.embed_dim)), self.not_a_point_embed.embedding[...]]
             + [e.embedding[...] for e in self.point_embeddings]
+            + [jnp.zeros((1, self.embed_dim))]
         )
         labels = labels.astype(jnp.int32)
         pe = jnp.where((labels < 0)[..., None], 0.0, pe)
-        return pe + table[jnp.clip(labels, IGNORE_LABEL, 3) + 2]
+        return pe + table[jnp.clip(labels, IGNORE_LABEL, PLAIN_POINT_LABEL) + 2]
 
     def embed_masks(self, masks: jax.Array) -> jax.Array:
         """The official `_embed_masks`: (B, 1, 4h, 4w) mask logits -> (B, C, h, w)."""
@@ -125,14 +131,17 @@ def prompt_tokens(
 ) -> tuple[jax.Array, jax.Array]:
     """The official token order in fixed slots: the N points, then the "not a point" pad (label
     -1, only when a prompt has points and no box), then the two box corners (labels 2 and 3).
-    Slots a prompt does not use are labelled IGNORE_LABEL. (B, N, 2), (B, N), (B, 4), (B,) ->
+    Slots a prompt does not use are labelled IGNORE_LABEL; points labelled 2 or 3 become
+    PLAIN_POINT_LABEL, as the official encoder treats them. (B, N, 2), (B, N), (B, 4), (B,) ->
     coords (B, N + 3, 2) and labels (B, N + 3) int32. Works on NumPy arrays too (host code)."""
     B = point_coords.shape[0]
+    point_labels = jnp.asarray(point_labels).astype(jnp.int32)
+    point_labels = jnp.where((point_labels == 2) | (point_labels == 3), PLAIN_POINT_LABEL, point_labels)
     has_points = jnp.any(point_labels != IGNORE_LABEL, axis=1)
     pad_label = jnp.where(has_points & ~has_box, -1, IGNORE_LABEL)[:, None]
     corner_labels = jnp.where(has_box[:, None], jnp.array([[2, 3]]), IGNORE_LABEL)
     coords = jnp.concatenate([point_coords, jnp.zeros((B, 1, 2)), jnp.reshape(boxes, (B, 2, 2))], axis=1)
-    labels = jnp.concatenate([jnp.asarray(point_labels).astype(jnp.int32), pad_label, corner_labels], axis=1)
+    labels = jnp.concatenate([point_labels, pad_label, corner_labels], axis=1)
     return coords.astype(jnp.float32), labels
 
 

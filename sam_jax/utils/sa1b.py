@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from .images import read_image
 from .io import atomic_file
 from .rle import coco_decode_rle, coco_encode_rle, mask_to_rle
 
@@ -71,7 +71,7 @@ def iter_sa1b(paths: str | Path | Sequence[str | Path], load_images: bool = True
             masks[i] = coco_decode_rle(a["segmentation"])
         image = None
         if load_images:
-            image = np.asarray(Image.open(path.parent / data["image"]["file_name"]).convert("RGB"))
+            image = read_image(path.parent / data["image"]["file_name"])
         yield image, masks, data
 
 

@@ -22,6 +22,10 @@ The graph is emitted from this model's parameters, one emitter per module of `sa
 (`builder`, `prompt_encoder`, `transformer`, `mask_decoder`, and `sam_onnx` for SamOnnxModel's
 own steps), not traced from torch, so writing it needs only `onnx` (and `onnxruntime` to run or
 quantize it): `pip install sam-jax[onnx]`. This package imports without them.
+
+Every writer here refuses an existing output unless `overwrite`, and then replaces only a file of
+its own kind written by sam-jax (`files`): an ONNX model whose producer is "sam-jax" (quantized
+ones too), an embedding `.npy` (float32, shape (1, C, h, w)); never one of its inputs.
 """
 
 from __future__ import annotations
@@ -36,11 +40,12 @@ from ...modeling.prompt_encoder import IGNORE_LABEL, prompt_tokens
 from ...predictor import SamPredictor
 from ...utils.io import atomic_file
 from ...utils.transforms import ResizeLongestSide
+from .files import EMBEDDING_OUTPUT, ONNX_OUTPUT, check_export_output, is_embedding_npy, is_own_onnx
 from .sam_onnx import ONNX_HINT, OnnxFlags, SamOnnxModel, build_graph, export_onnx, quantize_onnx
 
 __all__ = [
-    "ONNX_HINT", "OnnxFlags", "SamOnnxModel", "build_graph", "export_onnx", "image_embedding", "onnx_inputs",
-    "quantize_onnx", "save_image_embedding",
+    "EMBEDDING_OUTPUT", "ONNX_HINT", "ONNX_OUTPUT", "OnnxFlags", "SamOnnxModel", "build_graph", "export_onnx",
+    "image_embedding", "is_embedding_npy", "is_own_onnx", "onnx_inputs", "quantize_onnx", "save_image_embedding",
 ]
 
 
@@ -51,9 +56,13 @@ def image_embedding(model: Sam, image: np.ndarray, image_format: str = "RGB") ->
     return np.asarray(predictor.get_image_embedding(), dtype=np.float32)
 
 
-def save_image_embedding(model: Sam, image: np.ndarray, path: str | os.PathLike, image_format: str = "RGB") -> Path:
-    """Writes the `image_embeddings` input of the ONNX decoder for `image` to a `.npy` file."""
+def save_image_embedding(
+    model: Sam, image: np.ndarray, path: str | os.PathLike, image_format: str = "RGB", overwrite: bool = False
+) -> Path:
+    """Writes the `image_embeddings` input of the ONNX decoder for `image` to a `.npy` file
+    (replacing an existing embedding .npy only with `overwrite`)."""
     path = Path(path)
+    check_export_output(path, overwrite, is_embedding_npy, EMBEDDING_OUTPUT)
     embedding = image_embedding(model, image, image_format)
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
         np.save(f, embedding)

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from ...modeling.common import MLPBlock, gelu as exact_gelu
+from .files import PRODUCER
 
 
 class Node(NamedTuple):
@@ -124,7 +125,7 @@ class GraphBuilder:
             initializer=[numpy_helper.from_array(v, k) for k, v in self.initializers.items()],
         )
         opsets = [helper.make_opsetid("", self.opset)]
-        return helper.make_model(graph, opset_imports=opsets, producer_name="sam-jax",
+        return helper.make_model(graph, opset_imports=opsets, producer_name=PRODUCER,
                                  ir_version=helper.find_min_ir_version_for(opsets))
 
 

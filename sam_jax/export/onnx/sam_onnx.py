@@ -29,6 +29,7 @@ from ...utils.amg import calculate_stability_score
 from ...utils.io import atomic_file
 from . import mask_decoder, prompt_encoder
 from .builder import GraphBuilder
+from .files import ONNX_OUTPUT, PRODUCER, check_export_output, is_own_onnx
 
 ONNX_HINT = "pip install sam-jax[onnx]"
 STABILITY_SCORE_OFFSET = 1.0
@@ -276,11 +277,14 @@ def export_onnx(
     return_extra_metrics: bool = False,
     opset: int = 17,
     gelu_approximate: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Writes the ONNX model of SamOnnxModel(model, ...) (flags as the official export script,
     see SamOnnxModel) to `output_path`, atomically, and returns its path. opset: 11 or later
-    (default 17, as the official script); gelu_approximate: tanh GELUs, no Erf node."""
+    (default 17, as the official script); gelu_approximate: tanh GELUs, no Erf node; overwrite:
+    replace an existing ONNX model written by sam-jax (`files`)."""
     onnx = _require("onnx")
+    check_export_output(Path(output_path), overwrite, is_own_onnx, ONNX_OUTPUT)
     if not 11 <= opset <= onnx.defs.onnx_opset_version():
         raise ValueError(f"opset must be between 11 and {onnx.defs.onnx_opset_version()}, got {opset}")
     flags = OnnxFlags(return_single_mask, use_stability_score, return_extra_metrics)
@@ -292,24 +296,29 @@ def export_onnx(
     return path
 
 
-def quantize_onnx(in_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Dynamic uint8 weight quantization, with the official script's settings.
+def quantize_onnx(in_path: str | os.PathLike, out_path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Dynamic uint8 weight quantization, with the official script's settings. Its producer stays
+    "sam-jax", so that it is recognised as sam-jax's own output (`overwrite` as `export_onnx`).
 
     onnxruntime logs "Please consider to run pre-processing before quantization" for any model it
     has not pre-processed (shape inference and graph optimisation). The official export quantizes
     without that step, and our graph already states its shapes, so the hint is dropped here rather
     than shown unexplained; the quantized model is the official one."""
-    _require("onnx")
+    onnx = _require("onnx")
     _require("onnxruntime")
     from onnxruntime.quantization import QuantType, quantize_dynamic  # an optional dependency
 
     out = Path(out_path)
+    check_export_output(out, overwrite, is_own_onnx, ONNX_OUTPUT, inputs=[in_path])
     root = logging.getLogger()
     root.addFilter(_drop_preprocessing_hint)
     try:
         with atomic_file(out) as tmp:
             quantize_dynamic(model_input=str(in_path), model_output=str(tmp), per_channel=False, reduce_range=False,
                              weight_type=QuantType.QUInt8)
+            proto = onnx.load(tmp)
+            proto.producer_name = PRODUCER
+            onnx.save(proto, tmp)
     finally:
         root.removeFilter(_drop_preprocessing_hint)
     return out
