@@ -4,11 +4,13 @@ point for every kind of checkpoint.
     sam = sam_jax.load("sam_vit_b")                       # a folder written by `sam-jax convert`
     sam = sam_jax.load("sam_vit_b_01ec64.pth")            # an official checkpoint, converted in memory
     sam = sam_jax.load("facebook-sam-vit-base/")          # a Hugging Face folder (model.safetensors)
+    sam = sam_jax.load("sam_vit_b", image_size=512)       # any multiple of 16: weights resampled
     sam = sam_jax.sam_model_registry["vit_b"](checkpoint="sam_vit_b_01ec64.pth")   # as the official
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from .convert import ConversionError, convert_state_dict, read_state_dict
 from .convert.keys import official_key, official_shape
 from .modeling import Sam
 from .utils.memory import release_host_memory
+from .utils.resample import resize_bicubic, resize_linear
 
 HF_WEIGHTS = "model.safetensors"
 
@@ -88,15 +91,47 @@ def read_params(
     return convert_state_dict(read_state_dict(path), model_type, config)
 
 
-def load(path_or_name: str | os.PathLike, *, model_type: str | None = None) -> Sam:
+def with_image_size(config: SamConfig, params: dict[tuple, np.ndarray], image_size: int) -> tuple[SamConfig, dict[tuple, np.ndarray]]:
+    """(config, params) of the same model for square inputs of side `image_size` (a multiple of
+    the patch size). The resolution-dependent weights are resampled on the host with torch's
+    formulas: the absolute position embedding (1, g, g, C) bicubically (as SAM variants do when
+    changing resolution) and the relative-position tables of the global-attention blocks
+    (2g - 1, head_dim) linearly (as the official `get_rel_pos` does); windowed blocks keep theirs.
+    Everything else is shared, unchanged."""
+    p = config.patch_size
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size <= 0 or image_size % p:
+        raise ValueError(f"image_size must be a positive multiple of the patch size {p}, got {image_size!r}")
+    if image_size == config.image_size:
+        return config, params
+    new = dataclasses.replace(config, image_size=int(image_size))
+    grid, rel = new.image_embedding_size, 2 * new.image_embedding_size - 1
+    params = dict(params)
+    if config.use_abs_pos:
+        key = ("image_encoder", "pos_embed")
+        params[key] = resize_bicubic(np.asarray(params[key], np.float32), (grid, grid), axes=(1, 2))
+    if config.use_rel_pos:
+        for i in range(config.encoder_depth):
+            if config.window_size == 0 or i in config.encoder_global_attn_indexes:
+                for name in ("rel_pos_h", "rel_pos_w"):
+                    key = ("image_encoder", "blocks", i, "attn", name)
+                    params[key] = resize_linear(np.asarray(params[key], np.float32), rel, axis=0)
+    return new, params
+
+
+def load(path_or_name: str | os.PathLike, *, model_type: str | None = None, image_size: int | None = None) -> Sam:
     """The model stored at `path_or_name` (see `read_params` for what it may be).
 
     model_type: "vit_b", "vit_l" or "vit_h" to check the checkpoint against (default: the
-    configuration is read from the checkpoint, or inferred from its tensor shapes)."""
+    configuration is read from the checkpoint, or inferred from its tensor shapes).
+    image_size: the model's input side when it should differ from the checkpoint's (a multiple
+    of 16; see `with_image_size`): prompts, masks and embeddings (S/16 square) all follow it."""
     path = Path(path_or_name)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    model = model_from_params(*read_params(path, model_type))
+    config, params = read_params(path, model_type)
+    if image_size is not None:
+        config, params = with_image_size(config, params, image_size)
+    model = model_from_params(config, params)
     release_host_memory()  # the reader's staging buffers
     return model
 
@@ -107,10 +142,12 @@ def convert_checkpoint(
     model_type: str | None = None,
     config_file: str | os.PathLike | None = None,
     overwrite: bool = False,
+    image_size: int | None = None,
 ) -> SamConfig:
     """Converts an official `.pth` (or HF checkpoint) into a sam-jax checkpoint folder: what
     `sam-jax convert` runs. `config_file` (a SamConfig JSON) is checked against the shapes and
-    supplies what they cannot tell (the decoder's head count)."""
+    supplies what they cannot tell (the decoder's head count). `image_size`: write the model
+    resampled to this input size (`with_image_size`)."""
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists (use --overwrite to replace it)")
@@ -119,6 +156,8 @@ def convert_checkpoint(
         source = source / HF_WEIGHTS
     config = SamConfig.load(config_file) if config_file is not None else None
     cfg, params = convert_state_dict(read_state_dict(source), model_type, config)
+    if image_size is not None:
+        cfg, params = with_image_size(cfg, params, image_size)
     check_params(cfg, params)
     checkpoint.save(output, cfg, params, overwrite=overwrite)
     return cfg

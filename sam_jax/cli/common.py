@@ -21,12 +21,26 @@ def default_cache_dir() -> str:
 
 
 def add_checkpoint_arguments(p: argparse.ArgumentParser, help: str | None = None) -> None:
-    """--checkpoint and --model-type: which model to load."""
+    """--checkpoint, --model-type and --image-size: which model to load, at which input size."""
     p.add_argument(
         "--checkpoint", required=True,
         help=help or "a folder written by `sam-jax convert`, an official .pth, or a Hugging Face model.safetensors (or its folder)",
     )
     p.add_argument("--model-type", choices=MODEL_TYPES, help="check the checkpoint against this model type (default: read or inferred from it)")
+    p.add_argument("--image-size", type=image_size, default=None, metavar="N",
+                   help="model input size N (a multiple of 16; default: the checkpoint's): the position "
+                        "embeddings are resampled, every other shape follows")
+
+
+def image_size(text: str) -> int:
+    """--image-size: a positive multiple of 16 (the patch size of every SAM)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n <= 0 or n % 16:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 16, got {text!r}")
+    return n
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,8 +76,8 @@ def select_device(platform: str):
 
 
 def load_model(args: argparse.Namespace):
-    """The model named by --checkpoint/--model-type, on --device when given."""
-    model = load(args.checkpoint, model_type=args.model_type)
+    """The model named by --checkpoint/--model-type/--image-size, on --device when given."""
+    model = load(args.checkpoint, model_type=args.model_type, image_size=args.image_size)
     if getattr(args, "device", None):
         model.to(select_device(args.device))
     return model

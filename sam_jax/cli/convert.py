@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = convert_checkpoint(args.checkpoint, args.output, args.model_type, args.config, args.overwrite)
+    cfg = convert_checkpoint(args.checkpoint, args.output, args.model_type, args.config, args.overwrite, args.image_size)
     print(
         f"wrote {args.output}: image_size {cfg.image_size}, embed dim {cfg.encoder_embed_dim}, "
         f"depth {cfg.encoder_depth}, heads {cfg.encoder_num_heads}, global blocks {list(cfg.encoder_global_attn_indexes)}"
