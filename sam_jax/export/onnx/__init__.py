@@ -5,6 +5,7 @@
     export_onnx(model, "sam_decoder.onnx", return_single_mask=True)
     quantize_onnx("sam_decoder.onnx", "sam_decoder_quant.onnx")
     save_image_embedding(model, image, "embedding.npy")
+    export_encoder_onnx(model, "sam_encoder.onnx")   # the image encoder; its output is image_embeddings
 
 Inputs (float32; h = w = image_size / 16, C = prompt_embed_dim):
     image_embeddings (1, C, h, w); point_coords (1, N, 2) xy in the resized-input frame (longest
@@ -24,16 +25,18 @@ so it needs only `onnx` (and `onnxruntime` to run or quantize it): `pip install 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ...modeling import Sam
 from ...predictor import SamPredictor
-from ...utils.io import atomic_file
+from ...utils.io import atomic_file, partial_path
 from ...utils.transforms import ResizeLongestSide
 
 ONNX_HINT = "pip install sam-jax[onnx]"
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26  # weights beyond this leave the 2 GB protobuf room for the graph
 
 
 def _require(module: str):
@@ -69,6 +72,47 @@ def export_onnx(
     path = Path(output_path)
     with atomic_file(path) as tmp:
         onnx.save(proto, tmp)
+    return path
+
+
+def export_encoder_onnx(
+    model: Sam,
+    output_path: str | os.PathLike,
+    *,
+    opset: int = 17,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+) -> Path:
+    """Writes the image encoder of `model` as ONNX (input `image` (B, 3, S, S) normalised and
+    padded, output `image_embeddings` (B, C, S/16, S/16); see `image_encoder.py`) and returns its path.
+
+    When the weights exceed `external_data_threshold` bytes (protobuf caps a file at 2 GB; vit_h's
+    encoder is 2.5 GB) they go to `<output>.data` beside it, which must travel with it."""
+    onnx = _require("onnx")
+    from onnx.external_data_helper import convert_model_to_external_data  # optional dependency
+
+    from .image_encoder import build_encoder_graph  # imports onnx, an optional dependency
+
+    if not 11 <= opset <= onnx.defs.onnx_opset_version():
+        raise ValueError(f"opset must be between 11 and {onnx.defs.onnx_opset_version()}, got {opset}")
+    proto = build_encoder_graph(model, opset)
+    path = Path(output_path)
+    data = path.with_name(path.name + ".data")
+    external = sum(len(t.raw_data) for t in proto.graph.initializer) > external_data_threshold
+    if external:
+        convert_model_to_external_data(proto, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
+    # Written in a temporary folder and checked there (from the file: a large model cannot be
+    # checked in memory), then moved into place, the weights before the graph that names them.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    tmp.mkdir()
+    try:
+        onnx.save_model(proto, tmp / path.name)
+        onnx.checker.check_model(str(tmp / path.name))
+        if external:
+            os.replace(tmp / data.name, data)
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
