@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .resized import official_at_size
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -147,6 +149,31 @@ def case_embed(s: Setup, dtype: str = "float32"):
     return (lambda: off.set_image(s.image)), run_ours, flops, extra
 
 
+def case_embed_at(s: Setup, image_size: int):
+    """Embedding with both models at `image_size`: ours from `load(..., image_size=N)`, the
+    official built at N with F.interpolate-resized weights; the error of ours is reported."""
+    from segment_anything import SamPredictor as Official
+
+    import sam_jax
+
+    off = Official(official_at_size(s.official, image_size))
+    ours = sam_jax.SamPredictor(sam_jax.load(s.tmp / "converted", image_size=image_size))
+
+    def run_ours():
+        ours.set_image(s.image)
+        ours.features.block_until_ready()
+
+    def flops():
+        return _flops(_jit_embed(), ours.graphdef, ours.params, np.zeros((1, image_size, image_size, 3), np.uint8),
+                      np.array([[image_size, image_size]], np.int32))
+
+    run_ours()
+    off.set_image(s.image)
+    a, b = np.asarray(ours.features, np.float64), off.features.cpu().numpy().astype(np.float64)
+    extra = {"rel_err_vs_official": float(np.abs(a - b).max() / np.abs(b).max())}
+    return (lambda: off.set_image(s.image)), run_ours, flops, extra
+
+
 def _jit_embed():
     import jax
 
@@ -267,6 +294,8 @@ def case_convert(s: Setup):
 CASE_FNS = {
     "embed": case_embed,
     "embed_bf16": lambda s: case_embed(s, "bfloat16"),
+    "embed_512": lambda s: case_embed_at(s, 512),
+    "embed_768": lambda s: case_embed_at(s, 768),
     "point": case_point,
     "boxes": case_boxes,
     "amg": case_amg,
@@ -280,6 +309,8 @@ SLOW_CASES = ("amg", "amg_all")
 CASE_TITLES = {
     "embed": "image embedding (set_image), float32",
     "embed_bf16": "image embedding, ours in bfloat16 vs official float32",
+    "embed_512": "image embedding at image size 512 (both models resized), float32",
+    "embed_768": "image embedding at image size 768 (both models resized), float32",
     "point": "one point -> masks (predict)",
     "boxes": "64 boxes in one batched call",
     "amg": "automatic masks, official defaults",
@@ -364,6 +395,8 @@ def table(rows: list[dict], env: dict) -> str:
                          f"official {r['masks_official'] / mo:.1f}")
         if "rel_err_vs_f32" in r:
             notes.append(f"max rel. error vs float32 {r['rel_err_vs_f32']:.1e}")
+        if "rel_err_vs_official" in r:
+            notes.append(f"max rel. error of ours vs official {r['rel_err_vs_official']:.1e}")
         if "rss_ours" in r:
             notes.append(f"peak RSS MiB: ours {r['rss_ours']:.0f}, official {r['rss_official']:.0f} "
                          f"(before the case: {r['rss_before_ours']:.0f}, {r['rss_before_official']:.0f}; ratio "

@@ -18,9 +18,9 @@ import numpy as np
 from flax import nnx
 
 from .functional import Prompts, decode_prompts
-from .modeling.common import linear_taps
 from .modeling.prompt_encoder import IGNORE_LABEL
 from .utils.amg import batched_mask_to_box, calculate_stability_score, is_box_near_crop_edge, nms
+from .utils.resample import linear_taps
 
 class AmgSettings(NamedTuple):
     """The generator's thresholds, as float32 scalars (arrays, so new values never recompile)."""

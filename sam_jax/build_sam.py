@@ -5,12 +5,14 @@ point for every kind of checkpoint.
     sam = sam_jax.load("sam_vit_b")                       # a folder written by `sam-jax convert`
     sam = sam_jax.load("sam_vit_b_01ec64.pth")            # an official checkpoint, converted in memory
     sam = sam_jax.load("facebook-sam-vit-base/")          # a Hugging Face folder (model.safetensors)
+    sam = sam_jax.load("sam_vit_b", image_size=512)       # any multiple of 16: weights resampled
     sam = sam_jax.sam_model_registry["vit_b"](checkpoint="sam_vit_b_01ec64.pth")   # as the official
 """
 
 from __future__ import annotations
 
 import functools
+import dataclasses
 import os
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from .utils.download import exclusive
 from .utils.io import check_output, file_digest
 from .utils.memory import release_host_memory
 from .utils.progress import say
+from .utils.resample import resize_bicubic, resize_linear
 
 
 def abstract_model(config: SamConfig) -> Sam:
@@ -106,17 +109,49 @@ def read_params(
     return loaded.config, loaded.params
 
 
-def load(path_or_name: str | os.PathLike, *, model_type: str | None = None) -> Sam:
+def with_image_size(config: SamConfig, params: dict[tuple, np.ndarray], image_size: int) -> tuple[SamConfig, dict[tuple, np.ndarray]]:
+    """(config, params) of the same model for square inputs of side `image_size` (a multiple of
+    the patch size). The resolution-dependent weights are resampled on the host with torch's
+    formulas: the absolute position embedding (1, g, g, C) bicubically (as SAM variants do when
+    changing resolution) and the relative-position tables of the global-attention blocks
+    (2g - 1, head_dim) linearly (as the official `get_rel_pos` does); windowed blocks keep theirs.
+    Everything else is shared, unchanged."""
+    p = config.patch_size
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size <= 0 or image_size % p:
+        raise ValueError(f"image_size must be a positive multiple of the patch size {p}, got {image_size!r}")
+    if image_size == config.image_size:
+        return config, params
+    new = dataclasses.replace(config, image_size=int(image_size))
+    grid, rel = new.image_embedding_size, 2 * new.image_embedding_size - 1
+    params = dict(params)
+    if config.use_abs_pos:
+        key = ("image_encoder", "pos_embed")
+        params[key] = resize_bicubic(np.asarray(params[key], np.float32), (grid, grid), axes=(1, 2))
+    if config.use_rel_pos:
+        for i in range(config.encoder_depth):
+            if config.window_size == 0 or i in config.encoder_global_attn_indexes:
+                for name in ("rel_pos_h", "rel_pos_w"):
+                    key = ("image_encoder", "blocks", i, "attn", name)
+                    params[key] = resize_linear(np.asarray(params[key], np.float32), rel, axis=0)
+    return new, params
+
+
+def load(path_or_name: str | os.PathLike, *, model_type: str | None = None, image_size: int | None = None) -> Sam:
     """The model stored at `path_or_name` (see `read_params` for what it may be), or the official
     weights of a model name ("vit_b", "sam_vit_b_01ec64.pth", "facebook/sam-vit-base", ...; see
     `weights`), downloaded and converted on first use. An existing path wins over a name.
 
     model_type: "vit_b", "vit_l" or "vit_h" to check the checkpoint against (default: the
-    configuration is read from the checkpoint, or inferred from its tensor shapes)."""
+    configuration is read from the checkpoint, or inferred from its tensor shapes).
+    image_size: the model's input side when it should differ from the checkpoint's (a multiple
+    of 16; see `with_image_size`): prompts, masks and embeddings (S/16 square) all follow it."""
     path = Path(path_or_name)
     if not path.exists():
         path = fetch(str(path_or_name))  # a model name, else FileNotFoundError listing the names
-    model = model_from_params(*read_params(path, model_type))
+    config, params = read_params(path, model_type)
+    if image_size is not None:
+        config, params = with_image_size(config, params, image_size)
+    model = model_from_params(config, params)
     release_host_memory()  # the reader's staging buffers
     return model
 
@@ -149,6 +184,7 @@ def convert_checkpoint(
     model_type: str | None = None,
     config_file: str | os.PathLike | None = None,
     overwrite: bool = False,
+    image_size: int | None = None,
 ) -> SamConfig:
     """Converts an official `.pth` (or HF checkpoint or folder) into a sam-jax checkpoint folder:
     what `sam-jax convert` runs. `config_file` (a SamConfig JSON, or a transformers config.json)
@@ -157,23 +193,28 @@ def convert_checkpoint(
     Before anything is read, `output` is checked (`utils.io.check_output`): never the input or a
     folder holding it, never an existing file; an existing folder only with `overwrite`, and only
     a sam-jax checkpoint holding nothing else. The folder's record.json states the source's
-    SHA-256 and the settings, so two conversions of the same file write the same record."""
+    SHA-256 and the settings, so two conversions of the same file write the same record.
+    `image_size`: write the model resampled to this input size (`with_image_size`)."""
     weights_path = weights_file(source)
     inputs = [source, weights_path] + ([config_file] if config_file is not None else [])
     check_output(output, kind="dir", overwrite=overwrite, is_own=checkpoint.is_own_folder,
                  what=checkpoint.OWN_OUTPUT, inputs=inputs)
     config = read_config_file(config_file) if config_file is not None else None
     loaded = load_checkpoint(weights_path, model_type, config)
-    check_params(loaded.config, loaded.params)
+    config, params = loaded.config, loaded.params
+    if image_size is not None:
+        config, params = with_image_size(config, params, image_size)
+    check_params(config, params)
     config_file = config_file if config_file is not None else loaded.config_file
     record = {
         "producer": "sam-jax convert",
         "source_sha256": file_digest(weights_path),
         "config_sha256": None if config_file is None else file_digest(config_file),
         "model_type": model_type,
+        "image_size": image_size,
     }
-    checkpoint.save(output, loaded.config, loaded.params, overwrite=overwrite, record=record)
-    return loaded.config
+    checkpoint.save(output, config, params, overwrite=overwrite, record=record)
+    return config
 
 
 def build_sam_from_config(config: SamConfig | str, checkpoint: str | os.PathLike | None = None, seed: int = 0) -> Sam:

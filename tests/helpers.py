@@ -4,6 +4,7 @@ test), and the comparisons that the parity contract defines."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -46,6 +47,28 @@ def build_official(cfg: SamConfig, seed: int = 0):
         pixel_mean=list(cfg.pixel_mean), pixel_std=list(cfg.pixel_std),
     )
     return perturb(sam.eval(), seed)
+
+
+def official_at_size(official, cfg: SamConfig, image_size: int):
+    """(model, config): the official model built for `image_size` inputs, holding `official`'s
+    weights with `pos_embed` resized by `F.interpolate(mode="bicubic", align_corners=False)` and
+    each rel-pos table whose length changes (the global blocks') by `F.interpolate(mode="linear")`:
+    the torch-side reference of `sam_jax.load(..., image_size=N)`."""
+    import torch.nn.functional as F
+
+    new_cfg = dataclasses.replace(cfg, image_size=image_size)
+    target = build_official(new_cfg)
+    shapes = {k: v.shape for k, v in target.state_dict().items()}
+    state = {}
+    for key, value in official.state_dict().items():
+        if value.shape != shapes[key] and key.endswith("pos_embed"):  # (1, g, g, C)
+            value = F.interpolate(value.permute(0, 3, 1, 2), size=shapes[key][1:3], mode="bicubic", align_corners=False)
+            value = value.permute(0, 2, 3, 1)
+        elif value.shape != shapes[key]:  # rel_pos_h / rel_pos_w (L, head_dim)
+            value = F.interpolate(value.T[None], size=shapes[key][0], mode="linear", align_corners=False)[0].T
+        state[key] = value.contiguous()
+    target.load_state_dict(state, strict=True)
+    return target.eval(), new_cfg
 
 
 def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

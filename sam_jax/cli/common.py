@@ -25,11 +25,25 @@ CHECKPOINT_HELP = (
 
 
 def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
-    """--checkpoint and --model-type: which model to load."""
+    """--checkpoint, --model-type and --image-size: which model to load, at which input size."""
     p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--model-type", choices=MODEL_TYPES,
                    help="check the checkpoint against this model type (default: read or inferred from it); "
                         "without --checkpoint, load its official weights")
+    p.add_argument("--image-size", type=image_size, default=None, metavar="N",
+                   help="model input size N (a multiple of 16; default: the checkpoint's): the position "
+                        "embeddings are resampled, every other shape follows")
+
+
+def image_size(text: str) -> int:
+    """--image-size: a positive multiple of 16 (the patch size of every SAM)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n <= 0 or n % 16:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 16, got {text!r}")
+    return n
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,10 +94,10 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
 
 
 def load_model(args: argparse.Namespace):
-    """The model named by --checkpoint/--model-type, on --device when given."""
+    """The model named by --checkpoint/--model-type/--image-size, on --device when given."""
     path = checkpoint_path(args)
     with status(f"loading {args.checkpoint or args.model_type}", args.quiet):
-        model = load(path, model_type=args.model_type)
+        model = load(path, model_type=args.model_type, image_size=getattr(args, "image_size", None))
     if getattr(args, "device", None):
         model.to(select_device(args.device))
     return model

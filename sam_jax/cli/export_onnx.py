@@ -1,11 +1,12 @@
-"""`sam-jax export-onnx`: the official ONNX export of the prompt encoder + mask decoder."""
+"""`sam-jax export-onnx`: the official ONNX export of the prompt encoder + mask decoder, or with
+`--encoder` the image encoder (its output is the decoder's `image_embeddings` input)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
 
-from ..export.onnx import ONNX_HINT, ONNX_OUTPUT, export_onnx, is_own_onnx, quantize_onnx
+from ..export.onnx import ONNX_HINT, ONNX_OUTPUT, export_encoder_onnx, export_onnx, is_own_onnx, quantize_onnx
 from ..utils.io import check_output
 from . import common
 
@@ -13,6 +14,9 @@ from . import common
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_checkpoint_arguments(p)
     p.add_argument("--output", required=True, help="output .onnx file")
+    p.add_argument("--encoder", action="store_true",
+                   help="export the image encoder instead: image (B, 3, S, S) normalised and padded -> image_embeddings "
+                        "(weights over 2 GB go to OUTPUT.data beside it)")
     p.add_argument("--return-single-mask", action="store_true", help="output only the best mask")
     p.add_argument("--use-stability-score", action="store_true", help="stability scores instead of predicted IoU")
     p.add_argument("--return-extra-metrics", action="store_true", help="also output stability scores and areas")
@@ -29,11 +33,18 @@ def run(args: argparse.Namespace) -> int:
     missing = [m for m in need if importlib.util.find_spec(m) is None]
     if missing:
         raise ValueError(f"{', '.join(missing)} not installed: {ONNX_HINT}")
+    decoder_only = [f for f in ("return_single_mask", "use_stability_score", "return_extra_metrics", "quantize_out",
+                                "gelu_approximate") if getattr(args, f)]
+    if args.encoder and decoder_only:
+        raise ValueError(f"--{decoder_only[0].replace('_', '-')} applies to the decoder export, not to --encoder")
     outputs = [args.output] + ([args.quantize_out] if args.quantize_out else [])
     for i, output in enumerate(outputs):  # before loading anything
         check_output(output, kind="file", overwrite=args.overwrite, is_own=is_own_onnx, what=ONNX_OUTPUT,
                      inputs=[args.checkpoint] + outputs[:i])
     model = common.load_model(args)
+    if args.encoder:
+        print(f"wrote {export_encoder_onnx(model, args.output, opset=args.opset, overwrite=args.overwrite)}")
+        return 0
     path = export_onnx(
         model, args.output, return_single_mask=args.return_single_mask, use_stability_score=args.use_stability_score,
         return_extra_metrics=args.return_extra_metrics, opset=args.opset, gelu_approximate=args.gelu_approximate,

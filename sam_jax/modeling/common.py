@@ -7,8 +7,9 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
+
+from ..utils.resample import linear_taps
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -54,19 +55,6 @@ class MLPBlock(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.lin2(self.act(self.lin1(x)))
-
-
-def linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, ...]:
-    """Source indexes and weights of torch's linear resampling (align_corners=False, no antialias).
-
-    Computed in float32 like torch's CPU kernel, so the weights are the same floats."""
-    scale = np.float32(in_size) / np.float32(out_size)
-    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-    src = np.maximum(src, np.float32(0.0))
-    i0 = np.minimum(src.astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    w1 = (src - i0.astype(np.float32)).astype(np.float32)
-    return i0, i1, np.float32(1.0) - w1, w1
 
 
 def interpolate_linear(x: jax.Array, size: int, axis: int) -> jax.Array:

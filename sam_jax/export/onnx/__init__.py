@@ -6,6 +6,7 @@
     SamOnnxModel(model, return_single_mask=True).export("sam_decoder.onnx", opset_version=17)
     quantize_onnx("sam_decoder.onnx", "sam_decoder_quant.onnx")
     save_image_embedding(model, image, "embedding.npy")
+    export_encoder_onnx(model, "sam_encoder.onnx")   # the image encoder; its output is image_embeddings
 
 Inputs (float32; h = w = image_size / 16, C = prompt_embed_dim):
     image_embeddings (1, C, h, w); point_coords (1, N, 2) xy in the resized-input frame (longest
@@ -31,6 +32,7 @@ ones too), an embedding `.npy` (float32, shape (1, C, h, w)); never one of its i
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +42,14 @@ from ...modeling.prompt_encoder import IGNORE_LABEL, prompt_tokens
 from ...predictor import SamPredictor
 from ...utils.io import atomic_file
 from ...utils.transforms import ResizeLongestSide
+from .image_encoder import export_encoder_onnx
 from .files import EMBEDDING_OUTPUT, ONNX_OUTPUT, check_export_output, is_embedding_npy, is_own_onnx
 from .sam_onnx import ONNX_HINT, OnnxFlags, SamOnnxModel, build_graph, export_onnx, quantize_onnx
 
 __all__ = [
-    "EMBEDDING_OUTPUT", "ONNX_HINT", "ONNX_OUTPUT", "OnnxFlags", "SamOnnxModel", "build_graph", "export_onnx",
-    "image_embedding", "is_embedding_npy", "is_own_onnx", "onnx_inputs", "quantize_onnx", "save_image_embedding",
+    "EMBEDDING_OUTPUT", "ONNX_HINT", "ONNX_OUTPUT", "OnnxFlags", "SamOnnxModel", "build_graph", "export_encoder_onnx",
+    "export_onnx", "image_embedding", "is_embedding_npy", "is_own_onnx", "onnx_inputs", "quantize_onnx",
+    "save_image_embedding",
 ]
 
 

@@ -164,14 +164,19 @@ def relu(g: GraphBuilder, x: str) -> str:
 
 
 def conv(g: GraphBuilder, layer: nnx.Conv, x: str) -> str:
-    """nnx.Conv (kernel (kh, kw, in, out)) on an NCHW map, without padding (the official 2x2
-    stride-2 and 1x1 convolutions, where "SAME" and "VALID" agree)."""
+    """nnx.Conv (kernel (kh, kw, in, out), bias or none) on an NCHW map, with its strides and its
+    padding ("VALID", explicit ((top, bottom), (left, right)) pairs, or "SAME" for a 1x1 kernel)."""
     kh, kw = layer.kernel_size
-    if layer.padding != "VALID" and (kh, kw) != (1, 1):
-        raise NotImplementedError(f"no ONNX emitter for a padded {kh}x{kw} convolution")
+    if layer.padding == "VALID" or (kh, kw) == (1, 1):
+        pads = [0, 0, 0, 0]
+    elif isinstance(layer.padding, Sequence) and not isinstance(layer.padding, str):
+        (top, bottom), (left, right) = layer.padding
+        pads = [top, left, bottom, right]
+    else:
+        raise NotImplementedError(f"no ONNX emitter for a {kh}x{kw} convolution with padding {layer.padding!r}")
     strides = layer.strides if isinstance(layer.strides, Sequence) else (layer.strides or 1,) * 2
-    w = g.param(layer.kernel, perm=(3, 2, 0, 1))
-    return g.op("Conv", x, w, g.param(layer.bias), strides=list(strides))
+    inputs = [x, g.param(layer.kernel, perm=(3, 2, 0, 1))] + ([g.param(layer.bias)] if layer.bias is not None else [])
+    return g.op("Conv", *inputs, strides=list(strides), pads=pads)
 
 
 def mlp_block(g: GraphBuilder, block: MLPBlock, x: str) -> str:

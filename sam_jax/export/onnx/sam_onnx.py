@@ -261,7 +261,7 @@ def build_graph(model: Sam, flags: OnnxFlags, opset: int = 17, gelu_approximate:
 
 
 # ---------------------------------------------------------------------------------- files
-def _require(module: str):
+def require(module: str):
     try:
         return __import__(module)
     except ImportError:
@@ -283,7 +283,7 @@ def export_onnx(
     see SamOnnxModel) to `output_path`, atomically, and returns its path. opset: 11 or later
     (default 17, as the official script); gelu_approximate: tanh GELUs, no Erf node; overwrite:
     replace an existing ONNX model written by sam-jax (`files`)."""
-    onnx = _require("onnx")
+    onnx = require("onnx")
     check_export_output(Path(output_path), overwrite, is_own_onnx, ONNX_OUTPUT)
     if not 11 <= opset <= onnx.defs.onnx_opset_version():
         raise ValueError(f"opset must be between 11 and {onnx.defs.onnx_opset_version()}, got {opset}")
@@ -304,8 +304,8 @@ def quantize_onnx(in_path: str | os.PathLike, out_path: str | os.PathLike, overw
     has not pre-processed (shape inference and graph optimisation). The official export quantizes
     without that step, and our graph already states its shapes, so the hint is dropped here rather
     than shown unexplained; the quantized model is the official one."""
-    onnx = _require("onnx")
-    _require("onnxruntime")
+    onnx = require("onnx")
+    require("onnxruntime")
     from onnxruntime.quantization import QuantType, quantize_dynamic  # an optional dependency
 
     out = Path(out_path)
