@@ -22,6 +22,8 @@ from .config import SamConfig, get_config
 from .convert import ConversionError, convert_state_dict, read_state_dict
 from .convert.keys import official_key, official_shape
 from .modeling import Sam
+from .modeling.sam import with_numerics
+from .numerics import Numerics
 from .utils.memory import release_host_memory
 
 HF_WEIGHTS = "model.safetensors"
@@ -88,17 +90,20 @@ def read_params(
     return convert_state_dict(read_state_dict(path), model_type, config)
 
 
-def load(path_or_name: str | os.PathLike, *, model_type: str | None = None) -> Sam:
+def load(path_or_name: str | os.PathLike, *, model_type: str | None = None, precision: str = "exact") -> Sam:
     """The model stored at `path_or_name` (see `read_params` for what it may be).
 
     model_type: "vit_b", "vit_l" or "vit_h" to check the checkpoint against (default: the
-    configuration is read from the checkpoint, or inferred from its tensor shapes)."""
+    configuration is read from the checkpoint, or inferred from its tensor shapes).
+    precision: "exact" (float32-equivalent matmuls on every backend) or "fast" (the backend's
+    default; see `sam_jax.numerics`)."""
+    numerics = Numerics(precision=precision).check()  # before the (slow) read
     path = Path(path_or_name)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     model = model_from_params(*read_params(path, model_type))
     release_host_memory()  # the reader's staging buffers
-    return model
+    return model if numerics == model.numerics else with_numerics(model, **numerics._asdict())
 
 
 def convert_checkpoint(

@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("official", "sa1b"), default="official", help="sa1b: SA-1B annotation JSON per image")
     common.add_overwrite_argument(p, "recompute images whose output already exists")
     common.add_runtime_arguments(p)
+    common.add_numerics_arguments(p)
     for flag, kind in AMG_FLAGS.items():
         p.add_argument(flag, type=kind, default=None)
 

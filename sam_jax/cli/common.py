@@ -11,6 +11,7 @@ import jax
 
 from ..build_sam import load
 from ..config import MODEL_TYPES
+from ..numerics import PRECISIONS
 from ..utils.devices import as_device
 
 DEVICES = ("cpu", "gpu", "cuda", "tpu")
@@ -38,6 +39,13 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: $SAM_JAX_CACHE_DIR or ~/.cache/sam-jax/xla; '' disables it)")
 
 
+def add_numerics_arguments(p: argparse.ArgumentParser) -> None:
+    """--matmul-precision: how the loaded model computes (see `sam_jax.numerics`)."""
+    p.add_argument("--matmul-precision", choices=tuple(PRECISIONS), default="exact",
+                   help="exact: float32-equivalent matmuls on every backend (default); fast: the backend's default "
+                        "(bfloat16 passes on TPU, TF32 on GPU; the same as exact on CPU)")
+
+
 def add_overwrite_argument(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=f"replace {what}")
 
@@ -62,8 +70,8 @@ def select_device(platform: str):
 
 
 def load_model(args: argparse.Namespace):
-    """The model named by --checkpoint/--model-type, on --device when given."""
-    model = load(args.checkpoint, model_type=args.model_type)
+    """The model named by --checkpoint/--model-type, computing as --matmul-precision says, on --device when given."""
+    model = load(args.checkpoint, model_type=args.model_type, precision=getattr(args, "matmul_precision", "exact"))
     if getattr(args, "device", None):
         model.to(select_device(args.device))
     return model

@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     common.add_runtime_arguments(p)
+    common.add_numerics_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, help="image file (EXIF orientation applied, converted to RGB)")
     p.add_argument("--output", required=True, help="output .npy: the (1, C, h, w) float32 image_embeddings input")
     common.add_runtime_arguments(p)
+    common.add_numerics_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ..numerics import Numerics, traced_with_numerics
 from .common import LayerNorm2d, MLPBlock, Sequential, interpolate_linear, layer_norm
 
 
@@ -30,6 +32,7 @@ class ImageEncoderViT(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.img_size = img_size
+        self.numerics = Numerics()
         grid = img_size // patch_size
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, rngs=rngs)
         self.pos_embed = nnx.Param(jnp.zeros((1, grid, grid, embed_dim))) if use_abs_pos else None
@@ -57,6 +60,7 @@ class ImageEncoderViT(nnx.Module):
             ]
         )
 
+    @traced_with_numerics
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, 3, S, S) normalised, padded images -> (B, out_chans, S/16, S/16) image embeddings."""
         x = self.patch_embed(jnp.transpose(x, (0, 2, 3, 1)))
@@ -141,34 +145,49 @@ class Attention(nnx.Module):
         return self.proj(x.astype(q.dtype))
 
 
-def attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int], blocked: bool | None = None) -> jax.Array:
+def attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int]) -> jax.Array:
     """softmax(q @ k^T + bias) @ v per group, for q, k, v (G, N, C) (G = batch * heads); the
     decomposed bias is rel_h (G, N, k_h) + rel_w (G, N, k_w), broadcast over the key grid.
 
-    On CPU the groups, and long query ranges in blocks of rows, run one at a time so the
-    (rows, N) logits stay in cache; accelerators take all groups in one batched product. Either
-    way each row's softmax is the full, exact one: blocking changes memory traffic, not maths."""
-    G, N, _ = q.shape
+    The implementation is chosen per platform when the computation is lowered (so an exported
+    or AOT-compiled function picks the right one for where it runs, not where it was traced):
+    on CPU the cache-blocked loop, elsewhere one batched product. Both are exact."""
+    return jax.lax.platform_dependent(
+        q, k, v, rel_h, rel_w,
+        cpu=functools.partial(blocked_attention, k_size=k_size),
+        default=functools.partial(batched_attention, k_size=k_size),
+    )
+
+
+def _attention_rows(q, k, v, rel_h, rel_w, k_size: tuple[int, int]) -> jax.Array:
+    """The reference formula on (..., rows, C) queries against all (..., N, C) keys: logits and
+    softmax in float32 even when q, k, v are bfloat16."""
     k_h, k_w = k_size
+    a = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32)
+    if rel_h is not None:
+        a = (a.reshape(a.shape[:-1] + (k_h, k_w)) + rel_h[..., :, None] + rel_w[..., None, :]).reshape(a.shape)
+    p = jax.nn.softmax(a, axis=-1).astype(v.dtype)
+    return jnp.matmul(p, v, preferred_element_type=jnp.float32)
 
-    def rows(qc, kg, vg, rh, rw):
-        # Logits and softmax in float32 even when q, k, v are bfloat16.
-        a = jnp.matmul(qc, jnp.swapaxes(kg, -1, -2), preferred_element_type=jnp.float32)
-        if rh is not None:
-            a = (a.reshape(a.shape[:-1] + (k_h, k_w)) + rh[..., :, None] + rw[..., None, :]).reshape(a.shape)
-        p = jax.nn.softmax(a, axis=-1).astype(vg.dtype)
-        return jnp.matmul(p, vg, preferred_element_type=jnp.float32)
 
-    if not (jax.default_backend() == "cpu" if blocked is None else blocked):
-        return rows(q, k, v, rel_h, rel_w)
+def batched_attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int]) -> jax.Array:
+    """`attention` as one batched product over all groups: materialises the (G, N, N) logits."""
+    return _attention_rows(q, k, v, rel_h, rel_w, k_size)
+
+
+def blocked_attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int]) -> jax.Array:
+    """`attention` one group at a time, and long query ranges in blocks of rows, so that the
+    (rows, N) logits stay in a CPU's cache. Each row's softmax is still the full, exact one:
+    blocking changes memory traffic, not maths."""
+    G, N, _ = q.shape
     block = _row_block(N, k.shape[1])
 
     def group(args):
         qg, kg, vg, rh, rw = args
         if block == N:
-            return rows(qg, kg, vg, rh, rw)
+            return _attention_rows(qg, kg, vg, rh, rw, k_size)
         split = lambda t: None if t is None else t.reshape(N // block, block, t.shape[-1])
-        out = jax.lax.map(lambda b: rows(b[0], kg, vg, b[1], b[2]), (split(qg), split(rh), split(rw)))
+        out = jax.lax.map(lambda b: _attention_rows(b[0], kg, vg, b[1], b[2], k_size), (split(qg), split(rh), split(rw)))
         return out.reshape(N, -1)
 
     return jax.lax.map(group, (q, k, v, rel_h, rel_w))

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ..numerics import Numerics, traced_with_numerics
 from .common import GELU, LayerNorm2d, Sequential
 from .transformer import TwoWayTransformer
 
@@ -22,6 +23,7 @@ class MaskDecoder(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.transformer_dim = transformer_dim
+        self.numerics = Numerics()
         self.transformer = transformer
         self.num_multimask_outputs = num_multimask_outputs
         self.iou_token = nnx.Embed(1, transformer_dim, rngs=rngs)
@@ -41,6 +43,7 @@ class MaskDecoder(nnx.Module):
         )
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth, rngs=rngs)
 
+    @traced_with_numerics
     def __call__(
         self,
         image_embeddings: jax.Array,
@@ -62,6 +65,7 @@ class MaskDecoder(nnx.Module):
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, sl], iou_pred[:, sl]
 
+    @traced_with_numerics
     def predict_masks(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, token_mask=None):
         B = sparse_prompt_embeddings.shape[0]
         output_tokens = jnp.concatenate([self.iou_token.embedding[...], self.mask_tokens.embedding[...]], axis=0)

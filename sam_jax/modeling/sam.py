@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ..config import SamConfig
+from ..numerics import Numerics, traced_with_numerics
 from ..utils.devices import as_sharding
 from .common import interpolate_bilinear
 from .image_encoder import ImageEncoderViT
@@ -24,6 +25,7 @@ class Sam(nnx.Module):
     def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
         c = config
         self.config = c
+        self.numerics = Numerics()
         self.image_encoder = ImageEncoderViT(
             img_size=c.image_size,
             patch_size=c.patch_size,
@@ -85,6 +87,7 @@ class Sam(nnx.Module):
         super().train(**attributes) if mode else super().eval(**attributes)
         return self
 
+    @traced_with_numerics
     def __call__(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, jax.Array]]:
         """The official end-to-end forward over a list of images with prompts (eager, for parity and
         convenience; the predictor's jitted functions are the fast path). Each dict holds `image`
@@ -100,6 +103,19 @@ class Sam(nnx.Module):
             masks = postprocess_masks(self.config, low_res, tuple(record["image"].shape[-2:]), tuple(record["original_size"]))
             outputs.append({"masks": masks > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low_res})
         return outputs
+
+
+def with_numerics(model: Sam, *, precision: str | None = None) -> Sam:
+    """A view of `model` computing with other `Numerics` (fields left None keep the model's):
+    a new Sam holding the same parameter arrays (not copies). `precision`: "exact" or "fast"."""
+    changes = {k: v for k, v in dict(precision=precision).items() if v is not None}
+    numerics = model.numerics._replace(**changes).check()
+    graphdef, state = nnx.split(model)
+    new = nnx.merge(graphdef, state)
+    for _, module in nnx.iter_modules(new):
+        if hasattr(module, "numerics"):
+            module.numerics = numerics
+    return new
 
 
 def with_compute_dtype(model: Sam, dtype) -> Sam:

@@ -1,0 +1,55 @@
+"""How a model computes: the matmul precision, one setting for every backend.
+
+JAX runs a float32 matmul or convolution at the backend's default precision unless told
+otherwise: one bfloat16 pass on TPU, TF32 on recent NVIDIA GPUs. Either is enough to break
+parity with the official float32 model (1e-4) and to flip automatic-mask decisions (IoU and
+stability thresholds, NMS order). "exact" asks for float32-equivalent products everywhere:
+`Precision.HIGHEST` is full float32 on GPU and the six-pass bfloat16 product on TPU; CPU
+computes float32 either way.
+
+The setting is applied at trace time: the model's entry points trace under
+`jax.default_matmul_precision`, which every `dot_general` and convolution reads when it is
+staged out, so nothing in the model needs a `precision=` argument of its own and a compiled
+function carries the precision it was traced with.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+
+# Our names -> the values of jax_default_matmul_precision.
+PRECISIONS = {"exact": "highest", "fast": "default"}
+
+
+class Numerics(NamedTuple):
+    """Numerical settings of a model (static: part of every compiled function's key).
+
+    precision: "exact" (float32-equivalent matmuls on every backend) or "fast" (the backend's
+    default: bfloat16 passes on TPU, TF32 on GPU)."""
+
+    precision: str = "exact"
+
+    def check(self) -> "Numerics":
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        return self
+
+
+def matmul_precision(numerics: Numerics):
+    """The context in which `numerics`' matmuls are traced."""
+    return jax.default_matmul_precision(PRECISIONS[numerics.precision])
+
+
+def traced_with_numerics(method):
+    """Decorates a module method so that it traces under its module's `numerics` (an entry point
+    of the model: the methods it calls inherit the context)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with matmul_precision(self.numerics):
+            return method(self, *args, **kwargs)
+
+    return wrapper
