@@ -90,14 +90,17 @@ def read_params(
     return convert_state_dict(read_state_dict(path), model_type, config)
 
 
-def load(path_or_name: str | os.PathLike, *, model_type: str | None = None, precision: str = "exact") -> Sam:
+def load(
+    path_or_name: str | os.PathLike, *, model_type: str | None = None, dtype: str = "float32", precision: str = "exact"
+) -> Sam:
     """The model stored at `path_or_name` (see `read_params` for what it may be).
 
     model_type: "vit_b", "vit_l" or "vit_h" to check the checkpoint against (default: the
     configuration is read from the checkpoint, or inferred from its tensor shapes).
+    dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32; see `with_numerics`).
     precision: "exact" (float32-equivalent matmuls on every backend) or "fast" (the backend's
     default; see `sam_jax.numerics`)."""
-    numerics = Numerics(precision=precision).check()  # before the (slow) read
+    numerics = Numerics(dtype, precision).check()  # before the (slow) read
     path = Path(path_or_name)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")

@@ -1,4 +1,8 @@
-"""How a model computes: the matmul precision, one setting for every backend.
+"""How a model computes: its compute dtype, and the matmul precision, one setting for every backend.
+
+dtype "bfloat16" runs every matmul and convolution of the model (encoder, prompt encoder,
+decoder) on bfloat16 inputs with float32 accumulation, while the parameters, layer norms,
+attention logits and softmax, the residual streams and every output stay float32.
 
 JAX runs a float32 matmul or convolution at the backend's default precision unless told
 otherwise: one bfloat16 pass on TPU, TF32 on recent NVIDIA GPUs. Either is enough to break
@@ -19,7 +23,9 @@ import functools
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
+DTYPES = ("float32", "bfloat16")
 # Our names -> the values of jax_default_matmul_precision.
 PRECISIONS = {"exact": "highest", "fast": "default"}
 
@@ -27,15 +33,24 @@ PRECISIONS = {"exact": "highest", "fast": "default"}
 class Numerics(NamedTuple):
     """Numerical settings of a model (static: part of every compiled function's key).
 
-    precision: "exact" (float32-equivalent matmuls on every backend) or "fast" (the backend's
-    default: bfloat16 passes on TPU, TF32 on GPU)."""
+    dtype: compute dtype of matmuls and convolutions, "float32" or "bfloat16" (a jnp dtype is
+    accepted too). precision: "exact" (float32-equivalent matmuls on every backend) or "fast"
+    (the backend's default: bfloat16 passes on TPU, TF32 on GPU)."""
 
+    dtype: str = "float32"
     precision: str = "exact"
 
     def check(self) -> "Numerics":
+        """These settings with the dtype's canonical name; ValueError naming a bad value."""
+        try:
+            dtype = self.dtype if isinstance(self.dtype, str) else jnp.dtype(self.dtype).name
+        except TypeError:
+            dtype = self.dtype
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        return self
+        return self._replace(dtype=dtype)
 
 
 def matmul_precision(numerics: Numerics):

@@ -23,7 +23,7 @@ from flax import nnx
 
 from . import validate
 from .functional import decode_prompts_jit, embed_images_jit, pad_prompts, upscale_masks_jit
-from .modeling import Sam
+from .modeling import Sam, with_numerics
 from .utils.transforms import ResizeLongestSide
 
 
@@ -37,7 +37,11 @@ class ImageEmbeddings:
 
 
 class SamPredictor:
-    def __init__(self, sam_model: Sam) -> None:
+    def __init__(self, sam_model: Sam, *, dtype=None, precision: str | None = None) -> None:
+        """dtype ("float32", "bfloat16") and precision ("exact", "fast"): how to compute; None
+        keeps the model's own setting (`sam_model.numerics`, from `sam_jax.load`)."""
+        if dtype is not None or precision is not None:
+            sam_model = with_numerics(sam_model, dtype=dtype, precision=precision)
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.config.image_size)
         # The split model that the compiled functions take (see functional.py).

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 import sam_jax
 from sam_jax.functional import decode_prompts, embed_images, pad_prompts
@@ -51,14 +52,6 @@ def test_precision_reaches_every_product(tiny, precision, expected):
         assert all(p == (expected, expected) for p in found), f"{name}: {sorted(set(map(str, found)))}"
 
 
-def test_precision_option_of_load(tiny):
-    assert sam_jax.load(tiny.model_dir).numerics.precision == "exact"
-    fast = sam_jax.load(tiny.model_dir, precision="fast")
-    assert fast.numerics.precision == fast.image_encoder.numerics.precision == fast.mask_decoder.numerics.precision == "fast"
-    with pytest.raises(ValueError, match="precision must be one of exact, fast"):
-        sam_jax.load(tiny.model_dir, precision="highest")
-
-
 def _lowered_text(fn, platform: str, *args) -> str:
     return jax.export.export(jax.jit(fn), platforms=[platform])(*args).mlir_module()
 
@@ -74,3 +67,69 @@ def test_attention_chosen_when_lowering():
     assert "stablehlo.while" in _lowered_text(fn, "cpu", q, q, q, *rel)
     for platform in ("cuda", "tpu"):
         assert "stablehlo.while" not in _lowered_text(fn, platform, q, q, q, *rel), platform
+
+
+def test_bfloat16_computes_in_bfloat16(tiny):
+    """dtype="bfloat16": every product of the encoder, prompt encoder and decoder takes bfloat16
+    inputs, except the relative-position factors (float32 by design, a small einsum); softmax and
+    norm statistics run in float32, and every output is float32."""
+    model = with_numerics(tiny.model, dtype="bfloat16")
+    for name, jaxpr in _traced_model(model).items():
+        kinds = {}
+        for e, _ in iter_eqns(jaxpr):
+            if e.primitive.name in PRODUCTS + ("exp", "rsqrt"):
+                kinds.setdefault(e.primitive.name, set()).add(tuple(str(v.aval.dtype) for v in e.invars))
+        assert kinds["exp"] == {("float32",)} and kinds["rsqrt"] == {("float32",)}, name
+        assert kinds["conv_general_dilated"] == {("bfloat16", "bfloat16")}, name
+        assert ("bfloat16", "bfloat16") in kinds["dot_general"], name
+        assert all(str(a.dtype) in ("float32", "bool") for a in jaxpr.out_avals), name
+    rel_pos_products = [e for e, _ in iter_eqns(_traced_model(model)["embed_images"])
+                        if e.primitive.name == "dot_general" and e.invars[0].aval.dtype == jnp.float32]
+    assert len(rel_pos_products) == 2 * tiny.config.encoder_depth
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1))
+
+
+def test_bfloat16_against_official_float32(tiny):
+    """The bfloat16 path end to end (SamPredictor(dtype=...)) against the official float32
+    predictor on the same perturbed weights: the bounds stated in the README."""
+    from segment_anything import SamPredictor as Official
+
+    image = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    official, ours = Official(tiny.official), sam_jax.SamPredictor(tiny.model, dtype="bfloat16")
+    assert ours.model.numerics.dtype == "bfloat16" and tiny.model.numerics.dtype == "float32"
+    official.set_image(image)
+    ours.set_image(image)
+    err = np.abs(np.asarray(ours.features) - official.features.numpy()).max() / np.abs(official.features.numpy()).max()
+    assert err < 3e-2, f"embedding: relative error {err:.3g}"
+    points = np.random.default_rng(1).uniform(0, 200, (8, 1, 2))
+    masks, iou, low = ours.predict_batch(points, np.ones((8, 1)))
+    ref_masks, ref_iou, ref_low = official.predict_torch(
+        official.transform.apply_coords_torch(torch.from_numpy(points).float(), image.shape[:2]), torch.ones(8, 1))
+    assert masks.dtype == bool and iou.dtype == low.dtype == np.float32
+    assert np.abs(low - ref_low.numpy()).max() / np.abs(ref_low.numpy()).max() < 6e-2
+    assert np.abs(iou - ref_iou.numpy()).max() < 3e-2
+    ious = [_mask_iou(m, r) for m, r in zip(masks.reshape(-1, *masks.shape[-2:]), ref_masks.numpy().reshape(-1, *masks.shape[-2:]))]
+    assert min(ious) > 0.95, f"lowest mask IoU against float32: {min(ious):.3f}"
+
+
+def test_numerics_options(tiny):
+    """load, SamPredictor and the CLI select dtype and precision; bad values are one-line errors
+    raised before the checkpoint is read."""
+    from sam_jax.cli import build_parser, common
+
+    assert tiny.model.numerics == ("float32", "exact")  # sam_jax.load's default
+    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, got 'float16'"):
+        sam_jax.load("missing", dtype="float16")
+    with pytest.raises(ValueError, match="precision must be one of exact, fast, got 'highest'"):
+        sam_jax.load("missing", precision="highest")
+    flags = ["--checkpoint", str(tiny.model_dir), "--dtype", "bfloat16", "--matmul-precision", "fast"]
+    for command in (["amg", "--input", "x", "--output", "y"], ["demo"], ["embed", "--image", "x", "--output", "y"]):
+        args = build_parser().parse_args(command + flags)
+        assert (args.dtype, args.matmul_precision) == ("bfloat16", "fast")
+    model = common.load_model(args)  # sam_jax.load(..., dtype="bfloat16", precision="fast")
+    assert model.numerics == ("bfloat16", "fast") == model.image_encoder.numerics == model.prompt_encoder.numerics
+    assert sam_jax.SamPredictor(model).model.numerics == ("bfloat16", "fast")
+    assert sam_jax.SamPredictor(model, dtype=jnp.float32).model.numerics == ("float32", "fast")

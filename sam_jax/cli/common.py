@@ -11,7 +11,7 @@ import jax
 
 from ..build_sam import load
 from ..config import MODEL_TYPES
-from ..numerics import PRECISIONS
+from ..numerics import DTYPES, PRECISIONS
 from ..utils.devices import as_device
 
 DEVICES = ("cpu", "gpu", "cuda", "tpu")
@@ -40,7 +40,9 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_numerics_arguments(p: argparse.ArgumentParser) -> None:
-    """--matmul-precision: how the loaded model computes (see `sam_jax.numerics`)."""
+    """--dtype and --matmul-precision: how the loaded model computes (see `sam_jax.numerics`)."""
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="compute dtype of matmuls and convolutions (bfloat16: norms, softmax and outputs stay float32)")
     p.add_argument("--matmul-precision", choices=tuple(PRECISIONS), default="exact",
                    help="exact: float32-equivalent matmuls on every backend (default); fast: the backend's default "
                         "(bfloat16 passes on TPU, TF32 on GPU; the same as exact on CPU)")
@@ -70,8 +72,10 @@ def select_device(platform: str):
 
 
 def load_model(args: argparse.Namespace):
-    """The model named by --checkpoint/--model-type, computing as --matmul-precision says, on --device when given."""
-    model = load(args.checkpoint, model_type=args.model_type, precision=getattr(args, "matmul_precision", "exact"))
+    """The model named by --checkpoint/--model-type, computing as --dtype and --matmul-precision
+    say, on --device when given."""
+    model = load(args.checkpoint, model_type=args.model_type, dtype=getattr(args, "dtype", "float32"),
+                 precision=getattr(args, "matmul_precision", "exact"))
     if getattr(args, "device", None):
         model.to(select_device(args.device))
     return model

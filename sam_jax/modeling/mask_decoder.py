@@ -84,9 +84,9 @@ class MaskDecoder(nnx.Module):
         hyper_in = jnp.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], axis=1)
         # Pixel (4y + 2a + c, 4x + 2b + d) of the upscaled map is upscaled[:, y, x, a, b, c, d]; the
         # hypernetwork product runs in that layout, and only the (B, M, 4h, 4w) masks are interleaved.
-        masks = jnp.einsum("nmk,nyxabcdk->nmyacxbd", hyper_in, upscaled)
+        masks = jnp.einsum("nmk,nyxabcdk->nmyacxbd", hyper_in, upscaled, preferred_element_type=jnp.float32)
         masks = masks.reshape(masks.shape[0], masks.shape[1], 4 * h, 4 * w)
-        return masks, self.iou_prediction_head(iou_token_out)
+        return masks, self.iou_prediction_head(iou_token_out).astype(jnp.float32)
 
     def upscale_blocks(self, x: jax.Array) -> jax.Array:
         """output_upscaling on (B, h, w, C) without interleaving pixels: (B, h, w, 2, 2, 2, 2, C/8).
@@ -105,6 +105,7 @@ class ConvTranspose2x2(nnx.Module):
     reshape: each input pixel writes its own 2x2 output block. kernel: (2, 2, in, out)."""
 
     def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
+        self.dtype = None  # compute dtype, as nnx.Conv's (None: the inputs')
         init = nnx.initializers.lecun_normal()
         self.kernel = nnx.Param(init(rngs.params(), (2, 2, in_features, out_features)))
         self.bias = nnx.Param(jnp.zeros((out_features,)))
@@ -116,7 +117,8 @@ class ConvTranspose2x2(nnx.Module):
 
     def blocks(self, x: jax.Array) -> jax.Array:
         """(..., in) -> (..., 2, 2, out): the 2x2 output block of every input pixel."""
-        return jnp.einsum("...i,abio->...abo", x, self.kernel[...]) + self.bias[...]
+        x, kernel, bias = (a if self.dtype is None else a.astype(self.dtype) for a in (x, self.kernel[...], self.bias[...]))
+        return jnp.einsum("...i,abio->...abo", x, kernel) + bias
 
 
 class MLP(nnx.Module):
