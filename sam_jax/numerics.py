@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 
 DTYPES = ("float32", "bfloat16")
+# The image encoder's attention (see `sam_jax.modeling.image_encoder.attention`).
+ATTENTION = ("auto", "xla", "pallas", "interpret")
 # Our names -> the values of jax_default_matmul_precision.
 PRECISIONS = {"exact": "highest", "fast": "default"}
 
@@ -35,10 +37,14 @@ class Numerics(NamedTuple):
 
     dtype: compute dtype of matmuls and convolutions, "float32" or "bfloat16" (a jnp dtype is
     accepted too). precision: "exact" (float32-equivalent matmuls on every backend) or "fast"
-    (the backend's default: bfloat16 passes on TPU, TF32 on GPU)."""
+    (the backend's default: bfloat16 passes on TPU, TF32 on GPU). attention: the encoder's
+    attention implementation, "auto" (the fused Pallas kernel on the platforms where it has been
+    verified, the XLA path elsewhere), "xla", "pallas" (the kernel on GPU and TPU) or "interpret"
+    (the kernel in Pallas interpret mode on any platform: slow, for tests)."""
 
     dtype: str = "float32"
     precision: str = "exact"
+    attention: str = "auto"
 
     def check(self) -> "Numerics":
         """These settings with the dtype's canonical name; ValueError naming a bad value."""
@@ -50,6 +56,8 @@ class Numerics(NamedTuple):
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {self.attention!r}")
         return self._replace(dtype=dtype)
 
 

@@ -120,16 +120,18 @@ def test_numerics_options(tiny):
     raised before the checkpoint is read."""
     from sam_jax.cli import build_parser, common
 
-    assert tiny.model.numerics == ("float32", "exact")  # sam_jax.load's default
+    assert tiny.model.numerics == ("float32", "exact", "auto")  # sam_jax.load's default
     with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, got 'float16'"):
         sam_jax.load("missing", dtype="float16")
     with pytest.raises(ValueError, match="precision must be one of exact, fast, got 'highest'"):
         sam_jax.load("missing", precision="highest")
+    with pytest.raises(ValueError, match="attention must be one of auto, xla, pallas, interpret, got 'flash'"):
+        with_numerics(tiny.model, attention="flash")
     flags = ["--checkpoint", str(tiny.model_dir), "--dtype", "bfloat16", "--matmul-precision", "fast"]
     for command in (["amg", "--input", "x", "--output", "y"], ["demo"], ["embed", "--image", "x", "--output", "y"]):
         args = build_parser().parse_args(command + flags)
         assert (args.dtype, args.matmul_precision) == ("bfloat16", "fast")
     model = common.load_model(args)  # sam_jax.load(..., dtype="bfloat16", precision="fast")
-    assert model.numerics == ("bfloat16", "fast") == model.image_encoder.numerics == model.prompt_encoder.numerics
-    assert sam_jax.SamPredictor(model).model.numerics == ("bfloat16", "fast")
-    assert sam_jax.SamPredictor(model, dtype=jnp.float32).model.numerics == ("float32", "fast")
+    assert model.numerics == ("bfloat16", "fast", "auto") == model.image_encoder.numerics == model.prompt_encoder.numerics
+    assert sam_jax.SamPredictor(model).model.numerics == ("bfloat16", "fast", "auto")
+    assert sam_jax.SamPredictor(model, dtype=jnp.float32).model.numerics == ("float32", "fast", "auto")

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ..kernels.attention import fused_attention
 from ..numerics import Numerics, traced_with_numerics
 from .common import LayerNorm2d, MLPBlock, Sequential, interpolate_linear, layer_norm
 
@@ -120,6 +121,7 @@ class Attention(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.num_heads = num_heads
+        self.numerics = Numerics()  # its `attention` field picks the implementation
         head_dim = dim // num_heads
         self.scale = head_dim**-0.5
         self.qkv = nnx.Linear(dim, dim * 3, use_bias=qkv_bias, rngs=rngs)
@@ -140,23 +142,58 @@ class Attention(nnx.Module):
         rel_h = rel_w = None
         if self.use_rel_pos:
             rel_h, rel_w = decomposed_rel_pos(q.astype(jnp.float32), self.rel_pos_h[...], self.rel_pos_w[...], (H, W), (H, W))
-        x = attention(q * self.scale, k, v, rel_h, rel_w, (H, W))
+        x = attention(q * self.scale, k, v, rel_h, rel_w, (H, W), self.numerics.attention)
         x = x.reshape(B, self.num_heads, H, W, -1).transpose(0, 2, 3, 1, 4).reshape(B, H, W, -1)
         return self.proj(x.astype(q.dtype))
 
 
-def attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int]) -> jax.Array:
+# Platform -> Pallas backend of the fused kernel (`sam_jax.kernels.attention`).
+KERNEL_BACKENDS = {"cuda": "triton", "tpu": "mosaic"}
+# Where attention="auto" takes the fused kernel: only platforms on which it has run and equalled
+# the exact path (benchmarks/accelerator.py). None yet: it has been lowered for GPU and TPU and
+# tested in interpret mode, not run on either.
+AUTO_KERNEL_PLATFORMS: tuple[str, ...] = ()
+
+
+def attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int], kernel: str = "auto") -> jax.Array:
     """softmax(q @ k^T + bias) @ v per group, for q, k, v (G, N, C) (G = batch * heads); the
     decomposed bias is rel_h (G, N, k_h) + rel_w (G, N, k_w), broadcast over the key grid.
+    Returns (G, N, C) float32.
 
     The implementation is chosen per platform when the computation is lowered (so an exported
     or AOT-compiled function picks the right one for where it runs, not where it was traced):
-    on CPU the cache-blocked loop, elsewhere one batched product. Both are exact."""
+    on CPU the cache-blocked loop; on GPU and TPU one batched product, or the fused Pallas kernel
+    where `kernel` asks for it: "auto" (on AUTO_KERNEL_PLATFORMS), "pallas" (on every platform of
+    KERNEL_BACKENDS), "xla" (never), "interpret" (the kernel in Pallas interpret mode, on any
+    platform: for tests). All are exact at float32 precision."""
+    if kernel == "interpret":
+        return _fused(q, k, v, rel_h, rel_w, k_size, "triton", True)
+    platforms = {"auto": AUTO_KERNEL_PLATFORMS, "pallas": tuple(KERNEL_BACKENDS), "xla": ()}[kernel]
+    kernels = {p: functools.partial(_fused, k_size=k_size, backend=KERNEL_BACKENDS[p], interpret=False) for p in platforms}
     return jax.lax.platform_dependent(
         q, k, v, rel_h, rel_w,
         cpu=functools.partial(blocked_attention, k_size=k_size),
         default=functools.partial(batched_attention, k_size=k_size),
+        **kernels,
     )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _fused(q, k, v, rel_h, rel_w, k_size, backend, interpret):
+    return fused_attention(q, k, v, rel_h, rel_w, k_size, backend=backend, interpret=interpret)
+
+
+def _fused_fwd(q, k, v, rel_h, rel_w, k_size, backend, interpret):
+    return _fused(q, k, v, rel_h, rel_w, k_size, backend, interpret), (q, k, v, rel_h, rel_w)
+
+
+def _fused_bwd(k_size, backend, interpret, residuals, cotangent):
+    # The kernel has no backward pass of its own: gradients come from the exact batched formula
+    # (which materialises the logits), so training through the kernel is correct, not fused.
+    return jax.vjp(functools.partial(batched_attention, k_size=k_size), *residuals)[1](cotangent)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 def _attention_rows(q, k, v, rel_h, rel_w, k_size: tuple[int, int]) -> jax.Array:

@@ -105,15 +105,16 @@ class Sam(nnx.Module):
         return outputs
 
 
-def with_numerics(model: Sam, *, dtype=None, precision: str | None = None) -> Sam:
+def with_numerics(model: Sam, *, dtype=None, precision: str | None = None, attention: str | None = None) -> Sam:
     """A view of `model` computing with other `Numerics` (arguments left None keep the model's):
     a new Sam holding the same parameter arrays, not copies.
 
     dtype: "float32" or "bfloat16", the compute dtype of every matmul and convolution (their
     inputs are cast; parameters stay float32, so gradients and optimizer state do too). Layer
     norms, attention logits and softmax, the residual streams and the outputs stay float32.
-    precision: "exact" or "fast" (see `sam_jax.numerics`)."""
-    changes = {k: v for k, v in dict(dtype=dtype, precision=precision).items() if v is not None}
+    precision: "exact" or "fast"; attention: "auto", "xla", "pallas" or "interpret" (see
+    `sam_jax.numerics.Numerics`)."""
+    changes = {k: v for k, v in dict(dtype=dtype, precision=precision, attention=attention).items() if v is not None}
     numerics = model.numerics._replace(**changes).check()
     graphdef, state = nnx.split(model)
     new = nnx.merge(graphdef, state)
