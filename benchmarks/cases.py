@@ -84,9 +84,20 @@ def make_confident(sam, mask_scale: float = 500.0, iou_bias: float = 1.0):
     return sam
 
 
+TINY = "tiny"  # the official structure at image size 1024 with a 2-block, 64-dim encoder: smoke runs
+
+
+def official_model(model_type: str):
+    """An official SAM with random weights: a registry model type, or TINY."""
+    from segment_anything import sam_model_registry
+    from segment_anything.build_sam import _build_sam
+
+    return _build_sam(64, 2, 2, [1]) if model_type == TINY else sam_model_registry[model_type]()
+
+
 class Setup:
     """The official model and ours with the same weights: official random init -> torch.save ->
-    our converter -> sam_jax.load. Built once per model type.
+    our converter -> sam_jax.load. Built once per model type (a registry name or TINY).
 
     only="ours" / "official" (the memory subprocesses): reuse the parent's files in setup_dir and
     build the other implementation as a small stand-in (a tiny encoder), so that neither its
@@ -95,7 +106,6 @@ class Setup:
     def __init__(self, model_type: str, image_path: Path, only: str | None = None, setup_dir: Path | None = None):
         import torch
         from PIL import Image
-        from segment_anything import sam_model_registry
         from segment_anything.build_sam import _build_sam
 
         import sam_jax
@@ -109,13 +119,13 @@ class Setup:
         if only == "ours":
             self.official = _build_sam(64, 2, 2, [1]).eval().to(device)
         else:
-            self.official = make_confident(sam_model_registry[model_type]().eval()).to(device)
+            self.official = make_confident(official_model(model_type).eval()).to(device)
         if only == "official":
             self.official.load_state_dict(torch.load(self.pth, map_location=device, mmap=True))
         elif not only:
             torch.save(self.official.state_dict(), self.pth)
             t0 = time.perf_counter()
-            convert_checkpoint(self.pth, self.tmp / "converted", model_type=model_type)
+            convert_checkpoint(self.pth, self.tmp / "converted", model_type=None if model_type == TINY else model_type)
             self.convert_seconds = time.perf_counter() - t0
         self.ours = sam_jax.build_sam_from_config("test_tiny") if only == "official" else sam_jax.load(self.tmp / "converted")
         self.image = np.asarray(Image.open(image_path).convert("RGB"))
