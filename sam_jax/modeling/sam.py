@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ..config import SamConfig
-from ..numerics import Numerics, traced_with_numerics
+from ..numerics import Numerics
 from ..utils.devices import as_sharding
 from .common import interpolate_bilinear
 from .image_encoder import ImageEncoderViT
@@ -25,6 +25,7 @@ class Sam(nnx.Module):
     def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
         c = config
         self.config = c
+        # How the model computes; its submodules hold the same settings (see `with_numerics`).
         self.numerics = Numerics()
         self.image_encoder = ImageEncoderViT(
             img_size=c.image_size,
@@ -87,7 +88,6 @@ class Sam(nnx.Module):
         super().train(**attributes) if mode else super().eval(**attributes)
         return self
 
-    @traced_with_numerics
     def __call__(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, jax.Array]]:
         """The official end-to-end forward over a list of images with prompts (eager, for parity and
         convenience; the predictor's jitted functions are the fast path). Each dict holds `image`
