@@ -1,8 +1,8 @@
 """How a model computes: its compute dtype, and the matmul precision, one setting for every backend.
 
 dtype "bfloat16" runs every matmul and convolution of the model (encoder, prompt encoder,
-decoder) on bfloat16 inputs with float32 accumulation, while the parameters, layer norms,
-attention logits and softmax, the residual streams and every output stay float32.
+decoder) in bfloat16 (bfloat16 inputs and results; the attention logits are taken in float32),
+while the parameters, layer norms, softmax, the residual streams and every output stay float32.
 
 JAX runs a float32 matmul or convolution at the backend's default precision unless told
 otherwise: one bfloat16 pass on TPU, TF32 on recent NVIDIA GPUs. Either is enough to break

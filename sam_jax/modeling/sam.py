@@ -110,8 +110,8 @@ def with_numerics(model: Sam, *, dtype=None, precision: str | None = None, atten
     a new Sam holding the same parameter arrays, not copies.
 
     dtype: "float32" or "bfloat16", the compute dtype of every matmul and convolution (their
-    inputs are cast; parameters stay float32, so gradients and optimizer state do too). Layer
-    norms, attention logits and softmax, the residual streams and the outputs stay float32.
+    inputs are cast per use; parameters stay float32, so gradients and optimizer state do too).
+    Layer norms, attention logits and softmax, the residual streams and the outputs stay float32.
     precision: "exact" or "fast"; attention: "auto", "xla", "pallas" or "interpret" (see
     `sam_jax.numerics.Numerics`)."""
     changes = {k: v for k, v in dict(dtype=dtype, precision=precision, attention=attention).items() if v is not None}
