@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .precision import rel_err
+
 ROOT = Path(__file__).resolve().parents[1]
 # (model, heads, head dim, grid name, grid, groups per head at batch 1): vit_l shares vit_b's head
 # dim with more heads; an image has 25 14x14 windows and one 64x64 global grid.
@@ -73,11 +75,6 @@ def _timed(fn, repeats: int) -> tuple[float, float]:
         fn()
         times.append(time.perf_counter() - t0)
     return first, statistics.median(times)
-
-
-def _rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 def folded_attention(q, k, v, rel_h, rel_w, k_size, implementation="cudnn"):
@@ -133,7 +130,7 @@ def kernel_rows(rows: Rows, smoke: bool, repeats: int):
                     with jax.default_matmul_precision("highest"):
                         f = jax.jit(fn)
                         first, t = _timed(lambda: f(*args).block_until_ready(), repeats)
-                        row.update(compile_s=first, ms=1e3 * t, rel_err=_rel_err(f(*args), ref))
+                        row.update(compile_s=first, ms=1e3 * t, rel_err=rel_err(f(*args), ref))
                     row["exact"] = row["rel_err"] <= (1e-5 if dtype == "float32" else 2e-2)
                 except Exception as e:  # a failing variant is a result, not the end of the run
                     row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
@@ -207,7 +204,7 @@ def _write_timed(rows: Rows, row: dict, run, output, reference, batch: int, repe
     writes it; an exception (out of memory, a kernel that does not compile) is the row's error."""
     try:
         first, t = _timed(run, repeats)
-        row.update(compile_s=first, ms=1e3 * t, images_per_s=batch / t, rel_err=_rel_err(output(), reference))
+        row.update(compile_s=first, ms=1e3 * t, images_per_s=batch / t, rel_err=rel_err(output(), reference))
     except Exception as e:
         row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
     rows.write(row)
