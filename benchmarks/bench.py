@@ -7,8 +7,11 @@ and the same (converted) weights, runs alternating between the two.
     python -m benchmarks.bench --image truck.jpg --models vit_b,vit_h # larger encoders (minutes each on a CPU)
 
 Per case: median and spread (min-max) of --repeats runs after one warm-up of each, the ratio
-ours/official, our first-call time (compilation) separately, the case's FLOPs as XLA counts them,
-and the achieved FLOP/s as a fraction of this machine's measured matmul rate. With --memory each
+ours/official, our first-call time (compilation) separately, the case's matmul and convolution
+FLOPs (torch's FlopCounterMode convention, loop bodies once per iteration: `sam_jax.utils.jaxpr`),
+and the achieved FLOP/s as a fraction of this machine's measured matmul rate, per second of wall
+time and per second of our process's CPU time (which other processes on the cores do not
+dilute). With --memory each
 (implementation, case) also runs alone in a subprocess to report its peak resident memory.
 """
 

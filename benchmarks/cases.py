@@ -2,70 +2,17 @@
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .machine import _flops, _log, _time, environment, matmul_rate  # noqa: F401  (re-exported)
 from .resized import official_at_size
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def environment() -> dict:
-    import jax
-    import torch
-
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {
-        "date": datetime.date.today().isoformat(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(mem, 1),
-        "jax_device": str(jax.devices()[0].device_kind),
-        "jax": jax.__version__,
-        "torch": torch.__version__,
-        "torch_device": "cuda" if torch.cuda.is_available() else "cpu",
-        "matmul_gflops_jax": round(matmul_rate() / 1e9, 1),
-    }
-
-
-def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a float32 n x n matmul in JAX on the default device: the practical peak."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = min(_time(lambda: f(a).block_until_ready()) for _ in range(repeats))
-    return 2 * n**3 / best
-
-
-def _time(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _flops(jitted, *args) -> float:
-    cost = jitted.lower(*args).compile().cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
 def make_confident(sam, mask_scale: float = 500.0, iou_bias: float = 1.0):
@@ -84,9 +31,20 @@ def make_confident(sam, mask_scale: float = 500.0, iou_bias: float = 1.0):
     return sam
 
 
+TINY = "tiny"  # the official structure at image size 1024 with a 2-block, 64-dim encoder: smoke runs
+
+
+def official_model(model_type: str):
+    """An official SAM with random weights: a registry model type, or TINY."""
+    from segment_anything import sam_model_registry
+    from segment_anything.build_sam import _build_sam
+
+    return _build_sam(64, 2, 2, [1]) if model_type == TINY else sam_model_registry[model_type]()
+
+
 class Setup:
     """The official model and ours with the same weights: official random init -> torch.save ->
-    our converter -> sam_jax.load. Built once per model type.
+    our converter -> sam_jax.load. Built once per model type (a registry name or TINY).
 
     only="ours" / "official" (the memory subprocesses): reuse the parent's files in setup_dir and
     build the other implementation as a small stand-in (a tiny encoder), so that neither its
@@ -95,7 +53,6 @@ class Setup:
     def __init__(self, model_type: str, image_path: Path, only: str | None = None, setup_dir: Path | None = None):
         import torch
         from PIL import Image
-        from segment_anything import sam_model_registry
         from segment_anything.build_sam import _build_sam
 
         import sam_jax
@@ -109,13 +66,13 @@ class Setup:
         if only == "ours":
             self.official = _build_sam(64, 2, 2, [1]).eval().to(device)
         else:
-            self.official = make_confident(sam_model_registry[model_type]().eval()).to(device)
+            self.official = make_confident(official_model(model_type).eval()).to(device)
         if only == "official":
             self.official.load_state_dict(torch.load(self.pth, map_location=device, mmap=True))
         elif not only:
             torch.save(self.official.state_dict(), self.pth)
             t0 = time.perf_counter()
-            convert_checkpoint(self.pth, self.tmp / "converted", model_type=model_type)
+            convert_checkpoint(self.pth, self.tmp / "converted", model_type=None if model_type == TINY else model_type)
             self.convert_seconds = time.perf_counter() - t0
         self.ours = sam_jax.build_sam_from_config("test_tiny") if only == "official" else sam_jax.load(self.tmp / "converted")
         self.image = np.asarray(Image.open(image_path).convert("RGB"))
@@ -136,8 +93,11 @@ def case_embed(s: Setup, dtype: str = "float32"):
         ours.features.block_until_ready()
 
     def flops():
+        from sam_jax.functional import embed_images
+
         S = model.config.image_size
-        return _flops(_jit_embed(), ours.graphdef, ours.params, np.zeros((1, S, S, 3), np.uint8), np.array([[S, S]], np.int32))
+        return _flops(embed_images, ours.graphdef, ours.params, np.zeros((1, S, S, 3), np.uint8),
+                      np.array([[S, S]], np.int32), static_argnums=(0,))
 
     extra = {}
     if dtype != "float32":
@@ -155,6 +115,7 @@ def case_embed_at(s: Setup, image_size: int):
     from segment_anything import SamPredictor as Official
 
     import sam_jax
+    from sam_jax.functional import embed_images
 
     off = Official(official_at_size(s.official, image_size))
     ours = sam_jax.SamPredictor(sam_jax.load(s.tmp / "converted", image_size=image_size))
@@ -164,22 +125,14 @@ def case_embed_at(s: Setup, image_size: int):
         ours.features.block_until_ready()
 
     def flops():
-        return _flops(_jit_embed(), ours.graphdef, ours.params, np.zeros((1, image_size, image_size, 3), np.uint8),
-                      np.array([[image_size, image_size]], np.int32))
+        return _flops(embed_images, ours.graphdef, ours.params, np.zeros((1, image_size, image_size, 3), np.uint8),
+                      np.array([[image_size, image_size]], np.int32), static_argnums=(0,))
 
     run_ours()
     off.set_image(s.image)
     a, b = np.asarray(ours.features, np.float64), off.features.cpu().numpy().astype(np.float64)
     extra = {"rel_err_vs_official": float(np.abs(a - b).max() / np.abs(b).max())}
     return (lambda: off.set_image(s.image)), run_ours, flops, extra
-
-
-def _jit_embed():
-    import jax
-
-    from sam_jax.functional import embed_images
-
-    return jax.jit(embed_images, static_argnums=0)
 
 
 def _predictors(s: Setup):
@@ -218,13 +171,11 @@ def case_boxes(s: Setup, n: int = 64):
 
 
 def _decode_flops(ours, B, N, M):
-    import jax
-
-    from sam_jax.functional import Prompts, bucket, decode_prompts_jit
+    from sam_jax.functional import Prompts, bucket, decode_prompts
 
     Bp, Np = bucket(B), bucket(N)
     prompts = Prompts(np.zeros((Bp, Np, 2), np.float32), np.ones((Bp, Np), np.int32), np.zeros((Bp, 4), np.float32), np.zeros(Bp, bool))
-    return _flops(decode_prompts_jit, ours.graphdef, ours.params, ours.features, prompts, M > 1)
+    return _flops(decode_prompts, ours.graphdef, ours.params, ours.features, prompts, M > 1, static_argnums=(0, 4))
 
 
 def case_amg(s: Setup, **kwargs):
@@ -261,7 +212,7 @@ def case_amg(s: Setup, **kwargs):
         args = (gen.predictor.graphdef, gen.predictor.params, emb.features, np.zeros((nb, P, 2), np.float32),
                 np.ones((nb, P), bool), *gen._resamplers((hi, wi), (h, w)), np.array([h, w], np.int32),
                 np.array([0, 0, w, h], np.float32), np.array([0, 0, w, h], np.float32), gen._settings())
-        return total + _flops(amg_pipeline.process_crop_jit, *args)
+        return total + _flops(amg_pipeline.process_crop, *args, static_argnums=(0,))
 
     return run_off, run_ours, flops, extra
 
@@ -326,12 +277,15 @@ def measure(s: Setup, case: str, repeats: int) -> dict:
     _log(f"{case}: ours first call {first:.2f}s")
     if case not in SLOW_CASES:  # torch compiles nothing: one warm-up is enough where a run takes minutes
         _log(f"{case}: official warm-up {_time(run_off):.2f}s")
-    t_off, t_ours = [], []
+    t_off, t_ours, cpu_ours = [], [], []
     for _ in range(repeats):  # alternate, so drift affects both alike
         t_off.append(_time(run_off))
+        cpu0 = time.process_time()
         t_ours.append(_time(run_ours))
-        _log(f"{case}: official {t_off[-1]:.2f}s, ours {t_ours[-1]:.2f}s")
-    row = {"case": case, "model": s.model_type, "official": t_off, "ours": t_ours, "first_call": first, **extra}
+        cpu_ours.append(time.process_time() - cpu0)
+        _log(f"{case}: official {t_off[-1]:.2f}s, ours {t_ours[-1]:.2f}s ({cpu_ours[-1]:.2f} CPU s)")
+    row = {"case": case, "model": s.model_type, "official": t_off, "ours": t_ours, "ours_cpu": cpu_ours,
+           "first_call": first, **extra}
     try:
         row["flops"] = flops()
     except Exception as e:  # a counting failure must not lose the timings
@@ -379,15 +333,16 @@ def format_row(r: dict) -> str:
 
 
 def table(rows: list[dict], env: dict) -> str:
-    rate = env["matmul_gflops_jax"] * 1e9
+    rate, cpu_rate = env["matmul_gflops_jax"] * 1e9, env.get("matmul_gflops_jax_cpu_time", float("nan")) * 1e9
     lines = [
-        "| model | case | official s (min-max) | ours s (min-max) | ours/official | ours first call s | GFLOP | ours % of matmul rate | notes |",
+        "| model | case | official s (min-max) | ours s (min-max) | ours/official | ours first call s | GFLOP | ours % of matmul rate (wall; CPU time) | notes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mo, mu = statistics.median(r["official"]), statistics.median(r["ours"])
         gf = r["flops"] / 1e9
-        frac = f"{100 * r['flops'] / mu / rate:.0f}%" if np.isfinite(r["flops"]) else "n/a"
+        frac = (f"{100 * r['flops'] / mu / rate:.0f}%; {100 * r['flops'] / statistics.median(r['ours_cpu']) / cpu_rate:.0f}%"
+                if np.isfinite(r["flops"]) else "n/a")
         notes = []
         if "masks_ours" in r:
             notes.append(f"masks: ours {r['masks_ours']}, official {r['masks_official']}, lowest IoU of paired masks "
@@ -414,6 +369,7 @@ def table(rows: list[dict], env: dict) -> str:
 def write_results(path: Path, table_md: str, env: dict) -> None:
     header = (f"\n## {env['date']}: {env['cpu']}, {env['cores']} cores, {env['memory_gib']} GiB "
               f"(jax {env['jax']} on {env['jax_device']}, torch {env['torch']} on {env['torch_device']}; "
-              f"measured float32 matmul rate {env['matmul_gflops_jax']} GFLOP/s)\n\n")
+              f"measured float32 matmul rate {env['matmul_gflops_jax']} GFLOP/s, "
+              f"{env['matmul_gflops_jax_cpu_time']} GFLOP per CPU second)\n\n")
     text = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by `python -m benchmarks.bench`.\n"
     path.write_text(text + header + table_md + "\n")

@@ -28,6 +28,8 @@ from .convert.keys import official_key, official_shape
 from .modeling import Sam
 from .utils.download import exclusive
 from .utils.io import check_output, file_digest
+from .modeling.sam import with_numerics
+from .numerics import Numerics
 from .utils.memory import release_host_memory
 from .utils.progress import say
 from .utils.resample import resize_bicubic, resize_linear
@@ -136,7 +138,14 @@ def with_image_size(config: SamConfig, params: dict[tuple, np.ndarray], image_si
     return new, params
 
 
-def load(path_or_name: str | os.PathLike, *, model_type: str | None = None, image_size: int | None = None) -> Sam:
+def load(
+    path_or_name: str | os.PathLike,
+    *,
+    model_type: str | None = None,
+    image_size: int | None = None,
+    dtype: str = "float32",
+    precision: str = "exact",
+) -> Sam:
     """The model stored at `path_or_name` (see `read_params` for what it may be), or the official
     weights of a model name ("vit_b", "sam_vit_b_01ec64.pth", "facebook/sam-vit-base", ...; see
     `weights`), downloaded and converted on first use. An existing path wins over a name.
@@ -144,7 +153,11 @@ def load(path_or_name: str | os.PathLike, *, model_type: str | None = None, imag
     model_type: "vit_b", "vit_l" or "vit_h" to check the checkpoint against (default: the
     configuration is read from the checkpoint, or inferred from its tensor shapes).
     image_size: the model's input side when it should differ from the checkpoint's (a multiple
-    of 16; see `with_image_size`): prompts, masks and embeddings (S/16 square) all follow it."""
+    of 16; see `with_image_size`): prompts, masks and embeddings (S/16 square) all follow it.
+    dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32; see `with_numerics`).
+    precision: "exact" (float32-equivalent matmuls on every backend) or "fast" (the backend's
+    default; see `sam_jax.numerics`)."""
+    numerics = Numerics(dtype, precision).check()  # before the (slow) read
     path = Path(path_or_name)
     if not path.exists():
         path = fetch(str(path_or_name))  # a model name, else FileNotFoundError listing the names
@@ -153,7 +166,7 @@ def load(path_or_name: str | os.PathLike, *, model_type: str | None = None, imag
         config, params = with_image_size(config, params, image_size)
     model = model_from_params(config, params)
     release_host_memory()  # the reader's staging buffers
-    return model
+    return model if numerics == model.numerics else with_numerics(model, **numerics._asdict())
 
 
 def fetch(name: str, *, quiet: bool = False) -> Path:

@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from . import validate
 from .functional import Prompts, bind_model, decode_prompts, embed_images, pad_prompts, upscale_masks_jit
-from .modeling import Sam
+from .modeling import Sam, with_numerics
 from .parallel import batch_sharding, data_parallel_mesh, pad_batch, replicated
 from .utils.transforms import ResizeLongestSide
 
@@ -39,11 +39,15 @@ class ImageEmbeddings:
 
 
 class SamPredictor:
-    def __init__(self, sam_model: Sam, mesh: Mesh | None | str = "auto") -> None:
+    def __init__(self, sam_model: Sam, mesh: Mesh | None | str = "auto", *, dtype=None, precision: str | None = None) -> None:
         """mesh: where batches of several images or prompts are split (data parallel, the model
         replicated): "auto" for all local devices of the model's platform when it has more than
         one, None for the model's device alone, or a `Mesh`. A single image or prompt always
-        runs on the model's device."""
+        runs on the model's device. dtype ("float32", "bfloat16") and precision ("exact",
+        "fast"): how to compute; None keeps the model's own setting (`sam_model.numerics`, from
+        `sam_jax.load`)."""
+        if dtype is not None or precision is not None:
+            sam_model = with_numerics(sam_model, dtype=dtype, precision=precision)
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.config.image_size)
         # The split model that the compiled functions take (see functional.py).

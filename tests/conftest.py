@@ -7,12 +7,16 @@ import os
 # Several simulated CPU devices for sharding tests; must be set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from helpers import ParityCase, make_case  # noqa: E402
 
 torch.set_grad_enabled(False)
+# The tests' own jnp references (softmax(q @ k.T) @ v, ...) in float32 on any backend, as the
+# model's "exact" default is; a test of the precision setting overrides it in the model.
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 @pytest.fixture(scope="session")

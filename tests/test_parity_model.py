@@ -152,7 +152,7 @@ def test_blocked_attention_equals_batched(hw):
     product) both equal the official materialised formula."""
     from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
 
-    from sam_jax.modeling.image_encoder import attention, decomposed_rel_pos
+    from sam_jax.modeling.image_encoder import attention, batched_attention, blocked_attention, decomposed_rel_pos
 
     r = _rng(7)
     G, N, C = 3, hw[0] * hw[1], 8
@@ -164,6 +164,6 @@ def test_blocked_attention_equals_batched(hw):
     q, k, v = map(jnp.asarray, (q, k, v))
     tables = [jnp.asarray(x) for x in tables]
     rel_h, rel_w = decomposed_rel_pos(q, *tables, hw, hw)
-    for blocked in (True, False):
-        assert_close(attention(q * 0.3, k, v, rel_h, rel_w, hw, blocked=blocked), ref, tol=1e-5, what=f"blocked={blocked}")
-    assert_close(attention(q, k, v, None, None, hw, blocked=True), jax.nn.softmax(q @ jnp.swapaxes(k, 1, 2), -1) @ v, tol=1e-5)
+    for fn in (blocked_attention, batched_attention, attention):
+        assert_close(fn(q * 0.3, k, v, rel_h, rel_w, hw), ref, tol=1e-5, what=fn.__name__)
+    assert_close(blocked_attention(q, k, v, None, None, hw), jax.nn.softmax(q @ jnp.swapaxes(k, 1, 2), -1) @ v, tol=1e-5)

@@ -72,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_overwrite_argument(p, "sam-jax's own outputs: recompute them, those made with other settings included")
     common.add_runtime_arguments(p)
     common.add_quiet_argument(p)
+    common.add_numerics_arguments(p)
     tuning = p.add_argument_group("mask generation (the official SamAutomaticMaskGenerator arguments)")
     for flag, help in AMG_FLAGS.items():
         default = GENERATOR_DEFAULTS[_argument(flag)]

@@ -11,6 +11,7 @@ import jax
 from ..build_sam import fetch, load, read_params
 from ..checkpoint import content_digest, is_checkpoint, stored_digest
 from ..config import MODEL_TYPES
+from ..numerics import DTYPES, PRECISIONS
 from ..utils.devices import as_device
 from ..utils.progress import status
 from ..weights import cache_dir
@@ -60,6 +61,15 @@ def add_quiet_argument(p: argparse.ArgumentParser) -> None:
                    help="no progress or status lines (errors and skipped inputs are still reported)")
 
 
+def add_numerics_arguments(p: argparse.ArgumentParser) -> None:
+    """--dtype and --matmul-precision: how the loaded model computes (see `sam_jax.numerics`)."""
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="compute dtype of matmuls and convolutions (bfloat16: norms, softmax and outputs stay float32)")
+    p.add_argument("--matmul-precision", choices=tuple(PRECISIONS), default="exact",
+                   help="exact: float32-equivalent matmuls on every backend (default); fast: the backend's default "
+                        "(bfloat16 passes on TPU, TF32 on GPU; the same as exact on CPU)")
+
+
 def add_overwrite_argument(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=f"replace {what}")
 
@@ -94,10 +104,12 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
 
 
 def load_model(args: argparse.Namespace):
-    """The model named by --checkpoint/--model-type/--image-size, on --device when given."""
+    """The model named by --checkpoint/--model-type/--image-size, computing as --dtype and
+    --matmul-precision say, on --device when given."""
     path = checkpoint_path(args)
     with status(f"loading {args.checkpoint or args.model_type}", args.quiet):
-        model = load(path, model_type=args.model_type, image_size=getattr(args, "image_size", None))
+        model = load(path, model_type=args.model_type, image_size=getattr(args, "image_size", None),
+                     dtype=getattr(args, "dtype", "float32"), precision=getattr(args, "matmul_precision", "exact"))
     if getattr(args, "device", None):
         model.to(select_device(args.device))
     return model

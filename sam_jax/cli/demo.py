@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     common.add_runtime_arguments(p)
     common.add_quiet_argument(p)
+    common.add_numerics_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_overwrite_argument(p, "an existing embedding .npy")
     common.add_runtime_arguments(p)
     common.add_quiet_argument(p)
+    common.add_numerics_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ..kernels.attention import fused_attention
+from ..numerics import Numerics, traced_with_numerics
 from .common import LayerNorm2d, MLPBlock, Sequential, interpolate_linear, layer_norm
 
 
@@ -30,6 +33,7 @@ class ImageEncoderViT(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.img_size = img_size
+        self.numerics = Numerics()
         grid = img_size // patch_size
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, rngs=rngs)
         self.pos_embed = nnx.Param(jnp.zeros((1, grid, grid, embed_dim))) if use_abs_pos else None
@@ -57,6 +61,7 @@ class ImageEncoderViT(nnx.Module):
             ]
         )
 
+    @traced_with_numerics
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, 3, S, S) normalised, padded images -> (B, out_chans, S/16, S/16) image embeddings."""
         x = self.patch_embed(jnp.transpose(x, (0, 2, 3, 1)))
@@ -116,6 +121,7 @@ class Attention(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.num_heads = num_heads
+        self.numerics = Numerics()  # its `attention` field picks the implementation
         head_dim = dim // num_heads
         self.scale = head_dim**-0.5
         self.qkv = nnx.Linear(dim, dim * 3, use_bias=qkv_bias, rngs=rngs)
@@ -136,39 +142,89 @@ class Attention(nnx.Module):
         rel_h = rel_w = None
         if self.use_rel_pos:
             rel_h, rel_w = decomposed_rel_pos(q.astype(jnp.float32), self.rel_pos_h[...], self.rel_pos_w[...], (H, W), (H, W))
-        x = attention(q * self.scale, k, v, rel_h, rel_w, (H, W))
+        x = attention(q * self.scale, k, v, rel_h, rel_w, (H, W), self.numerics.attention)
         x = x.reshape(B, self.num_heads, H, W, -1).transpose(0, 2, 3, 1, 4).reshape(B, H, W, -1)
         return self.proj(x.astype(q.dtype))
 
 
-def attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int], blocked: bool | None = None) -> jax.Array:
+# Platform -> Pallas backend of the fused kernel (`sam_jax.kernels.attention`).
+KERNEL_BACKENDS = {"cuda": "triton", "tpu": "mosaic"}
+# Where attention="auto" takes the fused kernel: only platforms on which it has run and equalled
+# the exact path (benchmarks/accelerator.py). None yet: it has been lowered for GPU and TPU and
+# tested in interpret mode, not run on either.
+AUTO_KERNEL_PLATFORMS: tuple[str, ...] = ()
+
+
+def attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int], kernel: str = "auto") -> jax.Array:
     """softmax(q @ k^T + bias) @ v per group, for q, k, v (G, N, C) (G = batch * heads); the
     decomposed bias is rel_h (G, N, k_h) + rel_w (G, N, k_w), broadcast over the key grid.
+    Returns (G, N, C) float32.
 
-    On CPU the groups, and long query ranges in blocks of rows, run one at a time so the
-    (rows, N) logits stay in cache; accelerators take all groups in one batched product. Either
-    way each row's softmax is the full, exact one: blocking changes memory traffic, not maths."""
-    G, N, _ = q.shape
+    The implementation is chosen per platform when the computation is lowered (so an exported
+    or AOT-compiled function picks the right one for where it runs, not where it was traced):
+    on CPU the cache-blocked loop; on GPU and TPU one batched product, or the fused Pallas kernel
+    where `kernel` asks for it: "auto" (on AUTO_KERNEL_PLATFORMS), "pallas" (on every platform of
+    KERNEL_BACKENDS), "xla" (never), "interpret" (the kernel in Pallas interpret mode, on any
+    platform: for tests). All are exact at float32 precision."""
+    if kernel == "interpret":
+        return _fused(q, k, v, rel_h, rel_w, k_size, "triton", True)
+    platforms = {"auto": AUTO_KERNEL_PLATFORMS, "pallas": tuple(KERNEL_BACKENDS), "xla": ()}[kernel]
+    kernels = {p: functools.partial(_fused, k_size=k_size, backend=KERNEL_BACKENDS[p], interpret=False) for p in platforms}
+    return jax.lax.platform_dependent(
+        q, k, v, rel_h, rel_w,
+        cpu=functools.partial(blocked_attention, k_size=k_size),
+        default=functools.partial(batched_attention, k_size=k_size),
+        **kernels,
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _fused(q, k, v, rel_h, rel_w, k_size, backend, interpret):
+    return fused_attention(q, k, v, rel_h, rel_w, k_size, backend=backend, interpret=interpret)
+
+
+def _fused_fwd(q, k, v, rel_h, rel_w, k_size, backend, interpret):
+    return _fused(q, k, v, rel_h, rel_w, k_size, backend, interpret), (q, k, v, rel_h, rel_w)
+
+
+def _fused_bwd(k_size, backend, interpret, residuals, cotangent):
+    # The kernel has no backward pass of its own: gradients come from the exact batched formula
+    # (which materialises the logits), so training through the kernel is correct, not fused.
+    return jax.vjp(functools.partial(batched_attention, k_size=k_size), *residuals)[1](cotangent)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _attention_rows(q, k, v, rel_h, rel_w, k_size: tuple[int, int]) -> jax.Array:
+    """The reference formula on (..., rows, C) queries against all (..., N, C) keys: logits and
+    softmax in float32 even when q, k, v are bfloat16."""
     k_h, k_w = k_size
+    a = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32)
+    if rel_h is not None:
+        a = (a.reshape(a.shape[:-1] + (k_h, k_w)) + rel_h[..., :, None] + rel_w[..., None, :]).reshape(a.shape)
+    p = jax.nn.softmax(a, axis=-1).astype(v.dtype)
+    return jnp.matmul(p, v, preferred_element_type=jnp.float32)
 
-    def rows(qc, kg, vg, rh, rw):
-        # Logits and softmax in float32 even when q, k, v are bfloat16.
-        a = jnp.matmul(qc, jnp.swapaxes(kg, -1, -2), preferred_element_type=jnp.float32)
-        if rh is not None:
-            a = (a.reshape(a.shape[:-1] + (k_h, k_w)) + rh[..., :, None] + rw[..., None, :]).reshape(a.shape)
-        p = jax.nn.softmax(a, axis=-1).astype(vg.dtype)
-        return jnp.matmul(p, vg, preferred_element_type=jnp.float32)
 
-    if not (jax.default_backend() == "cpu" if blocked is None else blocked):
-        return rows(q, k, v, rel_h, rel_w)
+def batched_attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int]) -> jax.Array:
+    """`attention` as one batched product over all groups: materialises the (G, N, N) logits."""
+    return _attention_rows(q, k, v, rel_h, rel_w, k_size)
+
+
+def blocked_attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int]) -> jax.Array:
+    """`attention` one group at a time, and long query ranges in blocks of rows, so that the
+    (rows, N) logits stay in a CPU's cache. Each row's softmax is still the full, exact one:
+    blocking changes memory traffic, not maths."""
+    G, N, _ = q.shape
     block = _row_block(N, k.shape[1])
 
     def group(args):
         qg, kg, vg, rh, rw = args
         if block == N:
-            return rows(qg, kg, vg, rh, rw)
+            return _attention_rows(qg, kg, vg, rh, rw, k_size)
         split = lambda t: None if t is None else t.reshape(N // block, block, t.shape[-1])
-        out = jax.lax.map(lambda b: rows(b[0], kg, vg, b[1], b[2]), (split(qg), split(rh), split(rw)))
+        out = jax.lax.map(lambda b: _attention_rows(b[0], kg, vg, b[1], b[2], k_size), (split(qg), split(rh), split(rw)))
         return out.reshape(N, -1)
 
     return jax.lax.map(group, (q, k, v, rel_h, rel_w))

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ..numerics import Numerics, traced_with_numerics
 from .common import GELU, LayerNorm2d, Sequential
 from .transformer import TwoWayTransformer
 
@@ -22,6 +23,7 @@ class MaskDecoder(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.transformer_dim = transformer_dim
+        self.numerics = Numerics()
         self.transformer = transformer
         self.num_multimask_outputs = num_multimask_outputs
         self.iou_token = nnx.Embed(1, transformer_dim, rngs=rngs)
@@ -41,6 +43,7 @@ class MaskDecoder(nnx.Module):
         )
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth, rngs=rngs)
 
+    @traced_with_numerics
     def __call__(
         self,
         image_embeddings: jax.Array,
@@ -62,6 +65,7 @@ class MaskDecoder(nnx.Module):
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, sl], iou_pred[:, sl]
 
+    @traced_with_numerics
     def predict_masks(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, token_mask=None):
         B = sparse_prompt_embeddings.shape[0]
         output_tokens = jnp.concatenate([self.iou_token.embedding[...], self.mask_tokens.embedding[...]], axis=0)
@@ -80,9 +84,9 @@ class MaskDecoder(nnx.Module):
         hyper_in = jnp.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], axis=1)
         # Pixel (4y + 2a + c, 4x + 2b + d) of the upscaled map is upscaled[:, y, x, a, b, c, d]; the
         # hypernetwork product runs in that layout, and only the (B, M, 4h, 4w) masks are interleaved.
-        masks = jnp.einsum("nmk,nyxabcdk->nmyacxbd", hyper_in, upscaled)
+        masks = jnp.einsum("nmk,nyxabcdk->nmyacxbd", hyper_in, upscaled, preferred_element_type=jnp.float32)
         masks = masks.reshape(masks.shape[0], masks.shape[1], 4 * h, 4 * w)
-        return masks, self.iou_prediction_head(iou_token_out)
+        return masks, self.iou_prediction_head(iou_token_out).astype(jnp.float32)
 
     def upscale_blocks(self, x: jax.Array) -> jax.Array:
         """output_upscaling on (B, h, w, C) without interleaving pixels: (B, h, w, 2, 2, 2, 2, C/8).
@@ -101,6 +105,7 @@ class ConvTranspose2x2(nnx.Module):
     reshape: each input pixel writes its own 2x2 output block. kernel: (2, 2, in, out)."""
 
     def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
+        self.dtype = None  # compute dtype, as nnx.Conv's (None: the inputs')
         init = nnx.initializers.lecun_normal()
         self.kernel = nnx.Param(init(rngs.params(), (2, 2, in_features, out_features)))
         self.bias = nnx.Param(jnp.zeros((out_features,)))
@@ -112,7 +117,8 @@ class ConvTranspose2x2(nnx.Module):
 
     def blocks(self, x: jax.Array) -> jax.Array:
         """(..., in) -> (..., 2, 2, out): the 2x2 output block of every input pixel."""
-        return jnp.einsum("...i,abio->...abo", x, self.kernel[...]) + self.bias[...]
+        x, kernel, bias = (a if self.dtype is None else a.astype(self.dtype) for a in (x, self.kernel[...], self.bias[...]))
+        return jnp.einsum("...i,abio->...abo", x, kernel) + bias
 
 
 class MLP(nnx.Module):

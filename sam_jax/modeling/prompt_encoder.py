@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..numerics import Numerics, traced_with_numerics
 from .common import GELU, Buffer, LayerNorm2d, Sequential
 
 IGNORE_LABEL = -2
@@ -33,6 +34,7 @@ class PromptEncoder(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.embed_dim = embed_dim
+        self.numerics = Numerics()
         self.input_image_size = tuple(input_image_size)
         self.image_embedding_size = tuple(image_embedding_size)
         self.pe_layer = PositionEmbeddingRandom(embed_dim // 2, rngs=rngs)
@@ -57,6 +59,7 @@ class PromptEncoder(nnx.Module):
         """(1, embed_dim, h, w) positional encoding of the image-embedding grid."""
         return jnp.transpose(self.pe_layer(self.image_embedding_size), (2, 0, 1))[None]
 
+    @traced_with_numerics
     def embed(
         self,
         point_coords: jax.Array,
@@ -103,6 +106,7 @@ class PromptEncoder(nnx.Module):
         pe = jnp.where((labels < 0)[..., None], 0.0, pe)
         return pe + table[jnp.clip(labels, IGNORE_LABEL, PLAIN_POINT_LABEL) + 2]
 
+    @traced_with_numerics
     def embed_masks(self, masks: jax.Array) -> jax.Array:
         """The official `_embed_masks`: (B, 1, 4h, 4w) mask logits -> (B, C, h, w)."""
         x = self.mask_downscaling(jnp.transpose(masks, (0, 2, 3, 1)))

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ..config import SamConfig
+from ..numerics import Numerics
 from ..utils.devices import as_sharding
 from .common import interpolate_bilinear
 from .image_encoder import ImageEncoderViT
-from .mask_decoder import MaskDecoder
+from .mask_decoder import ConvTranspose2x2, MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .transformer import TwoWayTransformer
 
@@ -24,6 +25,8 @@ class Sam(nnx.Module):
     def __init__(self, config: SamConfig, *, rngs: nnx.Rngs):
         c = config
         self.config = c
+        # How the model computes; its submodules hold the same settings (see `with_numerics`).
+        self.numerics = Numerics()
         self.image_encoder = ImageEncoderViT(
             img_size=c.image_size,
             patch_size=c.patch_size,
@@ -102,18 +105,33 @@ class Sam(nnx.Module):
         return outputs
 
 
-def with_compute_dtype(model: Sam, dtype) -> Sam:
-    """A view of `model` whose image encoder computes in `dtype` (e.g. "bfloat16"): matmuls and
-    convolutions take dtype inputs, while layer norms, attention logits, softmax and the residual
-    stream stay float32. Parameters are shared with `model`, not copied; the output is float32."""
+def with_numerics(model: Sam, *, dtype=None, precision: str | None = None, attention: str | None = None) -> Sam:
+    """A view of `model` computing with other `Numerics` (arguments left None keep the model's):
+    a new Sam holding the same parameter arrays, not copies.
+
+    dtype: "float32" or "bfloat16", the compute dtype of every matmul and convolution (their
+    inputs are cast per use; parameters stay float32, so gradients and optimizer state do too).
+    Layer norms, attention logits and softmax, the residual streams and the outputs stay float32.
+    precision: "exact" or "fast"; attention: "auto", "xla", "pallas" or "interpret" (see
+    `sam_jax.numerics.Numerics`)."""
+    changes = {k: v for k, v in dict(dtype=dtype, precision=precision, attention=attention).items() if v is not None}
+    numerics = model.numerics._replace(**changes).check()
     graphdef, state = nnx.split(model)
     new = nnx.merge(graphdef, state)
-    for _, module in nnx.iter_modules(new.image_encoder):
-        if isinstance(module, (nnx.Linear, nnx.Conv)):
-            module.dtype = jnp.dtype(dtype)
+    for _, module in nnx.iter_modules(new):
+        if hasattr(module, "numerics"):
+            module.numerics = numerics
+        if isinstance(module, (nnx.Linear, nnx.Conv, ConvTranspose2x2)):
+            module.dtype = jnp.dtype(numerics.dtype)
         elif isinstance(module, nnx.LayerNorm):
-            module.dtype = jnp.float32
+            module.dtype = jnp.float32  # statistics and output in float32 whatever its input
     return new
+
+
+def with_compute_dtype(model: Sam, dtype) -> Sam:
+    """`with_numerics(model, dtype=dtype)`: the whole model (encoder and decoder) computing in
+    `dtype` ("bfloat16" or "float32") with float32 parameters, norms, softmax and outputs."""
+    return with_numerics(model, dtype=dtype)
 
 
 def preprocess(config: SamConfig, x: jax.Array) -> jax.Array:

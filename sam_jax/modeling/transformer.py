@@ -128,10 +128,11 @@ class Attention(nnx.Module):
         k = self._separate_heads(self.k_proj(k))
         v = self._separate_heads(self.v_proj(v))
         # (B, heads, N, C) products; a batch of 1 on either side broadcasts (shared image keys).
-        attn = (q @ jnp.swapaxes(k, -1, -2)) / math.sqrt(q.shape[-1])
+        # Logits and softmax in float32 even when the projections compute in bfloat16.
+        attn = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
         if key_mask is not None:
             attn = jnp.where(key_mask[:, None, None, :], attn, -jnp.inf)
-        attn = jax.nn.softmax(attn, axis=-1)
+        attn = jax.nn.softmax(attn, axis=-1).astype(v.dtype)
         out = (attn @ v).transpose(0, 2, 1, 3)
         return self.out_proj(out.reshape(out.shape[0], out.shape[1], -1))
 

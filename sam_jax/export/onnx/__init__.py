@@ -32,7 +32,6 @@ ones too), an embedding `.npy` (float32, shape (1, C, h, w)); never one of its i
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -112,8 +112,7 @@ class GraphBuilder:
     def to_model(self, inputs: Sequence[tuple], outputs: Sequence[tuple], graph_name: str):
         """The onnx.ModelProto of the graph. inputs: (name, dtype, shape) of each graph input;
         outputs: (value, name, dtype, shape), each value given its public name by an Identity."""
-        import onnx  # an optional dependency: only writing the model needs it
-        from onnx import helper, numpy_helper
+        from onnx import helper, numpy_helper  # an optional dependency: only writing the model needs it
 
         to_onnx = lambda v: helper.np_dtype_to_tensor_dtype(v) if isinstance(v, np.dtype) else v
         nodes = [helper.make_node(n.op_type, list(n.inputs), list(n.outputs), **{k: to_onnx(v) for k, v in n.attrs.items()})

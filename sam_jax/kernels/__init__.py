@@ -1,0 +1,1 @@
+"""Pallas kernels (GPU and TPU), each with the exact XLA computation it replaces as its reference."""
