@@ -73,12 +73,18 @@ def content_digest(config: SamConfig, params: dict[tuple, object]) -> str:
     return h.hexdigest()
 
 
+def read_record(directory: str | os.PathLike) -> dict:
+    """The record that `save` wrote in the folder ({} for an older folder or an unreadable one)."""
+    try:
+        record = json.loads((Path(directory) / RECORD_FILE).read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def stored_digest(directory: str | os.PathLike) -> str | None:
     """The content digest that `save` recorded in the folder, or None (an older folder)."""
-    try:
-        digest = json.loads((Path(directory) / RECORD_FILE).read_text()).get("content_sha256")
-    except (OSError, ValueError, AttributeError):
-        return None
+    digest = read_record(directory).get("content_sha256")
     return digest if isinstance(digest, str) else None
 
 

@@ -45,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
             verb, output = "cached", cached
         else:
             cfg, params = with_image_size(*read_params(cached), args.image_size or cfg.image_size)
-            record = {"producer": "sam-jax convert", "source": name, "image_size": args.image_size}
+            # The cached folder's record says where the weights came from; a copy says the same
+            # (so a plain copy is byte-identical to the cache), plus the new input size if any.
+            record = checkpoint.read_record(cached)
+            if args.image_size is not None:
+                record["image_size"] = args.image_size
             checkpoint.save(args.output, cfg, params, overwrite=args.overwrite, record=record)
             verb, output = "wrote", args.output
     print(
