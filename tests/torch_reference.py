@@ -1,0 +1,100 @@
+"""PyTorch transcription of the fine-tuning recipe, written from the formulas (the SAM paper,
+appendix A, and the issue), independently of sam_jax: the reference of the training parity tests
+and of the training benchmark. Shapes as in sam_jax.train."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -2
+
+
+# ------------------------------------------------------------------------------------ loss
+def focal(logits, targets, alpha=0.25, gamma=2.0):
+    """Mean over the last two axes of alpha_t (1 - p_t)^gamma BCE."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss.mean(dim=(-2, -1))
+
+
+def dice(logits, targets):
+    p = torch.sigmoid(logits)
+    num = 2 * (p * targets).sum(dim=(-2, -1)) + 1
+    return 1 - num / (p.sum(dim=(-2, -1)) + targets.sum(dim=(-2, -1)) + 1)
+
+
+def actual_iou(logits, targets):
+    pred, gt = logits > 0, targets > 0.5
+    return (pred & gt).sum(dim=(-2, -1)).float() / (pred | gt).sum(dim=(-2, -1)).float().clamp(min=1.0)
+
+
+def loss_terms(logits, iou_pred, targets, candidates=None, wf=20.0, wd=1.0, l1=False, all_iou=False, alpha=0.25, gamma=2.0):
+    """Per object: focal, dice, iou term and the supervised index (loops over objects, plainly)."""
+    P, M = iou_pred.shape
+    if candidates is None:
+        candidates = torch.ones(P, M, dtype=torch.bool)
+    out = {"focal": [], "dice": [], "iou": [], "best": []}
+    for i in range(P):
+        t = targets[i].expand_as(logits[i])
+        f, d = focal(logits[i], t, alpha, gamma), dice(logits[i], t)
+        a = actual_iou(logits[i], t).detach()
+        e = (iou_pred[i] - a).abs() if l1 else (iou_pred[i] - a) ** 2
+        idx = [m for m in range(M) if candidates[i, m]]
+        combo = [float((wf * f[m] + wd * d[m]).detach()) for m in idx]
+        best = idx[combo.index(min(combo))]  # first on ties
+        out["focal"].append(f[best])
+        out["dice"].append(d[best])
+        out["iou"].append(torch.stack([e[m] for m in idx]).mean() if all_iou else e[best])
+        out["best"].append(best)
+    return {k: (torch.stack(v) if k != "best" else v) for k, v in out.items()}
+
+
+def total_loss(terms, valid, num_objects, wf=20.0, wd=1.0, wi=1.0):
+    n = max(int(num_objects), 1)
+    v = valid.float()
+    return (wf * (terms["focal"] * v).sum() + wd * (terms["dice"] * v).sum() + wi * (terms["iou"] * v).sum()) / n
+
+
+# ------------------------------------------------------------------------ prompt sampling
+def sample_point(gt, pred, noise, inside):
+    """One click per object from the error region: (P, H, W) bool gt, pred, inside; noise (P, H, W)."""
+    P, H, W = gt.shape
+    points, labels = [], []
+    for i in range(P):
+        fn = gt[i] & ~pred[i] & inside[i]
+        fp = ~gt[i] & pred[i] & inside[i]
+        region = fn | fp
+        if not region.any():  # already right: a negative click in the background
+            region = ~gt[i] & inside[i]
+        score = torch.where(region, noise[i], torch.full_like(noise[i], -1.0)).flatten()
+        k = int(torch.argmax(score))  # first maximum, as jnp.argmax
+        y, x = divmod(k, W)
+        points.append([float(x), float(y)])
+        labels.append(int(fn[y, x]))
+    return torch.tensor(points), torch.tensor(labels, dtype=torch.int32)
+
+
+def noisy_box(gt, noise, input_sizes, scale=0.1, bound=20.0, kind="normal"):
+    """Box of each mask with each coordinate moved by its noise (normal: std scale*side clipped to
+    +-bound; uniform: noise in [-1, 1] times min(scale*side, bound)), clamped to the image, sorted."""
+    out = []
+    for i in range(gt.shape[0]):
+        ys, xs = torch.nonzero(gt[i], as_tuple=True)
+        box = torch.tensor([xs.min(), ys.min(), xs.max(), ys.max()], dtype=torch.float32) if len(xs) else torch.zeros(4)
+        side = torch.stack([box[2] - box[0], box[3] - box[1]] * 2)
+        if kind == "normal":
+            d = (noise[i] * scale * side).clamp(-bound, bound)
+        else:
+            d = noise[i] * torch.minimum(scale * side, torch.tensor(bound))
+        box = box + d
+        h, w = float(input_sizes[i][0]), float(input_sizes[i][1])
+        hi = torch.tensor([w - 1, h - 1, w - 1, h - 1])
+        box = torch.minimum(torch.maximum(box, torch.zeros(4)), hi)
+        out.append(torch.stack([torch.minimum(box[0], box[2]), torch.minimum(box[1], box[3]),
+                                torch.maximum(box[0], box[2]), torch.maximum(box[1], box[3])]))
+    return torch.stack(out)
