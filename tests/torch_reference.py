@@ -98,3 +98,50 @@ def noisy_box(gt, noise, input_sizes, scale=0.1, bound=20.0, kind="normal"):
         out.append(torch.stack([torch.minimum(box[0], box[2]), torch.minimum(box[1], box[3]),
                                 torch.maximum(box[0], box[2]), torch.maximum(box[1], box[3])]))
     return torch.stack(out)
+
+
+# ----------------------------------------------------------------- the simulated rollout
+def rollout(official, embeddings, gt, valid, input_sizes, is_box, box_noise, first_noise, mask_only, step_noise,
+            num_objects, box_kind="normal", grad_through_masks=False):
+    """Summed loss of the interactive rounds with the official prompt encoder and mask decoder,
+    one object at a time. embeddings (P, C, h, w) under autograd; gt (P, S, S) bool; mask_only
+    (T - 1, P) bool; step_noise: T - 1 arrays (P, S, S). Returns the loss and each object's clicks."""
+    P, S = gt.shape[0], gt.shape[-1]
+    r = torch.arange(S)
+    inside = (r[None, :, None] < input_sizes[:, 0, None, None]) & (r[None, None, :] < input_sizes[:, 1, None, None])
+    boxes = noisy_box(gt, box_noise, input_sizes, kind=box_kind)
+    pts, labs = sample_point(gt, torch.zeros_like(gt), first_noise, inside)
+    clicks = [[] if is_box[i] else [(pts[i], int(labs[i]))] for i in range(P)]
+    feedback = [None] * P
+    pred = torch.zeros_like(gt)
+    total = 0.0
+    dense_pe = official.prompt_encoder.get_dense_pe()
+    for t in range(len(step_noise) + 1):
+        if t > 0:
+            pts, labs = sample_point(gt, pred, step_noise[t - 1], inside)
+            for i in range(P):
+                if not mask_only[t - 1, i]:
+                    clicks[i].append((pts[i], int(labs[i])))
+        ups, ious, preds = [], [], []
+        for i in range(P):
+            points = None
+            if clicks[i]:
+                points = (torch.stack([c for c, _ in clicks[i]])[None], torch.tensor([[l for _, l in clicks[i]]]))
+            sparse, dense = official.prompt_encoder(points=points, boxes=boxes[i : i + 1] if is_box[i] else None, masks=feedback[i])
+            multi = len(clicks[i]) == 1 and not is_box[i]
+            low, iou = official.mask_decoder(image_embeddings=embeddings[i : i + 1], image_pe=dense_pe, sparse_prompt_embeddings=sparse,
+                                             dense_prompt_embeddings=dense, multimask_output=multi)
+            up = F.interpolate(low, (S, S), mode="bilinear", align_corners=False)
+            sel = int(torch.argmax(iou[0]))
+            feedback[i] = low[:, sel : sel + 1] if grad_through_masks else low[:, sel : sel + 1].detach()
+            preds.append(up[0, sel] > 0)
+            ups.append(up[0])
+            ious.append(iou[0])
+        terms = {"focal": [], "dice": [], "iou": []}
+        for i in range(P):
+            ti = loss_terms(ups[i][None], ious[i][None], gt[i : i + 1].float())
+            for k in terms:
+                terms[k].append(ti[k][0])
+        total = total + total_loss({k: torch.stack(v) for k, v in terms.items()}, valid, num_objects)
+        pred = torch.stack(preds)
+    return total, clicks
