@@ -7,13 +7,14 @@ import argparse
 import sys
 
 from .. import __version__
-from . import amg, convert, demo, embed, export_onnx
+from . import amg, convert, demo, embed, export_onnx, train
 
 COMMANDS = {  # name -> (module with add_arguments and run, help)
     "convert": (convert, "convert an official .pth (or HF .safetensors) checkpoint to a sam-jax checkpoint"),
     "amg": (amg, "automatic mask generation for an image or a folder"),
     "export-onnx": (export_onnx, "export the prompt encoder + mask decoder to ONNX (the official export)"),
     "embed": (embed, "write an image's embedding (.npy) for the ONNX decoder"),
+    "train": (train, "fine-tune a checkpoint on COCO or SA-1B masks (prompt simulation, AdamW)"),
     "demo": (demo, "interactive web demo: embeddings on the server, the ONNX decoder in the browser"),
 }
 

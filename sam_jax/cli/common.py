@@ -38,6 +38,16 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: $SAM_JAX_CACHE_DIR or ~/.cache/sam-jax/xla; '' disables it)")
 
 
+def add_dtype_argument(p: argparse.ArgumentParser, group=None) -> None:
+    """--dtype: the compute dtype (parameters stay float32)."""
+    (group or p).add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                              help="compute dtype (default float32; bfloat16: the image encoder's matmuls)")
+
+
+def add_quiet_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress display (warnings and errors still print)")
+
+
 def add_overwrite_argument(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=f"replace {what}")
 

@@ -6,7 +6,7 @@ back the low-resolution logits of the output with the best predicted IoU; the pe
 summed. Nothing depends on the object count at trace time: objects are (image, slot) pairs with a
 `valid` flag, and the loss divides by the batch's valid count, a global sum under sharding.
 
-    step = train_step_jit(graphdef, state, fixed, batch, settings=settings, optimizer=tx)
+    state, metrics = train_step_jit(graphdef, state, fixed, batch, settings=settings)
 
 Sharding: `batch_sharding` and `state_sharding` (static; None = as placed) constrain the batch and
 the updated state, so a mesh with a `data` (and `fsdp`) axis can be passed in without changes here.
@@ -27,7 +27,7 @@ from ..modeling.common import interpolate_linear, linear_taps
 from ..modeling.prompt_encoder import IGNORE_LABEL
 from .losses import LossSettings, mask_terms, reduce_terms
 from .model import decode_all
-from .optim import OptimizerSettings, learning_rate
+from .optim import OptimizerSettings, learning_rate, make_optimizer
 from .prompts import PromptSettings, box_noise, in_image, mask_only_schedule, noisy_boxes, sample_points
 
 
@@ -49,9 +49,12 @@ class TrainState(NamedTuple):
 
 
 class StepSettings(NamedTuple):
+    """Everything static about a step (hashable by value: equal settings reuse one compilation)."""
+
     prompts: PromptSettings = PromptSettings()
     loss: LossSettings = LossSettings()
-    optimizer: OptimizerSettings = OptimizerSettings()  # for the logged learning rate
+    optimizer: OptimizerSettings = OptimizerSettings()
+    encoder_depth: int = 12  # for the layer-wise learning-rate decay
 
 
 class Rollout(NamedTuple):
@@ -215,7 +218,6 @@ def train_step(
     fixed: nnx.State,
     batch: Batch,
     settings: StepSettings,
-    optimizer: optax.GradientTransformation,
     batch_sharding=None,
     state_sharding=None,
 ) -> tuple[TrainState, dict]:
@@ -226,6 +228,7 @@ def train_step(
     key = jax.random.fold_in(state.rng, state.step)
     grad_fn = jax.value_and_grad(batch_loss, has_aux=True)
     (loss, (out, valid)), grads = grad_fn(state.params, graphdef, fixed, batch, key, settings)
+    optimizer = make_optimizer(settings.optimizer, state.params, settings.encoder_depth)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new = TrainState(state.step + 1, params, opt_state, state.rng)
@@ -243,12 +246,15 @@ def train_step(
     return new, metrics
 
 
-def init_state(trainable: nnx.State, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+def init_state(trainable: nnx.State, settings: StepSettings, seed: int) -> TrainState:
+    """Step 0. The parameters are copied: the step donates its state, and the model they came from keeps its own."""
+    trainable = jax.tree.map(jnp.copy, trainable)
+    optimizer = make_optimizer(settings.optimizer, trainable, settings.encoder_depth)
     return TrainState(jnp.zeros((), jnp.int32), trainable, optimizer.init(trainable), jax.random.PRNGKey(seed))
 
 
 train_step_jit = jax.jit(
     train_step,
-    static_argnames=("graphdef", "settings", "optimizer", "batch_sharding", "state_sharding"),
+    static_argnames=("graphdef", "settings", "batch_sharding", "state_sharding"),
     donate_argnames=("state",),
 )
