@@ -1,0 +1,87 @@
+"""It learns: `sam-jax train` (the real CLI path) on generated shapes, then held-out images.
+
+The heavy from-scratch run is `benchmarks/train_shapes.py` (RESULTS.md). Here, within CI's
+budget, the shipped tiny model's mask decoder is re-initialised and trained again on its frozen
+encoder (cached embeddings, the common cheap fine-tune): the loss must fall and the one-click mIoU
+must rise far above the untrained decoder's, and above the best fixed-radius disk at the click.
+The shipped model itself must beat the disk baseline by a clear margin, three clicks must beat
+one, and its predicted IoU must follow the true IoU; its automatic masks are many and distinct.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import sam_jax
+from sam_jax import assets, checkpoint
+from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
+from sam_jax.train.data import open_source
+from sam_jax.train.evaluate import disk_baseline, evaluate
+from sam_jax.train.shapes import make_example, write_coco
+
+
+@pytest.fixture(scope="module")
+def val(tmp_path_factory):
+    return open_source(write_coco(tmp_path_factory.mktemp("val") / "val", 40, seed=424242))
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return sam_jax.load(assets.SHAPES_TINY)
+
+
+def test_shipped_model_segments_held_out_shapes(shipped, val):
+    result = evaluate(shipped, val, clicks=3)
+    disk, _ = disk_baseline(val, 64)
+    one, three = result.miou(1), result.miou(3)
+    corr = np.corrcoef(result.iou[:, 0], result.predicted_iou[:, 0])[0, 1]
+    print(f"shipped: 1 click {one:.3f}, 3 clicks {three:.3f}, box {result.box_iou.mean():.3f}, disk {disk:.3f}, corr {corr:.2f}")
+    assert one >= 0.6 and one >= disk + 0.15
+    assert three > one
+    assert corr > 0.3
+
+
+def test_amg_finds_the_shapes(shipped):
+    image, masks = make_example(seed=99, index=3, max_objects=4)
+    records = SamAutomaticMaskGenerator(shipped, points_per_side=12, pred_iou_thresh=0.5, stability_score_thresh=0.8).generate(image)
+    segs = np.array([r["segmentation"] for r in records])
+    assert len(records) >= len(masks)
+    # Every object is found by some mask (IoU > 0.6).
+    for m in masks:
+        assert max((s & m).sum() / (s | m).sum() for s in segs) > 0.6
+
+
+def test_cli_training_learns(tmp_path, shipped, val):
+    fresh = sam_jax.Sam(shipped.config, rngs=nnx.Rngs(7))
+    nnx.update(fresh.image_encoder, nnx.state(shipped.image_encoder))
+    init = tmp_path / "init"
+    checkpoint.save(init, fresh.config, {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(fresh))})
+    train = write_coco(tmp_path / "train", 240, seed=11)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "sam_jax.cli", "train", "--checkpoint", init, "--train-data", train, "--val-data", val.name,
+           "--val-images", "40", "--output", out, "--steps", "150", "--batch-size", "8", "--objects-per-image", "4",
+           "--lr", "3e-3", "--schedule", "cosine", "--warmup-steps", "10", "--weight-decay", "0.05", "--clip-norm", "1",
+           "--correction-points", "2", "--mask-only-steps", "1", "--freeze", "image_encoder", "--log-every", "10",
+           "--checkpoint-every", "0", "--quiet", "--cache-dir", ""]
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "embeddings.npy").is_file()  # frozen encoder: images embedded once
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [l["loss"] for l in lines if "loss" in l]
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:2])
+    untrained = evaluate(fresh, val).miou(1)
+    trained = sam_jax.load(out)
+    after = evaluate(trained, val).miou(1)
+    disk, _ = disk_baseline(val, 64)
+    print(f"decoder from scratch: untrained {untrained:.3f} -> {after:.3f} (disk {disk:.3f})")
+    assert after >= untrained + 0.3 and after > disk
+    assert lines[-1]["val_miou_1click"] == pytest.approx(after, abs=1e-6)
+    # Only the decoder side changed.
+    enc = lambda m: nnx.state(m.image_encoder)["blocks"][0]["attn"]["qkv"]["kernel"].get_value()
+    assert np.array_equal(enc(trained), enc(shipped))
