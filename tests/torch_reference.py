@@ -37,7 +37,7 @@ def loss_terms(logits, iou_pred, targets, candidates=None, wf=20.0, wd=1.0, l1=F
     """Per object: focal, dice, iou term and the supervised index (loops over objects, plainly)."""
     P, M = iou_pred.shape
     if candidates is None:
-        candidates = torch.ones(P, M, dtype=torch.bool)
+        candidates = torch.ones(P, M, dtype=torch.bool, device=logits.device)
     out = {"focal": [], "dice": [], "iou": [], "best": []}
     for i in range(P):
         t = targets[i].expand_as(logits[i])
@@ -76,7 +76,7 @@ def sample_point(gt, pred, noise, inside):
         y, x = divmod(k, W)
         points.append([float(x), float(y)])
         labels.append(int(fn[y, x]))
-    return torch.tensor(points), torch.tensor(labels, dtype=torch.int32)
+    return torch.tensor(points, device=gt.device), torch.tensor(labels, dtype=torch.int32, device=gt.device)
 
 
 def noisy_box(gt, noise, input_sizes, scale=0.1, bound=20.0, kind="normal"):
@@ -85,16 +85,17 @@ def noisy_box(gt, noise, input_sizes, scale=0.1, bound=20.0, kind="normal"):
     out = []
     for i in range(gt.shape[0]):
         ys, xs = torch.nonzero(gt[i], as_tuple=True)
-        box = torch.tensor([xs.min(), ys.min(), xs.max(), ys.max()], dtype=torch.float32) if len(xs) else torch.zeros(4)
+        dev = gt.device
+        box = torch.stack([xs.min(), ys.min(), xs.max(), ys.max()]).float() if len(xs) else torch.zeros(4, device=dev)
         side = torch.stack([box[2] - box[0], box[3] - box[1]] * 2)
         if kind == "normal":
             d = (noise[i] * scale * side).clamp(-bound, bound)
         else:
-            d = noise[i] * torch.minimum(scale * side, torch.tensor(bound))
+            d = noise[i] * torch.minimum(scale * side, torch.tensor(bound, device=dev))
         box = box + d
         h, w = float(input_sizes[i][0]), float(input_sizes[i][1])
-        hi = torch.tensor([w - 1, h - 1, w - 1, h - 1])
-        box = torch.minimum(torch.maximum(box, torch.zeros(4)), hi)
+        hi = torch.tensor([w - 1, h - 1, w - 1, h - 1], device=dev)
+        box = torch.minimum(torch.maximum(box, torch.zeros(4, device=dev)), hi)
         out.append(torch.stack([torch.minimum(box[0], box[2]), torch.minimum(box[1], box[3]),
                                 torch.maximum(box[0], box[2]), torch.maximum(box[1], box[3])]))
     return torch.stack(out)
@@ -107,7 +108,7 @@ def rollout(official, embeddings, gt, valid, input_sizes, is_box, box_noise, fir
     one object at a time. embeddings (P, C, h, w) under autograd; gt (P, S, S) bool; mask_only
     (T - 1, P) bool; step_noise: T - 1 arrays (P, S, S). Returns the loss and each object's clicks."""
     P, S = gt.shape[0], gt.shape[-1]
-    r = torch.arange(S)
+    r = torch.arange(S, device=gt.device)
     inside = (r[None, :, None] < input_sizes[:, 0, None, None]) & (r[None, None, :] < input_sizes[:, 1, None, None])
     boxes = noisy_box(gt, box_noise, input_sizes, kind=box_kind)
     pts, labs = sample_point(gt, torch.zeros_like(gt), first_noise, inside)
@@ -126,7 +127,7 @@ def rollout(official, embeddings, gt, valid, input_sizes, is_box, box_noise, fir
         for i in range(P):
             points = None
             if clicks[i]:
-                points = (torch.stack([c for c, _ in clicks[i]])[None], torch.tensor([[l for _, l in clicks[i]]]))
+                points = (torch.stack([c for c, _ in clicks[i]])[None], torch.tensor([[l for _, l in clicks[i]]], device=gt.device))
             sparse, dense = official.prompt_encoder(points=points, boxes=boxes[i : i + 1] if is_box[i] else None, masks=feedback[i])
             multi = len(clicks[i]) == 1 and not is_box[i]
             low, iou = official.mask_decoder(image_embeddings=embeddings[i : i + 1], image_pe=dense_pe, sparse_prompt_embeddings=sparse,
