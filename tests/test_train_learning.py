@@ -58,8 +58,13 @@ def test_amg_finds_the_shapes(shipped):
 
 
 def test_cli_training_learns(tmp_path, shipped, val):
+    # The shipped model with its output heads (mask tokens, hypernetworks, IoU token and head)
+    # re-initialised: it has to learn again which masks to draw and how good they are.
     fresh = sam_jax.Sam(shipped.config, rngs=nnx.Rngs(7))
-    nnx.update(fresh.image_encoder, nnx.state(shipped.image_encoder))
+    kept = nnx.state(shipped)
+    for name in ("mask_tokens", "iou_token", "output_hypernetworks_mlps", "iou_prediction_head"):
+        kept["mask_decoder"][name] = nnx.state(fresh.mask_decoder)[name]
+    nnx.update(fresh, kept)
     init = tmp_path / "init"
     checkpoint.save(init, fresh.config, {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(fresh))})
     train = write_coco(tmp_path / "train", 240, seed=11)
@@ -74,14 +79,15 @@ def test_cli_training_learns(tmp_path, shipped, val):
     assert (out / "embeddings.npy").is_file()  # frozen encoder: images embedded once
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [l["loss"] for l in lines if "loss" in l]
-    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:2])
     untrained = evaluate(fresh, val).miou(1)
     trained = sam_jax.load(out)
     after = evaluate(trained, val).miou(1)
     disk, _ = disk_baseline(val, 64)
-    print(f"decoder from scratch: untrained {untrained:.3f} -> {after:.3f} (disk {disk:.3f})")
+    print(f"heads from scratch: loss {np.mean(losses[:2]):.3f} -> {np.mean(losses[-3:]):.3f}, "
+          f"mIoU untrained {untrained:.3f} -> {after:.3f} (disk {disk:.3f})")
+    assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:2])
     assert after >= untrained + 0.3 and after > disk
     assert lines[-1]["val_miou_1click"] == pytest.approx(after, abs=1e-6)
-    # Only the decoder side changed.
+    # The frozen encoder did not change.
     enc = lambda m: nnx.state(m.image_encoder)["blocks"][0]["attn"]["qkv"]["kernel"].get_value()
     assert np.array_equal(enc(trained), enc(shipped))

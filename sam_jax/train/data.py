@@ -180,7 +180,7 @@ def prepare(image: np.ndarray | None, masks: np.ndarray, image_size: int, object
     (objects, S, S) bool resized the same way, valid (objects,) and input_size (2,). Masks over
     90% of the image are dropped; with more than `objects` left, a random subset is kept."""
     H, W = masks.shape[1:] if original_size is None else original_size
-    area = masks.reshape(len(masks), -1).sum(axis=1)
+    area = masks.sum(axis=(1, 2))
     masks = masks[area <= MAX_AREA_FRACTION * H * W]
     if len(masks) > objects:
         masks = masks[np.sort(rng.choice(len(masks), objects, replace=False))]
