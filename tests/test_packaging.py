@@ -24,6 +24,8 @@ def test_wheel_contents_and_installed_cli(tmp_path):
     assert "sam_jax/convert/keys.py" in names and "sam_jax/cli/common.py" in names
     assert "sam_jax/configs/vit_h.json" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)  # the Apache-2.0 text ships
+    assert "sam_jax/assets/shapes_tiny/config.json" in names and "sam_jax/train/loop.py" in names
+    assert any(n.startswith("sam_jax/assets/shapes_tiny/params/") for n in names)
 
     assert "sam_jax/demo/web/index.html" in names and "sam_jax/demo/web/package-lock.json" in names
     assert not any("node_modules" in n for n in names)
@@ -40,12 +42,14 @@ def test_wheel_contents_and_installed_cli(tmp_path):
                            capture_output=True, text=True, check=True).stdout.strip()
     outer = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
     Path(inner, "outer_env.pth").write_text("\n".join(sorted(outer)) + "\n")
-    code = "import sam_jax, sam_jax.convert.keys, sam_jax.cli; print(sam_jax.__file__); print(sorted(sam_jax.config.available_configs()))"
+    code = ("import sam_jax, sam_jax.convert.keys, sam_jax.cli, sam_jax.assets; print(sam_jax.__file__); "
+            "print(sorted(sam_jax.config.available_configs())); print(sam_jax.load(sam_jax.assets.SHAPES_TINY).config.image_size)")
     r = subprocess.run([py, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert str(venv) in r.stdout.splitlines()[0], r.stdout  # the installed copy, not the source tree
     assert "vit_b" in r.stdout and "test_tiny" in r.stdout
+    assert r.stdout.splitlines()[-1] == "64"  # the shipped trained model loads from the installed copy
     r = subprocess.run([venv / "bin" / "sam-jax", "convert", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and "--model-type" in r.stdout
-    for command, flag in (("export-onnx", "--return-single-mask"), ("embed", "--image"), ("demo", "--port"), ("amg", "--points-per-side")):
+    for command, flag in (("export-onnx", "--return-single-mask"), ("embed", "--image"), ("demo", "--port"), ("amg", "--points-per-side"), ("train", "--train-data")):
         r = subprocess.run([venv / "bin" / "sam-jax", command, "--help"], capture_output=True, text=True, cwd=tmp_path)
         assert r.returncode == 0 and flag in r.stdout, (command, r.stderr)

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from .. import __version__
-from . import amg, convert, demo, embed, export_onnx, export_stablehlo
+from . import amg, convert, demo, embed, export_onnx, export_stablehlo, train
 
 COMMANDS = {  # name -> (module with add_arguments and run, help)
     "convert": (convert, "convert an official .pth (or HF .safetensors) checkpoint to a sam-jax checkpoint"),
@@ -15,6 +15,7 @@ COMMANDS = {  # name -> (module with add_arguments and run, help)
     "export-onnx": (export_onnx, "export the prompt encoder + mask decoder to ONNX (the official export)"),
     "export-stablehlo": (export_stablehlo, "export the image encoder as a jax.export (StableHLO) artifact that runs without sam-jax"),
     "embed": (embed, "write an image's embedding (.npy) for the ONNX decoder"),
+    "train": (train, "fine-tune a checkpoint on COCO or SA-1B masks (prompt simulation, AdamW)"),
     "demo": (demo, "interactive web demo: embeddings on the server, the ONNX decoder in the browser"),
 }
 

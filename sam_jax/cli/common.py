@@ -12,6 +12,7 @@ from ..build_sam import fetch, load, read_params
 from ..checkpoint import content_digest, is_checkpoint, stored_digest
 from ..config import MODEL_TYPES
 from ..numerics import DTYPES, PRECISIONS
+from ..parallel import initialize
 from ..utils.devices import as_device
 from ..utils.progress import status
 from ..weights import cache_dir
@@ -25,9 +26,9 @@ CHECKPOINT_HELP = (
 )
 
 
-def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+def add_checkpoint_arguments(p: argparse.ArgumentParser, help: str = CHECKPOINT_HELP) -> None:
     """--checkpoint, --model-type and --image-size: which model to load, at which input size."""
-    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("--checkpoint", help=help)
     p.add_argument("--model-type", choices=MODEL_TYPES,
                    help="check the checkpoint against this model type (default: read or inferred from it); "
                         "without --checkpoint, load its official weights")
@@ -56,6 +57,19 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: $SAM_JAX_CACHE/xla, i.e. ~/.cache/sam-jax/xla; '' disables it)")
 
 
+def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
+    """--coordinator-address, --num-processes, --process-id: join a multi-process run
+    (`sam_jax.parallel.initialize`; the environment's JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
+    and JAX_PROCESS_ID are read when the flags are absent)."""
+    g = p.add_argument_group("many hosts (jax.distributed; run the same command in every process)")
+    g.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
+                   help="process 0's address, the same in every process (default: $JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="how many processes take part (default: $JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, default=None, metavar="I",
+                   help="this process's index, 0..N-1 (default: $JAX_PROCESS_ID)")
+
+
 def add_quiet_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true",
                    help="no progress or status lines (errors and skipped inputs are still reported)")
@@ -75,7 +89,10 @@ def add_overwrite_argument(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def setup_runtime(args: argparse.Namespace) -> None:
-    """Applies --device and --cache-dir; call before any computation."""
+    """Joins a multi-process run when asked (--coordinator-address etc.), then applies --device
+    and --cache-dir; call before any computation."""
+    if hasattr(args, "coordinator_address"):
+        initialize(args.coordinator_address, args.num_processes, args.process_id)
     if getattr(args, "device", None):
         jax.config.update("jax_default_device", select_device(args.device))
     cache_dir = getattr(args, "cache_dir", "")

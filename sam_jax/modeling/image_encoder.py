@@ -14,6 +14,8 @@ from .common import LayerNorm2d, MLPBlock, Sequential, interpolate_linear, layer
 
 
 class ImageEncoderViT(nnx.Module):
+    remat: bool = False  # training sets it on a view: each block's activations recomputed in the backward pass
+
     def __init__(
         self,
         img_size: int = 1024,
@@ -68,7 +70,7 @@ class ImageEncoderViT(nnx.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed[...]
         for blk in self.blocks:
-            x = blk(x)
+            x = nnx.remat(Block.__call__)(blk, x) if self.remat else blk(x)
         return jnp.transpose(self.neck(x), (0, 3, 1, 2))
 
 

@@ -1,0 +1,100 @@
+"""`sam-jax train`: fine-tune a checkpoint on COCO instance annotations or SA-1B folders.
+
+    sam-jax train --checkpoint sam_vit_b --train-data coco/instances_train.json --output runs/ft
+    sam-jax train ... --freeze image_encoder            # decoder only, on cached image embeddings
+    sam-jax train ... --resume                          # continue an interrupted run exactly
+
+The output folder is a checkpoint `sam_jax.load` reads once training ends (see train/loop.py for
+what else it holds: the training state, metrics.jsonl, the run's record).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..train.data import open_source
+from ..train.loop import Trainer, TrainConfig
+from ..train.losses import LossSettings
+from ..train.optim import OptimizerSettings
+from ..train.prompts import PromptSettings
+from . import common
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    common.add_checkpoint_arguments(p, help="the model to start from: a sam-jax folder, an official .pth or a Hugging Face checkpoint")
+    p.add_argument("--train-data", required=True, help="a COCO instances JSON, or a folder of SA-1B image/JSON pairs")
+    p.add_argument("--val-data", help="validation data, same kinds (mIoU from a centre click, three clicks and the box)")
+    p.add_argument("--image-dir", help="folder of the COCO file_names (default: the JSON's folder)")
+    p.add_argument("--output", required=True, help="output folder: the trained checkpoint, training state and metrics")
+    g = p.add_argument_group("schedule")
+    g.add_argument("--steps", type=int, default=1000)
+    g.add_argument("--batch-size", type=int, default=4, help="images per step (default 4)")
+    g.add_argument("--objects-per-image", type=int, default=4, help="masks sampled per image (default 4)")
+    g.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    g.add_argument("--schedule", choices=("step", "cosine", "constant"), default="step",
+                   help="after the warmup: /10 drops at 2/3 and 26/27 of the steps (the paper's), cosine, or constant")
+    g.add_argument("--warmup-steps", type=int, default=None, help="linear warmup (default: 250, or a tenth of --steps if less)")
+    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--clip-norm", type=float, default=0.1, help="gradient clipping by global norm (0: none)")
+    g.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise lr decay over the ViT blocks (the paper: 0.8)")
+    g.add_argument("--freeze", action="append", default=[], metavar="PART",
+                   help="image_encoder, prompt_encoder, mask_decoder, or a regex over parameter paths (repeatable)")
+    g.add_argument("--no-embedding-cache", action="store_true", help="with a frozen encoder, embed images at every step anyway")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("prompt simulation and loss")
+    g.add_argument("--correction-points", type=int, default=8, help="correction clicks after the first prompt (default 8)")
+    g.add_argument("--mask-only-steps", type=int, default=2, help="rounds without a new click (default 2)")
+    g.add_argument("--box-noise", choices=("normal", "uniform"), default="normal")
+    g.add_argument("--grad-through-masks", action="store_true", help="back-propagate through the fed-back mask logits")
+    g.add_argument("--iou-loss", choices=("mse", "l1"), default="mse")
+    g.add_argument("--supervise-all-iou", action="store_true", help="IoU head loss on every candidate output")
+    g = p.add_argument_group("run")
+    common.add_numerics_arguments(g)
+    g.add_argument("--remat", action="store_true", help="recompute encoder activations in the backward pass (less memory)")
+    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--val-every", type=int, default=0, help="validate every N steps (default: at the end only)")
+    g.add_argument("--val-images", type=int, default=50)
+    g.add_argument("--checkpoint-every", type=int, default=100, help="save the training state every N steps")
+    g.add_argument("--resume", action="store_true", help="continue the run in --output from its last saved state")
+    common.add_overwrite_argument(p, "a previous run in --output (only the files a run writes)")
+    common.add_quiet_argument(p)
+    common.add_runtime_arguments(p)
+    common.add_distributed_arguments(p)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    for name in ("steps", "batch_size", "objects_per_image", "log_every", "val_images"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("correction_points", "mask_only_steps", "checkpoint_every", "val_every"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+    if args.lr <= 0:
+        raise ValueError("--lr must be positive")
+    warmup = args.warmup_steps if args.warmup_steps is not None else min(250, args.steps // 10)
+    return TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, objects_per_image=args.objects_per_image, seed=args.seed,
+        dtype=args.dtype, remat=args.remat, freeze=tuple(args.freeze), cache_embeddings=not args.no_embedding_cache,
+        log_every=args.log_every, val_every=args.val_every, val_images=args.val_images, checkpoint_every=args.checkpoint_every,
+        prompts=PromptSettings(correction_points=args.correction_points, mask_only_steps=args.mask_only_steps,
+                               box_noise=args.box_noise, grad_through_masks=args.grad_through_masks),
+        loss=LossSettings(iou_loss=args.iou_loss, supervise_all_iou=args.supervise_all_iou),
+        optimizer=OptimizerSettings(learning_rate=args.lr, total_steps=args.steps, schedule=args.schedule, warmup_steps=warmup,
+                                    weight_decay=args.weight_decay, clip_norm=args.clip_norm or None, layer_decay=args.layer_decay),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    common.setup_runtime(args)
+    train = open_source(args.train_data, args.image_dir)
+    val = open_source(args.val_data, args.image_dir) if args.val_data else None
+    for source in (train, val):
+        if source is not None and source.skipped:
+            print(f"sam-jax train: {source.name}: skipped {len(source.skipped)} bad annotations (first: {source.skipped[0]})")
+    model = common.load_model(args)
+    trainer = Trainer(model, train, config, args.output, val, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    trainer.run()
+    if not args.quiet:
+        print(f"sam-jax train: wrote {args.output} (load it with sam_jax.load)")
+    return 0

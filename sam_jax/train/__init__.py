@@ -1,0 +1,1 @@
+"""Fine-tuning SAM: losses, prompt simulation, optimizer, data, the training loop."""

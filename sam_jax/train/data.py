@@ -1,0 +1,228 @@
+"""Training data: COCO instance annotations and SA-1B folders as random-access sources, the
+per-example preparation (the model's own resize, padding, object sampling), and the Grain pipeline
+(deterministic per-process sharding, a checkpointable iterator).
+
+Bad input is reported by file: a missing image, an unreadable JSON or an image whose size differs
+from its annotations stops with a one-line ValueError; a single annotation that does not decode
+or has the wrong size is skipped and counted (`source.skipped`), fatal only when nothing is left.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import grain
+import jax
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from ..utils.images import read_image
+from ..utils.transforms import ResizeLongestSide, get_preprocess_shape
+
+MAX_AREA_FRACTION = 0.9  # masks covering more of the image are dropped (the paper does)
+
+
+class Entry(NamedTuple):
+    image: Path
+    height: int
+    width: int
+    annotations: tuple  # the valid segmentations (COCO), or indexes into the JSON's annotations (SA-1B)
+    json: Path | None = None  # SA-1B: the annotation file, re-read when the entry is loaded
+
+
+class Source:
+    """Random-access data source (Grain's protocol): entry i -> (image, masks (n, H, W) bool)."""
+
+    def __init__(self, entries: list[Entry], name: str, skipped: list[str]):
+        if not entries:
+            reason = f" ({len(skipped)} annotations skipped, first: {skipped[0]})" if skipped else ""
+            raise ValueError(f"{name}: no image with a usable annotation{reason}")
+        self.entries, self.name, self.skipped = entries, name, skipped
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {len(self)} images)"
+
+    def image(self, i: int) -> np.ndarray:
+        e = self.entries[i]
+        if not e.image.is_file():
+            raise ValueError(f"{self.name}: image not found: {e.image}")
+        image = read_image(e.image)
+        if image.shape[:2] != (e.height, e.width):
+            raise ValueError(f"{e.image}: image is {image.shape[0]}x{image.shape[1]}, its annotations say {e.height}x{e.width}")
+        return image
+
+    def masks(self, i: int) -> np.ndarray:
+        e = self.entries[i]
+        segs = e.annotations if e.json is None else _sa1b_segmentations(e.json, e.annotations)
+        return np.stack([decode(s, e.height, e.width) for s in segs]).astype(bool)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.image(i), self.masks(i)
+
+
+def coco_source(path: str | Path, image_dir: str | Path | None = None) -> Source:
+    """A COCO instances JSON; `file_name`s relative to `image_dir` (default: the JSON's folder)."""
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
+        raise ValueError(f"{path}: not a COCO instances file (expected 'images' and 'annotations' lists)")
+    root = Path(image_dir) if image_dir is not None else path.parent
+    images = {im["id"]: im for im in data["images"]}
+    by_image: dict = {}
+    skipped = []
+    for a in data["annotations"]:
+        im = images.get(a.get("image_id"))
+        problem = "no such image_id" if im is None else check_segmentation(a.get("segmentation"), im["height"], im["width"])
+        if problem:
+            skipped.append(f"{path}: annotation {a.get('id')}: {problem}")
+            continue
+        by_image.setdefault(a["image_id"], []).append(a["segmentation"])
+    entries = []
+    for image_id, segs in by_image.items():
+        im = images[image_id]
+        file = root / im["file_name"]
+        if not file.is_file():
+            raise ValueError(f"{path}: image not found: {file}" + ("" if image_dir else " (file names are relative to the JSON's folder; see --image-dir)"))
+        entries.append(Entry(file, im["height"], im["width"], tuple(segs)))
+    return Source(entries, str(path), skipped)
+
+
+def sa1b_source(folder: str | Path) -> Source:
+    """A folder of SA-1B pairs: `<name>.json` annotations beside their image."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.json"))
+    entries, skipped = [], []
+    for path in files:
+        data = _read_json(path)
+        try:
+            info = data["image"]
+            h, w, file = int(info["height"]), int(info["width"]), folder / info["file_name"]
+            annotations = data["annotations"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: not an SA-1B annotation file (expected 'image' with height, width, file_name, and 'annotations')") from None
+        if not file.is_file():
+            raise ValueError(f"{path}: image not found: {file}")
+        good = []
+        for k, a in enumerate(annotations):
+            problem = check_segmentation(a.get("segmentation") if isinstance(a, dict) else None, h, w)
+            if problem:
+                skipped.append(f"{path}: annotation {k}: {problem}")
+            else:
+                good.append(k)
+        if good:
+            entries.append(Entry(file, h, w, tuple(good), path))
+    return Source(entries, str(folder), skipped)
+
+
+def open_source(path: str | Path, image_dir: str | Path | None = None) -> Source:
+    """`path` a COCO JSON file or an SA-1B folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"training data not found: {path}")
+    if path.is_dir():
+        if image_dir is not None:
+            raise ValueError("--image-dir applies to a COCO JSON, not to an SA-1B folder")
+        return sa1b_source(path)
+    return coco_source(path, image_dir)
+
+
+def check_segmentation(seg, height: int, width: int) -> str | None:
+    """Why `seg` (a COCO polygon list or RLE) cannot be an (height, width) mask, or None."""
+    if isinstance(seg, dict):
+        if "size" not in seg or "counts" not in seg:
+            return "an RLE needs 'size' and 'counts'"
+        if list(seg["size"]) != [height, width]:
+            return f"mask size {list(seg['size'])} differs from the image's {[height, width]}"
+        try:
+            rle = mask_utils.frPyObjects(seg, height, width) if isinstance(seg["counts"], list) else seg
+            area = mask_utils.area(rle)
+        except Exception as e:  # pycocotools raises several kinds on corrupt counts
+            return f"RLE does not decode ({e})"
+        return None if area > 0 else "empty mask"
+    if isinstance(seg, list) and seg and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in seg):
+        return None
+    return "segmentation is neither an RLE nor a list of polygons"
+
+
+def decode(seg, height: int, width: int) -> np.ndarray:
+    """(height, width) uint8 mask of a checked COCO segmentation."""
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg["counts"], list):
+        rle = mask_utils.frPyObjects(seg, height, width)
+    else:
+        rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
+    return mask_utils.decode(rle)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({e.__class__.__name__}: {e})") from None
+
+
+def _sa1b_segmentations(path: Path, indexes: tuple) -> list:
+    annotations = _read_json(path)["annotations"]
+    return [annotations[k]["segmentation"] for k in indexes]
+
+
+# ---------------------------------------------------------------------------- preparation
+def prepare(image: np.ndarray | None, masks: np.ndarray, image_size: int, objects: int, rng: np.random.Generator,
+            original_size: tuple[int, int] | None = None) -> dict:
+    """One example in the model-input frame: the image resized with the model's transform and
+    zero-padded to (S, S, 3) (omitted when `image` is None, e.g. with cached embeddings), masks
+    (objects, S, S) bool resized the same way, valid (objects,) and input_size (2,). Masks over
+    90% of the image are dropped; with more than `objects` left, a random subset is kept."""
+    H, W = masks.shape[1:] if original_size is None else original_size
+    area = masks.sum(axis=(1, 2))
+    masks = masks[area <= MAX_AREA_FRACTION * H * W]
+    if len(masks) > objects:
+        masks = masks[np.sort(rng.choice(len(masks), objects, replace=False))]
+    transform = ResizeLongestSide(image_size)
+    h, w = get_preprocess_shape(H, W, image_size)
+    out_masks = np.zeros((objects, image_size, image_size), bool)
+    for k, m in enumerate(masks):
+        out_masks[k, :h, :w] = transform.apply_image(m.astype(np.uint8) * 255) >= 128
+    out = {"masks": out_masks, "valid": out_masks.any(axis=(1, 2)), "input_size": np.array([h, w], np.int32)}
+    if image is not None:
+        padded = np.zeros((image_size, image_size, 3), np.uint8)
+        padded[:h, :w] = transform.apply_image(image)
+        out["image"] = padded
+    return out
+
+
+class Prepare(grain.transforms.RandomMap):
+    """Grain transform: a dataset index -> a prepared example (see `prepare`). With `embeddings`
+    ((N, C, h, w), indexed like the source) the image is not read: its cached embedding is used."""
+
+    def __init__(self, source: Source, image_size: int, objects: int, embeddings: np.ndarray | None = None):
+        self.source, self.image_size, self.objects, self.embeddings = source, image_size, objects, embeddings
+
+    def random_map(self, index, rng: np.random.Generator) -> dict:
+        index = int(index)
+        e = self.source.entries[index]
+        image = None if self.embeddings is not None else self.source.image(index)
+        out = prepare(image, self.source.masks(index), self.image_size, self.objects, rng, (e.height, e.width))
+        if self.embeddings is not None:
+            out["embedding"] = np.asarray(self.embeddings[index])
+        return out
+
+
+def training_dataset(source: Source, image_size: int, objects: int, batch_size: int, seed: int,
+                     embeddings: np.ndarray | None = None, num_threads: int = 2) -> grain.IterDataset:
+    """Endless shuffled batches of this process's shard of `source` (entries i with
+    i % process_count == process_index), reshuffled every epoch; its iterator's `get_state` /
+    `set_state` (and Orbax, through grain.checkpoint) resume it exactly. `batch_size` is per process."""
+    if len(source) < jax.process_count():
+        raise ValueError(f"{source.name}: {len(source)} images cannot be sharded over {jax.process_count()} processes")
+    ds = grain.MapDataset.range(len(source))[jax.process_index() :: jax.process_count()]
+    ds = ds.seed(seed).shuffle().repeat(None)
+    ds = ds.random_map(Prepare(source, image_size, objects, embeddings))
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size))
