@@ -237,7 +237,7 @@ def train_step(
     n = jnp.maximum(jnp.sum(valid), 1)
     metrics = {
         "loss": loss, **out.parts,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "lr": learning_rate(state.step, settings.optimizer),
         "objects": jnp.sum(valid),
         "iou_first": jnp.sum(jnp.where(valid, out.iou_first, 0.0)) / n,
