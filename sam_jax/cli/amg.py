@@ -12,6 +12,13 @@ without loading the model when all are done. Outputs made by other work (setting
 model or image) are refused, naming the differences, unless `--overwrite`, which recomputes them;
 an output that is not sam-jax's (no stamp: a folder or file of someone else's that has an
 output's name) is never replaced, and its image fails like an unreadable one.
+
+Every local device of the platform works at once, one image each (`parallel.run_on_devices`):
+the outputs are those of a one-device run, byte for byte. In a multi-process run (the
+distributed flags, or their environment variables) each process takes its share of the sorted
+inputs (`parallel.process_share`), so a rerun of the same command gives every process the same
+images and redoes only the unfinished ones; when all are done, process 0 checks that every input
+has its output and names the ones that do not.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -27,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from ..automatic_mask_generator import SamAutomaticMaskGenerator
+from ..parallel import process_share, replicate, run_on_devices, wait_for_all
 from ..utils import records
 from ..utils.images import read_image
 from ..utils.io import atomic_dir, atomic_file, file_digest, remove_stale_partials
@@ -71,6 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("official", "sa1b"), default="official", help="sa1b: SA-1B annotation JSON per image")
     common.add_overwrite_argument(p, "sam-jax's own outputs: recompute them, those made with other settings included")
     common.add_runtime_arguments(p)
+    common.add_distributed_arguments(p)
     common.add_quiet_argument(p)
     common.add_numerics_arguments(p)
     tuning = p.add_argument_group("mask generation (the official SamAutomaticMaskGenerator arguments)")
@@ -94,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"output {out_dir} exists and is not a folder")
     targets = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")) if src.is_dir() else [src]
+    # Joined first (no model, no device touched): this process's share of the inputs depends on its index.
+    index, count = common.join_processes(args)
     kwargs = {_argument(f): getattr(args, _argument(f)) for f in AMG_FLAGS}
     mode = "coco_rle" if (args.convert_to_rle or args.format == "sa1b") else "binary_mask"
     fmt = "sa1b" if args.format == "sa1b" else "coco_rle_json" if mode == "coco_rle" else "png_masks"
@@ -102,15 +114,37 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     for folder in (out_dir, out_dir / records.STAMP_DIR):
         remove_stale_partials(folder)
+    plan = _plan(process_share(targets, index, count), targets, out_dir, fmt, record)
+    if count == 1:
+        return _generate(args, plan, len(targets), mode, kwargs, fmt, record)
+    try:
+        failures, error = _generate(args, plan, len(targets), mode, kwargs, fmt, record), None
+    except (ValueError, OSError, ImportError) as e:  # reported by the caller, once the others are done too
+        failures, error = 1, e
+    wait_for_all("sam-jax amg: every process done")
+    if error is not None:
+        raise error
+    if index == 0:
+        missing = missing_outputs(targets, out_dir, fmt, record)
+        if missing:
+            names = ", ".join(p.name for p in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            print(f"sam-jax amg: {len(missing)} of {len(targets)} inputs have no output in {out_dir} after all "
+                  f"{count} processes finished: {names}", file=sys.stderr)
+            return 1
+    return 1 if failures else 0
 
-    # Which images need work, before loading the model: a rerun with every output done loads none.
-    progress = Progress(len(targets), prefix="sam-jax amg", quiet=args.quiet)
-    failures, plan = 0, _plan(targets, out_dir, fmt, record)
+
+def _generate(args: argparse.Namespace, plan: list[Planned], total: int, mode: str, kwargs: dict, fmt: str,
+              record: dict) -> int:
+    """This process's share: refuses other work, skips what is done, generates the rest on every
+    local device; returns the number of inputs that failed."""
+    progress = Progress(len(plan), prefix="sam-jax amg", quiet=args.quiet)
+    failures = 0
     other = [p.stamp for p in plan if p.state == records.OTHER_WORK]
     if other and not args.overwrite:
         diff = records.differences(other[0]["record"], record) or ["the input image changed"]
         raise FileExistsError(
-            f"{len(other)} output(s) in {out_dir} were made by other work ({'; '.join(diff)}): "
+            f"{len(other)} output(s) in {Path(args.output)} were made by other work ({'; '.join(diff)}): "
             "use --overwrite to recompute them, or another --output"
         )
     pending = []
@@ -131,26 +165,35 @@ def run(args: argparse.Namespace) -> int:
             pending.append(item)
 
     empty = []
-    if pending:
+    if pending:  # the model is loaded only for work to do
         common.setup_runtime(args)
-        generator = SamAutomaticMaskGenerator(common.load_model(args), output_mode=mode, **kwargs)
-    for item in pending:
-        try:
-            image = read_image(item.target)
-            t0, compiling = time.perf_counter(), compile_seconds()
-            masks = generator.generate(image)
-        except (ValueError, MemoryError) as e:  # one bad image never takes the rest down
-            failures += 1
-            progress.message(f"skipping {item.target}: {e if isinstance(e, ValueError) else 'out of memory'}")
-            continue
-        final = item.final
-        write_output(final, masks, image.shape[:2], item.target.name, fmt,
-                     lambda tmp: records.write_stamp(final, record, item.digest, tmp))
-        note = f", {compile_seconds() - compiling:.1f} s of it compiling (once)" if compile_seconds() > compiling else ""
-        n = len(masks)
-        progress.step(f"{item.target.name}: {n} mask{'' if n == 1 else 's'} in {time.perf_counter() - t0:.1f} s{note}")
-        if n == 0:
-            empty.append(item.target.name)
+        devices = common.local_devices(args)
+        models = replicate(common.load_model(args), devices)
+        generators = [SamAutomaticMaskGenerator(m, output_mode=mode, **kwargs) for m in models]
+
+        def work(k: int, item: Planned):
+            """One image on device k: its output written, or the reason it failed."""
+            try:
+                image = read_image(item.target)
+                t0, compiling = time.perf_counter(), compile_seconds()
+                masks = generators[k].generate(image)
+            except (ValueError, MemoryError) as e:  # one bad image never takes the rest down
+                return e if isinstance(e, ValueError) else "out of memory"
+            write_output(item.final, masks, image.shape[:2], item.target.name, fmt,
+                         lambda tmp: records.write_stamp(item.final, record, item.digest, tmp))
+            return len(masks), time.perf_counter() - t0, compile_seconds() > compiling, devices[k]
+
+        for item, result in run_on_devices(work, pending, devices):
+            if not isinstance(result, tuple):
+                failures += 1
+                progress.message(f"skipping {item.target}: {result}")
+                continue
+            n, seconds, compiled, device = result
+            note = ", compiling included (once per device)" if compiled else ""
+            where = f" on {device.platform}:{device.id}" if len(devices) > 1 else ""
+            progress.step(f"{item.target.name}: {n} mask{'' if n == 1 else 's'} in {seconds:.1f} s{where}{note}")
+            if n == 0:
+                empty.append(item.target.name)
     progress.close()
     if empty and not args.quiet:
         progress.message(
@@ -159,8 +202,8 @@ def run(args: argparse.Namespace) -> int:
             "holds trained weights", counts=False,
         )
     if failures:
-        progress.message(f"{failures} of {len(targets)} inputs failed", counts=False)
-    return 1 if failures else 0
+        progress.message(f"{failures} of {len(plan)} inputs failed", counts=False)
+    return failures
 
 
 class Planned(NamedTuple):
@@ -172,18 +215,37 @@ class Planned(NamedTuple):
     clash: Path | None  # an earlier input with the same output name
 
 
-def _plan(targets: list[Path], out_dir: Path, fmt: str, record: dict) -> list[Planned]:
-    plan, seen = [], {}
+def output_path(out_dir: Path, target: Path, fmt: str) -> Path:
+    return out_dir / (target.stem if fmt == "png_masks" else f"{target.stem}.json")
+
+
+def _plan(share: list[Path], targets: list[Path], out_dir: Path, fmt: str, record: dict) -> list[Planned]:
+    """What becomes of each input of this process's share; a name clash is judged over all inputs."""
+    first = {}
     for target in targets:
-        final = out_dir / (target.stem if fmt == "png_masks" else f"{target.stem}.json")
-        if final.name in seen:
-            plan.append(Planned(target, final, None, None, None, seen[final.name]))
+        first.setdefault(output_path(out_dir, target, fmt).name, target)
+    plan = []
+    for target in share:
+        final = output_path(out_dir, target, fmt)
+        if first[final.name] != target:
+            plan.append(Planned(target, final, None, None, None, first[final.name]))
             continue
-        seen[final.name] = target
         digest = file_digest(target)
         state, stamp = records.inspect(final, record, digest)
         plan.append(Planned(target, final, digest, state, stamp, None))
     return plan
+
+
+def missing_outputs(targets: list[Path], out_dir: Path, fmt: str, record: dict) -> list[Path]:
+    """The inputs without an output stamped as this work (the final check of a multi-process run:
+    it reads each stamp, not the outputs' bytes, which their own process has checked)."""
+    missing = []
+    for target in targets:
+        final = output_path(out_dir, target, fmt)
+        stamp = records.read_stamp(final)
+        if not final.exists() or stamp is None or stamp.get("record") != record:
+            missing.append(target)
+    return missing
 
 
 def write_output(final: Path, masks, size, file_name: str, fmt: str, before_rename) -> None:

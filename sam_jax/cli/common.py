@@ -13,7 +13,7 @@ from ..checkpoint import content_digest, is_checkpoint, stored_digest
 from ..config import MODEL_TYPES
 from ..numerics import DTYPES, PRECISIONS
 from ..parallel import initialize
-from ..utils.devices import as_device
+from ..utils.devices import as_device, platform_devices
 from ..utils.progress import status
 from ..weights import cache_dir
 
@@ -68,6 +68,9 @@ def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
                    help="how many processes take part (default: $JAX_NUM_PROCESSES)")
     g.add_argument("--process-id", type=int, default=None, metavar="I",
                    help="this process's index, 0..N-1 (default: $JAX_PROCESS_ID)")
+    g.add_argument("--auto-distributed", action="store_true",
+                   help="join the multi-process run that JAX detects from the environment (Cloud TPU pod slices, "
+                        "Slurm, Open MPI) instead of the three flags above")
 
 
 def add_quiet_argument(p: argparse.ArgumentParser) -> None:
@@ -91,8 +94,7 @@ def add_overwrite_argument(p: argparse.ArgumentParser, what: str) -> None:
 def setup_runtime(args: argparse.Namespace) -> None:
     """Joins a multi-process run when asked (--coordinator-address etc.), then applies --device
     and --cache-dir; call before any computation."""
-    if hasattr(args, "coordinator_address"):
-        initialize(args.coordinator_address, args.num_processes, args.process_id)
+    join_processes(args)
     if getattr(args, "device", None):
         jax.config.update("jax_default_device", select_device(args.device))
     cache_dir = getattr(args, "cache_dir", "")
@@ -102,12 +104,35 @@ def setup_runtime(args: argparse.Namespace) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def join_processes(args: argparse.Namespace) -> tuple[int, int]:
+    """Joins the multi-process run that the distributed flags (or the environment) ask for, once;
+    returns (this process's index, the process count): (0, 1), touching nothing, when there is
+    none. Call it before anything else touches JAX."""
+    if not hasattr(args, "coordinator_address"):
+        return 0, 1
+    if not initialize(args.coordinator_address, args.num_processes, args.process_id,
+                      auto=getattr(args, "auto_distributed", False)):
+        return 0, 1
+    return jax.process_index(), jax.process_count()
+
+
 def select_device(platform: str):
     """The first local device of --device's platform; ValueError naming what exists otherwise."""
     try:
         return as_device(platform)
     except ValueError as e:
         raise ValueError(f"--device {platform}: {e}") from None
+
+
+def local_devices(args: argparse.Namespace) -> list:
+    """Every local device of --device's platform (default: JAX's default platform), the devices
+    that a command spreads its work over."""
+    if not getattr(args, "device", None):
+        return jax.local_devices()
+    try:
+        return platform_devices(args.device)
+    except ValueError as e:
+        raise ValueError(f"--device {args.device}: {e}") from None
 
 
 def checkpoint_path(args: argparse.Namespace) -> Path:

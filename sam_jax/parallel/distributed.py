@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 import jax
+from jax.experimental import multihost_utils
 
 T = TypeVar("T")
 
@@ -26,7 +27,10 @@ def initialize(
     auto: bool = False,
 ) -> bool:
     """Calls `jax.distributed.initialize` when a multi-process run is asked for; returns whether
-    it was. Call it before anything touches a device."""
+    this process is part of one (True again, with nothing done, once joined). Call it before
+    anything touches a device."""
+    if jax.distributed.is_initialized():
+        return True
     address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
     count = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
     index = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
@@ -59,3 +63,10 @@ def process_share(items: Sequence[T], index: int | None = None, count: int | Non
     index = jax.process_index() if index is None else index
     count = jax.process_count() if count is None else count
     return list(items[index::count])
+
+
+def wait_for_all(name: str) -> None:
+    """Returns once every process of the run has called it with the same `name` (at once when
+    alone). A process that died is noticed by jax.distributed's heartbeat, which ends the run."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
