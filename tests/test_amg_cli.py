@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -28,10 +29,12 @@ def folder(tmp_path):
 
 
 def _run(tiny, folder, out, *extra):
+    # One device: these tests are about the outputs; test_amg_scale runs them on many (each device compiles).
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     return subprocess.run(
         [sys.executable, "-m", "sam_jax.cli", "amg", "--checkpoint", str(tiny.model_dir), "--input", str(folder),
          "--output", str(out), *FLAGS, *extra],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env=env,
     )
 
 
