@@ -100,6 +100,7 @@ def test_amg_rerun_with_everything_done_loads_no_model(tiny, images, tmp_path, m
     out = tmp_path / "out"
     flags = ["--checkpoint", str(tiny.model_dir), "--input", str(images), "--output", str(out), "--points-per-side", "2",
              "--cache-dir", ""]
+    monkeypatch.setattr(amg_cli.common, "local_devices", lambda args: jax.local_devices()[:1])  # one compile, not three
     assert cli(["amg", *flags]) == 0
     capsys.readouterr()
     monkeypatch.setattr(amg_cli.common, "load_model", lambda args: pytest.fail("loaded a model"))
@@ -119,6 +120,7 @@ def test_amg_counts_and_the_empty_hint(tiny, images, tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(amg_cli, "SamAutomaticMaskGenerator", Generator)
     monkeypatch.setattr(amg_cli.common, "load_model", lambda args: None)
+    monkeypatch.setattr(amg_cli.common, "local_devices", lambda args: jax.local_devices()[:1])  # calls in input order
     argv = ["amg", "--checkpoint", str(tiny.model_dir), "--input", str(images), "--output", str(tmp_path / "o"), "--convert-to-rle",
             "--cache-dir", ""]
     assert cli(argv) == 0

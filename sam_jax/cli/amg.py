@@ -116,9 +116,9 @@ def run(args: argparse.Namespace) -> int:
         remove_stale_partials(folder)
     plan = _plan(process_share(targets, index, count), targets, out_dir, fmt, record)
     if count == 1:
-        return _generate(args, plan, len(targets), mode, kwargs, fmt, record)
+        return 1 if _generate(args, plan, mode, kwargs, fmt, record) else 0
     try:
-        failures, error = _generate(args, plan, len(targets), mode, kwargs, fmt, record), None
+        failures, error = _generate(args, plan, mode, kwargs, fmt, record), None
     except (ValueError, OSError, ImportError) as e:  # reported by the caller, once the others are done too
         failures, error = 1, e
     wait_for_all("sam-jax amg: every process done")
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _generate(args: argparse.Namespace, plan: list[Planned], total: int, mode: str, kwargs: dict, fmt: str,
+def _generate(args: argparse.Namespace, plan: list[Planned], mode: str, kwargs: dict, fmt: str,
               record: dict) -> int:
     """This process's share: refuses other work, skips what is done, generates the rest on every
     local device; returns the number of inputs that failed."""
