@@ -106,6 +106,28 @@ def run(args: argparse.Namespace) -> int:
     targets = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")) if src.is_dir() else [src]
     # Joined first (no model, no device touched): this process's share of the inputs depends on its index.
     index, count = common.join_processes(args)
+    if count == 1:
+        return 1 if _run_share(args, targets, 0, 1)[0] else 0
+    try:
+        failures, fmt, record = _run_share(args, targets, index, count)
+    except (ValueError, OSError, ImportError):  # reported by the caller, once the others are done too
+        wait_for_all("sam-jax amg: every process done")
+        raise
+    wait_for_all("sam-jax amg: every process done")
+    if index == 0:
+        missing = missing_outputs(targets, Path(args.output), fmt, record)
+        if missing:
+            names = ", ".join(p.name for p in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            print(f"sam-jax amg: {len(missing)} of {len(targets)} inputs have no output in {args.output} after all "
+                  f"{count} processes finished: {names}", file=sys.stderr)
+            return 1
+    return 1 if failures else 0
+
+
+def _run_share(args: argparse.Namespace, targets: list[Path], index: int, count: int) -> tuple[int, str, dict]:
+    """Process `index` of `count`'s share of the inputs; returns (inputs that failed, the output
+    format, the output record)."""
+    out_dir = Path(args.output)
     kwargs = {_argument(f): getattr(args, _argument(f)) for f in AMG_FLAGS}
     mode = "coco_rle" if (args.convert_to_rle or args.format == "sa1b") else "binary_mask"
     fmt = "sa1b" if args.format == "sa1b" else "coco_rle_json" if mode == "coco_rle" else "png_masks"
@@ -115,23 +137,7 @@ def run(args: argparse.Namespace) -> int:
     for folder in (out_dir, out_dir / records.STAMP_DIR):
         remove_stale_partials(folder)
     plan = _plan(process_share(targets, index, count), targets, out_dir, fmt, record)
-    if count == 1:
-        return 1 if _generate(args, plan, mode, kwargs, fmt, record) else 0
-    try:
-        failures, error = _generate(args, plan, mode, kwargs, fmt, record), None
-    except (ValueError, OSError, ImportError) as e:  # reported by the caller, once the others are done too
-        failures, error = 1, e
-    wait_for_all("sam-jax amg: every process done")
-    if error is not None:
-        raise error
-    if index == 0:
-        missing = missing_outputs(targets, out_dir, fmt, record)
-        if missing:
-            names = ", ".join(p.name for p in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            print(f"sam-jax amg: {len(missing)} of {len(targets)} inputs have no output in {out_dir} after all "
-                  f"{count} processes finished: {names}", file=sys.stderr)
-            return 1
-    return 1 if failures else 0
+    return _generate(args, plan, mode, kwargs, fmt, record), fmt, record
 
 
 def _generate(args: argparse.Namespace, plan: list[Planned], mode: str, kwargs: dict, fmt: str,
