@@ -67,6 +67,12 @@ def process_share(items: Sequence[T], index: int | None = None, count: int | Non
 
 def wait_for_all(name: str) -> None:
     """Returns once every process of the run has called it with the same `name` (at once when
-    alone). A process that died is noticed by jax.distributed's heartbeat, which ends the run."""
+    alone). ConnectionError, in one line, when another process has died (jax.distributed's
+    heartbeat then ends this one too, when it gives up on the dead one)."""
     if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
+        try:
+            multihost_utils.sync_global_devices(name)
+        except jax.errors.JaxRuntimeError as e:
+            cause = (str(e).strip().splitlines() or ["?"])[0][:200]
+            raise ConnectionError(f"not every process reached {name!r}: one has died or lost its connection "
+                                  f"({cause}); rerun the same command to finish") from None
