@@ -187,17 +187,17 @@ def _generate(args: argparse.Namespace, plan: list[Planned], mode: str, kwargs: 
                 return e if isinstance(e, ValueError) else "out of memory"
             write_output(item.final, masks, image.shape[:2], item.target.name, fmt,
                          lambda tmp: records.write_stamp(item.final, record, item.digest, tmp))
-            return len(masks), time.perf_counter() - t0, compile_seconds() > compiling, devices[k]
+            return Generated(len(masks), time.perf_counter() - t0, compile_seconds() > compiling, devices[k])
 
         for item, result in run_on_devices(work, pending, devices):
-            if not isinstance(result, tuple):
+            if not isinstance(result, Generated):
                 failures += 1
                 progress.message(f"skipping {item.target}: {result}")
                 continue
-            n, seconds, compiled, device = result
-            note = ", compiling included (once per device)" if compiled else ""
+            n, device = result.masks, result.device
+            note = ", compiling included (once per device)" if result.compiled else ""
             where = f" on {device.platform}:{device.id}" if len(devices) > 1 else ""
-            progress.step(f"{item.target.name}: {n} mask{'' if n == 1 else 's'} in {seconds:.1f} s{where}{note}")
+            progress.step(f"{item.target.name}: {n} mask{'' if n == 1 else 's'} in {result.seconds:.1f} s{where}{note}")
             if n == 0:
                 empty.append(item.target.name)
     progress.close()
@@ -210,6 +210,13 @@ def _generate(args: argparse.Namespace, plan: list[Planned], mode: str, kwargs: 
     if failures:
         progress.message(f"{failures} of {len(plan)} inputs failed", counts=False)
     return failures
+
+
+class Generated(NamedTuple):
+    masks: int  # how many
+    seconds: float
+    compiled: bool  # whether compilations ran meanwhile (this device's first image, or another's)
+    device: object  # the jax.Device that made them
 
 
 class Planned(NamedTuple):
