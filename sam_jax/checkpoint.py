@@ -112,7 +112,10 @@ def load(directory: str | os.PathLike, abstract: dict[tuple, object]) -> dict[tu
     (Orbax checks the stored shapes against it)."""
     directory = Path(directory).absolute()
     read_config(directory)  # a clear error when it is not a checkpoint
-    with ocp.StandardCheckpointer() as ckptr:
+    # Every process reads the whole tree for itself, meeting no other process: in a multi-process
+    # `sam-jax amg` only the processes with images left to do load the model.
+    alone = ocp.options.MultiprocessingOptions(primary_host=None, active_processes={jax.process_index()})
+    with ocp.StandardCheckpointer(multiprocessing_options=alone) as ckptr:
         restored = ckptr.restore(directory / PARAMS_DIR, _nest(abstract))
     return _flatten(restored)
 
