@@ -51,7 +51,8 @@ def image_size(text: str) -> int:
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     """--device and --cache-dir: where the model runs and where compiled programs are kept."""
     p.add_argument("--device", choices=DEVICES, default=None,
-                   help="platform to run on (default: JAX's default, the accelerator when there is one)")
+                   help="platform to run on; work that splits (amg's images, batches) uses all its local devices "
+                        "(default: JAX's default, the accelerator when there is one)")
     p.add_argument("--cache-dir", default=str(cache_dir("xla")),
                    help="persistent XLA compilation cache, so that a second run skips compiling "
                         "(default: $SAM_JAX_CACHE/xla, i.e. ~/.cache/sam-jax/xla; '' disables it)")
