@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from helpers import assert_close, assert_masks_match
 from sam_jax import SamPredictor
-from sam_jax.parallel import DATA, FSDP, make_mesh, pad_batch
+from sam_jax.parallel import DATA, FSDP, make_mesh, pad_batch, replicate, run_on_devices
 
 
 def _images(n, seed=0):
@@ -75,3 +76,40 @@ def test_one_device_uses_no_mesh(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == "None" and "(3, 32, 16, 16)" in r.stdout
+
+
+def test_run_on_devices_gives_each_worker_its_device():
+    devices = jax.local_devices()
+    seen = {}
+
+    def work(k, item):  # an uncommitted array lands on the worker's own device
+        seen[item] = (k, jax.numpy.zeros(()).devices())
+        time.sleep(0.05)  # long enough for every worker to start before the queue is empty
+        return item * item
+
+    results = dict(run_on_devices(work, range(19), devices))
+    assert results == {i: i * i for i in range(19)}
+    assert all(where == {devices[k]} for k, where in seen.values())
+    assert {k for k, _ in seen.values()} == set(range(8))  # 19 items: every worker took some
+
+
+def test_run_on_devices_stops_on_an_error():
+    devices = jax.local_devices()
+
+    def work(k, item):
+        if item == 3:
+            raise KeyError("item 3")
+        time.sleep(0.05)
+        return item
+
+    done = []
+    with pytest.raises(KeyError, match="item 3"):
+        for item, _ in run_on_devices(work, range(100), devices):
+            done.append(item)
+    assert 3 not in done and len(done) < 50  # the hand-out stopped; the items under way were reported
+
+
+def test_replicate_places_a_copy_on_each_device(tiny):
+    copies = replicate(tiny.model, jax.local_devices()[:3])
+    assert [m.device for m in copies] == jax.local_devices()[:3]
+    assert tiny.model.device == jax.local_devices()[0]  # the original stays where it was
