@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from scipy import ndimage
 
-from ..functional import Prompts, bucket, decode_prompts_jit, embed_images_jit
+from ..functional import Prompts, decode_prompts_jit, embed_images_jit
 from ..modeling.prompt_encoder import IGNORE_LABEL
 from .data import Source, prepare
 from .losses import mask_iou
@@ -54,8 +54,8 @@ _score_jit = jax.jit(_score)
 def evaluate(model, source: Source, num_images: int | None = None, clicks: int = 1, max_objects: int = 16) -> Evaluation:
     """Every object (up to max_objects per image) of the first num_images images of `source`.
 
-    An image's objects are decoded together, padded to a power-of-two count with empty prompts
-    (ignored), so that a few shapes compile rather than one per object count."""
+    An image's objects are decoded together in max_objects slots, the unused ones with empty
+    prompts (ignored), so that one shape compiles rather than one per object count."""
     graphdef, params = nnx.split(model)
     S = model.config.image_size
     ious, preds, firsts, boxes = [], [], [], []
@@ -66,7 +66,7 @@ def evaluate(model, source: Source, num_images: int | None = None, clicks: int =
         P = int(ex["valid"].sum())
         if P == 0:
             continue
-        B = bucket(P)
+        B = max_objects
         gt = np.zeros((B, S, S), bool)
         gt[:P] = ex["masks"][ex["valid"]]
         emb = embed_images_jit(graphdef, params, jnp.asarray(ex["image"][None]), jnp.asarray(ex["input_size"][None]))
