@@ -5,16 +5,17 @@ confident mask logits (so that automatic mask generation keeps masks through the
 thresholds; the shipped shapes model, trained on 64-pixel toy images, finds nothing in their photo),
 for the fine-tuning notebook 04 the shipped shapes model with its output heads re-initialised (a
 real decoder fine-tune on its frozen encoder, so the loss and the mIoU must move). The TPU
-notebook splits its batch over the 8 simulated CPU devices of conftest.py. The kernels share one
-XLA compilation cache, as a user's runs would (01, 02, 03 and 05 compile the same programs of the
-same model). Any error in any cell fails. As files: outputs stripped, the Colab links and install
+notebook splits its batch over the 8 simulated CPU devices of conftest.py. Two kernels run at a
+time, sharing one XLA compilation cache (see `executed`). Any error in any cell fails. As files: outputs stripped, the Colab links and install
 lines derived from the repository URL in pyproject.toml, pip run only on Colab, the checkpoint taken
 from SAM_JAX_CHECKPOINT with vit_b as default, and no absolute path of the machine that wrote them."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -94,25 +95,40 @@ def shapes_fresh_heads(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("xla")
+def executed(confident_checkpoint, shapes_fresh_heads, tmp_path_factory) -> dict:
+    """name -> (checkpoint, working folder, the executed notebook or the exception), for every
+    notebook, run two at a time: a kernel mostly compiles, on one core, and CI has two. The kernels
+    share one XLA compilation cache, as a user's runs would (01, 02, 03 and 05 compile the same
+    programs of the same model)."""
+    xla_cache = tmp_path_factory.mktemp("xla")
+
+    def run(path: Path):
+        checkpoint = shapes_fresh_heads if path.name == "04_fine_tuning.ipynb" else confident_checkpoint
+        folder = tmp_path_factory.mktemp(path.stem)
+        env = dict(os.environ, SAM_JAX_CHECKPOINT=str(checkpoint), SAM_JAX_CACHE=str(folder / "cache"),
+                   SAM_JAX_WEIGHTS_URL="http://127.0.0.1:9",  # nothing may be downloaded
+                   JAX_COMPILATION_CACHE_DIR=str(xla_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+        nb = nbformat.read(path, as_version=4)
+        try:
+            NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute(env=env)
+        except Exception as e:  # reported by the notebook's own test
+            return checkpoint, folder, e
+        return checkpoint, folder, nb
+
+    longest_first = sorted(NOTEBOOKS, key=lambda p: p.name != "04_fine_tuning.ipynb")
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip([p.name for p in longest_first], pool.map(run, longest_first)))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, request, xla_cache, tmp_path, monkeypatch):
-    fine_tuning = path.name == "04_fine_tuning.ipynb"
-    model = request.getfixturevalue("shapes_fresh_heads" if fine_tuning else "confident_checkpoint")
-    monkeypatch.setenv("SAM_JAX_CHECKPOINT", str(model))
-    monkeypatch.setenv("SAM_JAX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SAM_JAX_WEIGHTS_URL", "http://127.0.0.1:9")  # nothing may be downloaded
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(xla_cache))
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+def test_notebook_runs(path, executed):
+    model, folder, nb = executed[path.name]
+    if isinstance(nb, Exception):
+        raise nb
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert str(model) in printed  # the notebook ran on the checkpoint it was given
-    if fine_tuning:  # it learned: the logged loss fell and the validation mIoU rose (the notebook's own files)
-        log = [json.loads(line) for line in (tmp_path / "shapes_run" / "metrics.jsonl").read_text().splitlines()]
+    if path.name == "04_fine_tuning.ipynb":  # it learned: the logged loss fell and the validation mIoU rose
+        log = [json.loads(line) for line in (folder / "shapes_run" / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in log if "loss" in r]
         val = [r["val_miou_1click"] for r in log if "val_miou_1click" in r]
         assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
