@@ -6,9 +6,10 @@ thresholds; the shipped shapes model, trained on 64-pixel toy images, finds noth
 for the fine-tuning notebook 04 the shipped shapes model with its output heads re-initialised (a
 real decoder fine-tune on its frozen encoder, so the loss and the mIoU must move). The TPU
 notebook splits its batch over the 8 simulated CPU devices of conftest.py. Two kernels run at a
-time, sharing one XLA compilation cache (see `executed`). Any error in any cell fails. As files: outputs stripped, the Colab links and install
-lines derived from the repository URL in pyproject.toml, pip run only on Colab, the checkpoint taken
-from SAM_JAX_CHECKPOINT with vit_b as default, and no absolute path of the machine that wrote them."""
+time, sharing one XLA compilation cache (see `executed`). Any error in any cell fails. As files:
+outputs stripped, the Colab links and install lines derived from the repository URL in
+pyproject.toml, pip run only on Colab, the checkpoint taken from SAM_JAX_CHECKPOINT with vit_b as
+default, and no absolute path of the machine that wrote them."""
 
 from __future__ import annotations
 
@@ -101,19 +102,20 @@ def executed(confident_checkpoint, shapes_fresh_heads, tmp_path_factory) -> dict
     share one XLA compilation cache, as a user's runs would (01, 02, 03 and 05 compile the same
     programs of the same model)."""
     xla_cache = tmp_path_factory.mktemp("xla")
+    folders = {path: tmp_path_factory.mktemp(path.stem) for path in NOTEBOOKS}  # made here, not in the threads
 
     def run(path: Path):
-        checkpoint = shapes_fresh_heads if path.name == "04_fine_tuning.ipynb" else confident_checkpoint
-        folder = tmp_path_factory.mktemp(path.stem)
-        env = dict(os.environ, SAM_JAX_CHECKPOINT=str(checkpoint), SAM_JAX_CACHE=str(folder / "cache"),
+        model = shapes_fresh_heads if path.name == "04_fine_tuning.ipynb" else confident_checkpoint
+        folder = folders[path]
+        env = dict(os.environ, SAM_JAX_CHECKPOINT=str(model), SAM_JAX_CACHE=str(folder / "cache"),
                    SAM_JAX_WEIGHTS_URL="http://127.0.0.1:9",  # nothing may be downloaded
                    JAX_COMPILATION_CACHE_DIR=str(xla_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
         nb = nbformat.read(path, as_version=4)
         try:
             NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute(env=env)
         except Exception as e:  # reported by the notebook's own test
-            return checkpoint, folder, e
-        return checkpoint, folder, nb
+            return model, folder, e
+        return model, folder, nb
 
     longest_first = sorted(NOTEBOOKS, key=lambda p: p.name != "04_fine_tuning.ipynb")
     with ThreadPoolExecutor(2) as pool:
