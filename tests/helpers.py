@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flax import nnx
 
 from sam_jax import SamConfig, get_config, load
 from sam_jax.build_sam import convert_checkpoint
@@ -118,3 +119,14 @@ def make_case(name: str, tmp: Path, cfg: SamConfig | None = None, official=None)
     out = tmp / f"{name}_jax"
     convert_checkpoint(pth, out, config_file=cfg_file)
     return ParityCase(name, cfg, official, pth, out, load(out))
+
+
+def with_fresh_output_heads(model, seed: int = 7):
+    """`model` with its decoder's output heads (mask tokens, hypernetworks, IoU token and head)
+    re-initialised: a model that must learn again which masks to draw and how good they are."""
+    fresh = type(model)(model.config, rngs=nnx.Rngs(seed))
+    kept = nnx.state(model)
+    for name in ("mask_tokens", "iou_token", "output_hypernetworks_mlps", "iou_prediction_head"):
+        kept["mask_decoder"][name] = nnx.state(fresh.mask_decoder)[name]
+    nnx.update(fresh, kept)
+    return fresh

@@ -26,6 +26,8 @@ from sam_jax.train.data import open_source
 from sam_jax.train.evaluate import disk_baseline, evaluate
 from sam_jax.train.shapes import make_example, write_coco
 
+from helpers import with_fresh_output_heads
+
 
 @pytest.fixture(scope="module")
 def val(tmp_path_factory):
@@ -62,11 +64,7 @@ def test_amg_finds_the_shapes(shipped):
 def test_cli_training_learns(tmp_path, shipped, val):
     # The shipped model with its output heads (mask tokens, hypernetworks, IoU token and head)
     # re-initialised: it has to learn again which masks to draw and how good they are.
-    fresh = sam_jax.Sam(shipped.config, rngs=nnx.Rngs(7))
-    kept = nnx.state(shipped)
-    for name in ("mask_tokens", "iou_token", "output_hypernetworks_mlps", "iou_prediction_head"):
-        kept["mask_decoder"][name] = nnx.state(fresh.mask_decoder)[name]
-    nnx.update(fresh, kept)
+    fresh = with_fresh_output_heads(shipped, seed=7)
     init = tmp_path / "init"
     checkpoint.save(init, fresh.config, {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(fresh))})
     train = write_coco(tmp_path / "train", 240, seed=11)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -41,8 +42,20 @@ def centre_click(region: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
+def _score(low: jax.Array, gt: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Low-res logits (P, n, n) against targets (P, S, S): IoU (P,) and the predicted masks (P, S, S)."""
+    up = upsample_logits(low, gt.shape[-1])
+    return mask_iou(up, gt), up > 0
+
+
+_score_jit = jax.jit(_score)
+
+
 def evaluate(model, source: Source, num_images: int | None = None, clicks: int = 1, max_objects: int = 16) -> Evaluation:
-    """Every object (up to max_objects per image) of the first num_images images of `source`."""
+    """Every object (up to max_objects per image) of the first num_images images of `source`.
+
+    An image's objects are decoded together in max_objects slots, the unused ones with empty
+    prompts (ignored), so that one shape compiles rather than one per object count."""
     graphdef, params = nnx.split(model)
     S = model.config.image_size
     ious, preds, firsts, boxes = [], [], [], []
@@ -50,32 +63,33 @@ def evaluate(model, source: Source, num_images: int | None = None, clicks: int =
     for i in range(min(num_images or len(source), len(source))):
         image, masks = source[i]
         ex = prepare(image, masks, S, max_objects, rng)
-        gt = ex["masks"][ex["valid"]]
-        P = len(gt)
+        P = int(ex["valid"].sum())
         if P == 0:
             continue
+        B = max_objects
+        gt = np.zeros((B, S, S), bool)
+        gt[:P] = ex["masks"][ex["valid"]]
         emb = embed_images_jit(graphdef, params, jnp.asarray(ex["image"][None]), jnp.asarray(ex["input_size"][None]))
         h, w = ex["input_size"]
         inside = np.zeros((S, S), bool)
         inside[:h, :w] = True
-        coords = np.zeros((P, clicks, 2), np.float32)
-        labels = np.full((P, clicks), IGNORE_LABEL, np.int32)
-        first = np.array([centre_click(g) for g in gt])
-        coords[:, 0], labels[:, 0] = first, 1
+        coords = np.zeros((B, clicks, 2), np.float32)
+        labels = np.full((B, clicks), IGNORE_LABEL, np.int32)
+        first = np.array([centre_click(g) for g in gt[:P]])
+        coords[:P, 0], labels[:P, 0] = first, 1
         mask_input, has_mask = None, None
         obj_iou, obj_pred = [], []
         for c in range(clicks):
             multi = c == 0
-            prompts = Prompts(jnp.asarray(coords), jnp.asarray(labels), jnp.zeros((P, 4)), jnp.zeros(P, bool), mask_input, has_mask)
+            prompts = Prompts(coords, labels, np.zeros((B, 4), np.float32), np.zeros(B, bool), mask_input, has_mask)
             low, iou_pred = decode_prompts_jit(graphdef, params, emb, prompts, multimask_output=multi)
             best = np.argmax(np.asarray(iou_pred), axis=1)
-            low = np.asarray(low)[np.arange(P), best][:, None]
-            up = np.asarray(upsample_logits(jnp.asarray(low[:, 0]), S))
-            obj_iou.append(np.asarray(mask_iou(jnp.asarray(up), jnp.asarray(gt))))
-            obj_pred.append(np.asarray(iou_pred)[np.arange(P), best])
-            mask_input, has_mask = jnp.asarray(low), jnp.ones(P, bool)
+            low = np.asarray(low)[np.arange(B), best][:, None]
+            iou, pred = (np.asarray(a) for a in _score_jit(low[:, 0], gt))
+            obj_iou.append(iou[:P])
+            obj_pred.append(np.asarray(iou_pred)[np.arange(P), best[:P]])
+            mask_input, has_mask = low, np.ones(B, bool)
             if c + 1 < clicks:
-                pred = up > 0
                 for k in range(P):
                     fn, fp = gt[k] & ~pred[k] & inside, ~gt[k] & pred[k] & inside
                     # Click the larger error kind's centre (nothing wrong: repeat a positive centre click).
@@ -85,21 +99,22 @@ def evaluate(model, source: Source, num_images: int | None = None, clicks: int =
         ious.append(np.stack(obj_iou, 1))
         preds.append(np.stack(obj_pred, 1))
         firsts.append(first)
-        boxes.append(_box_iou(graphdef, params, emb, gt, S))
+        boxes.append(_box_iou(graphdef, params, emb, gt, P)[:P])
     if not ious:
         raise ValueError(f"{source.name}: no object to evaluate")
     return Evaluation(np.concatenate(ious), np.concatenate(preds), np.concatenate(firsts), np.concatenate(boxes))
 
 
-def _box_iou(graphdef, params, emb, gt: np.ndarray, S: int) -> np.ndarray:
-    P = len(gt)
-    box = np.zeros((P, 4), np.float32)
-    for k, g in enumerate(gt):
+def _box_iou(graphdef, params, emb, gt: np.ndarray, P: int) -> np.ndarray:
+    """IoU (B,) of the box prompt's mask for the first P of the B targets (the others: empty prompts)."""
+    B = len(gt)
+    box = np.zeros((B, 4), np.float32)
+    for k, g in enumerate(gt[:P]):
         ys, xs = np.nonzero(g)
         box[k] = xs.min(), ys.min(), xs.max(), ys.max()
-    prompts = Prompts(jnp.zeros((P, 1, 2)), jnp.full((P, 1), IGNORE_LABEL, jnp.int32), jnp.asarray(box), jnp.ones(P, bool))
+    prompts = Prompts(np.zeros((B, 1, 2), np.float32), np.full((B, 1), IGNORE_LABEL, np.int32), box, np.arange(B) < P)
     low, _ = decode_prompts_jit(graphdef, params, emb, prompts, multimask_output=False)
-    return np.asarray(mask_iou(upsample_logits(low[:, 0], S), jnp.asarray(gt)))
+    return np.asarray(_score_jit(np.asarray(low)[:, 0], gt)[0])
 
 
 def disk_baseline(source: Source, image_size: int, num_images: int | None = None, radii=range(1, 33)) -> tuple[float, int]:
