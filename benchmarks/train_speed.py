@@ -100,6 +100,9 @@ def run_official(cfg, b, steps: int, settings) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+IMPLS = ("official", "ours", "ours-remat")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="shapes_tiny")
@@ -108,12 +111,13 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--correction-points", type=int, default=2)
     ap.add_argument("--mask-only-steps", type=int, default=1)
-    ap.add_argument("--impl", choices=("ours", "ours-remat", "official"), help="one side alone (the memory subprocess)")
+    ap.add_argument("--impl", choices=IMPLS, help="one side alone (the memory subprocess)")
+    ap.add_argument("--impls", default=",".join(IMPLS), help="the sides to run, in this order (default: all)")
     args = ap.parse_args(argv)
 
     if args.impl is None:
         rows = {}
-        for impl in ("official", "ours", "ours-remat"):
+        for impl in args.impls.split(","):
             passed = sys.argv[1:] if argv is None else list(argv)
             r = subprocess.run([sys.executable, "-m", "benchmarks.train_speed", *passed, "--impl", impl],
                                cwd=ROOT, capture_output=True, text=True)
