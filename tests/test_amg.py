@@ -169,3 +169,23 @@ def test_crop_resampling_matches_official_postprocess(size):
     assert ours.shape == (3, dev.size_bucket(h), dev.size_bucket(w))
     assert np.abs(ours[:, :h, :w] - ref).max() <= 1e-5 * np.abs(ref).max()
     assert not ours[:, h:].any() and not ours[:, :, w:].any()
+
+
+@pytest.mark.parametrize("n_valid", [0, 1, 40, 500])
+def test_nms_on_a_large_buffer_matches_torchvision(n_valid):
+    """A crop's buffer (3,072 slots) with few valid entries: the loop stops at the last survivor
+    and keeps exactly torchvision's set, in its order."""
+    import torch
+    import torchvision
+
+    r = np.random.default_rng(n_valid)
+    n = 3072
+    xy = r.uniform(0, 200, (n, 2))
+    boxes = np.round(np.concatenate([xy, xy + r.uniform(1, 120, (n, 2))], 1)).astype(np.float32)
+    scores = r.uniform(0, 1, n).astype(np.float32)
+    valid = np.zeros(n, bool)
+    valid[r.choice(n, n_valid, replace=False)] = True
+    order, keep = amg.nms(boxes, scores, valid, 0.7)
+    idx = np.nonzero(valid)[0]
+    ref = idx[torchvision.ops.nms(torch.from_numpy(boxes[idx]), torch.from_numpy(scores[idx]), 0.7).numpy()]
+    np.testing.assert_array_equal(np.asarray(order)[np.asarray(keep)], ref)
