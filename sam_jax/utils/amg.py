@@ -69,6 +69,21 @@ def uncrop_points(points, crop_box):
     return points + np.array([x0, y0], dtype=np.asarray(points).dtype)
 
 
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, 4) int64 inclusive xyxy boxes, [0, 0, 0, 0] for an empty mask:
+    `batched_mask_to_box` on the host, for full-size masks that are already there."""
+    masks = np.asarray(masks, bool)
+    n, h, w = masks.shape
+    boxes = np.zeros((n, 4), np.int64)
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    full = rows.any(axis=1)
+    boxes[full, 0] = cols[full].argmax(axis=1)
+    boxes[full, 1] = rows[full].argmax(axis=1)
+    boxes[full, 2] = w - 1 - cols[full, ::-1].argmax(axis=1)
+    boxes[full, 3] = h - 1 - rows[full, ::-1].argmax(axis=1)
+    return boxes
+
+
 def box_xyxy_to_xywh(box: list[float]) -> list[float]:
     """[x0, y0, x1, y1] -> [x0, y0, w, h]."""
     x0, y0, x1, y1 = box
