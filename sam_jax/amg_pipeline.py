@@ -7,7 +7,7 @@ the host.
 Image-size independence: upsampling to the crop's size uses banded resampling weights passed in
 as arrays and padded to a coarse canvas (`canvas`: a few sizes per octave), the true size passed
 as an array, so one compilation serves every photo whose crops fall on the same canvas.
-How much is done per call (masks upsampled together for the statistics, crops in flight) is a
+How much is done per call (masks upsampled together for the statistics, crops per call) is a
 per-backend `BackendPlan`: a few cache-sized masks on CPU, large slabs on accelerators.
 """
 
@@ -41,15 +41,16 @@ BAND_TILE = 64  # outputs per tile of the banded resampling matmul
 
 class BackendPlan(NamedTuple):
     """How much one backend does at once. stats_bytes: full-resolution float32 logits live at
-    once while computing statistics (None: MASK_CHUNK masks); crops_in_flight: crops dispatched
-    before the first one is fetched (each holds its candidates' low-res logits on device)."""
+    once while computing statistics (None: MASK_CHUNK masks); crop_group: crops embedded in one
+    call and dispatched together, the previous group fetched while they run (so up to two
+    groups' candidate logits, 0.8 GB per 1,024-point crop, are on the device at once)."""
 
     stats_bytes: int | None
-    crops_in_flight: int
+    crop_group: int
 
 
-PLANS = {"cpu": BackendPlan(None, 2)}
-ACCELERATOR_PLAN = BackendPlan(2 << 30, 8)  # GPU and TPU: 2 GiB slabs, 8 crops (~6 GiB of vit_h candidates)
+PLANS = {"cpu": BackendPlan(None, 1)}
+ACCELERATOR_PLAN = BackendPlan(2 << 30, 5)  # GPU and TPU: 2 GiB slabs; a crop layer of 4 and the image in one group
 
 
 def backend_plan(platform: str) -> BackendPlan:

@@ -4,7 +4,7 @@ Per crop, `amg_pipeline.process_crop` (one jitted call) decodes all point batche
 filters, runs NMS and compacts the survivors; this file is the host side: crops, point grids,
 the cross-crop NMS call, small-region cleanup, RLE and the output records.
 
-Round trips: crops are embedded and dispatched in groups (`BackendPlan.crops_in_flight`), each
+Round trips: crops are embedded and dispatched in groups (`BackendPlan.crop_group`), each
 crop's scores and boxes come back in one fetch while later crops compute, and the kept masks of
 every crop are rendered before the first is fetched, bit-packed.
 """
@@ -176,7 +176,7 @@ class SamAutomaticMaskGenerator:
     def _process_crops(self, image, crop_boxes, layer_idxs) -> list[_CropMasks]:
         """Every crop through `process_crop`: a group of crops is embedded in one call and
         dispatched before the previous group is fetched, so the device never waits for the host."""
-        group = self._plan().crops_in_flight
+        group = self._plan().crop_group
         orig_box = np.array([0, 0, image.shape[1], image.shape[0]], np.float32)
         done, pending = [], []
         for start in range(0, len(crop_boxes), group):
@@ -196,7 +196,8 @@ class SamAutomaticMaskGenerator:
         ch, cw = y1 - y0, x1 - x0
         points = self.point_grids[layer_idx] * np.array([[cw, ch]])
         transformed = self.predictor.transform.apply_coords(points, (ch, cw))
-        P, n = self.points_per_batch, len(points)
+        n = len(points)
+        P = min(self.points_per_batch, bucket(n))  # 16 points are not padded to a batch of 64
         nb = max(1, -(-n // P))
         pts = np.zeros((nb * P, 2), np.float32)
         pts[:n] = transformed

@@ -110,14 +110,14 @@ def test_few_compilations_across_photo_sizes(tiny):
 
 
 def test_accelerator_plan_gives_the_same_records(tiny, monkeypatch):
-    """Large statistics chunks and several crops in flight (the GPU/TPU plan) on CPU: the same
+    """Large statistics chunks and all five crops in one group (a GPU/TPU plan) on CPU: the same
     records, bit for bit, as the CPU plan."""
     from sam_jax import amg_pipeline as dev
 
     kw = dict(SETTINGS["crops"], points_per_batch=16)
     image = _scene()
     cpu = SamAutomaticMaskGenerator(tiny.model, **kw).generate(image)
-    monkeypatch.setitem(dev.PLANS, "cpu", dev.BackendPlan(stats_bytes=48 * 256 * 256 * 12, crops_in_flight=5))
+    monkeypatch.setitem(dev.PLANS, "cpu", dev.BackendPlan(stats_bytes=48 * 256 * 256 * 12, crop_group=5))
     assert dev.stats_chunk(dev.backend_plan("cpu"), 48, (256, 256)) == 48
     accelerated = SamAutomaticMaskGenerator(tiny.model, **kw).generate(image)
     assert len(cpu) == len(accelerated) > 0
