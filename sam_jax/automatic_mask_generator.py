@@ -276,8 +276,7 @@ class SamAutomaticMaskGenerator:
         b = np.zeros((nb, 4), np.float32)
         s = np.zeros(nb, np.float32)
         b[:n], s[:n] = boxes, scores
-        order, keep = dev.nms_jit(b, s, np.arange(nb) < n, np.float32(thresh))
-        order, keep = np.asarray(order), np.asarray(keep)
+        order, keep = jax.device_get(dev.nms_jit(b, s, np.arange(nb) < n, np.float32(thresh)))
         return order[keep]
 
     @classmethod
