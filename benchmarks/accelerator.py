@@ -18,6 +18,10 @@ is that first call):
    same run on the same weights; our error against the official float32 embedding.
 3. click: one-click latency, image (numpy) -> set_image -> predict(one point) -> masks on the
    host, ours and official; and predict alone on an embedded image.
+4. amg: automatic mask generation per image (generate(image) -> records on the host) for each
+   of --amg-models at the official defaults, ours and official on the same "confident" weights
+   (`cases.make_confident`, so masks survive the thresholds), with the mask counts and the lowest
+   IoU of paired masks. Smoke: the tiny model, 4 points per side.
 A time guard (--time-limit) stops before a measurement would start past the limit.
 """
 
@@ -249,16 +253,54 @@ def click_rows(rows: Rows, setup, smoke: bool, repeats: int):
                         compile_s=first, ms=1e3 * t, predict_ms=1e3 * t_predict))
 
 
+def amg_rows(rows: Rows, setup, smoke: bool, repeats: int):
+    """One model's AMG rows (see stage 4 in the module docstring)."""
+    import jax
+    import torch
+    from segment_anything import SamAutomaticMaskGenerator as Official
+
+    from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
+
+    from .cases import min_matched_iou
+
+    kwargs = dict(points_per_side=4) if smoke else {}
+    cuda = torch.cuda.is_available()
+    out = {}
+    for name, make, device in (("official", Official, torch.cuda.get_device_name() if cuda else "cpu"),
+                               ("sam-jax", SamAutomaticMaskGenerator, str(jax.devices()[0].device_kind))):
+        if rows.time_left() < 120:
+            return
+        model = setup.official if name == "official" else setup.ours
+        generator = make(model, **kwargs)
+        row = dict(stage="amg", model=setup.model_type, impl=name, device=device, image=list(setup.image.shape[:2]),
+                   settings=kwargs or "official defaults")
+
+        def generate():
+            out[name] = generator.generate(setup.image)
+            if cuda:
+                torch.cuda.synchronize()
+
+        try:
+            first, t = _timed(generate, repeats)
+            row.update(compile_s=first, s=t, masks=len(out[name]))
+            if name == "sam-jax" and "official" in out:
+                row["min_mask_iou"] = min_matched_iou(out["sam-jax"], out["official"])
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        rows.write(row)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", required=True, help="JSON Lines file the rows are appended to")
     ap.add_argument("--time-limit", type=float, default=480.0, help="seconds: no measurement starts after this")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, CPU-friendly (the kernel in interpret mode)")
-    ap.add_argument("--stages", default="kernel,embed,click")
+    ap.add_argument("--stages", default="kernel,embed,click,amg")
     ap.add_argument("--model", default="vit_b", help="encoder of the embed and click stages")
+    ap.add_argument("--amg-models", default="vit_b,vit_l,vit_h", help="encoders of the amg stage (smoke: the tiny one)")
     ap.add_argument("--image", default=str(ROOT.parent / "shared" / "images" / "truck.jpg"),
                     help="photo for the click stage (if missing, a random 1800x1200 image; 600x400 with --smoke)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 10, smoke 1)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 10, smoke 1; amg at most 3)")
     args = ap.parse_args(argv)
 
     # JAX would take 75% of the GPU at start, leaving the official model too little.
@@ -274,14 +316,23 @@ def main(argv=None) -> None:
                     smoke=args.smoke))
     if "kernel" in stages:
         kernel_rows(rows, args.smoke, repeats)
-    if {"embed", "click"} & set(stages) and rows.time_left() > 60:
-        from . import cases as C
+    from . import cases as C
 
-        setup = _setup(C.TINY if args.smoke else args.model, Path(args.image), (400, 600) if args.smoke else (1200, 1800))
+    synthetic = (400, 600) if args.smoke else (1200, 1800)
+    setup = None
+    if {"embed", "click"} & set(stages) and rows.time_left() > 60:
+        setup = _setup(C.TINY if args.smoke else args.model, Path(args.image), synthetic)
         if "embed" in stages:
             embed_rows(rows, setup, args.smoke, repeats)
         if "click" in stages:
             click_rows(rows, setup, args.smoke, repeats)
+    for model in [C.TINY] if args.smoke else args.amg_models.split(","):
+        if "amg" not in stages or rows.time_left() < 180:  # a vit_h setup and one AMG run each way
+            break
+        if setup is None or setup.model_type != model:
+            setup = None  # the previous model's weights go before the next one's are built
+            setup = _setup(model, Path(args.image), synthetic)
+        amg_rows(rows, setup, args.smoke, min(repeats, 3))
     rows.write(dict(stage="done", time_left_s=rows.time_left()))
 
 

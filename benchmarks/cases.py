@@ -209,7 +209,7 @@ def case_amg(s: Setup, **kwargs):
         P = gen.points_per_batch
         nb = -(-n // P)
         hi, wi = emb.input_sizes[0]
-        args = (gen.predictor.graphdef, gen.predictor.params, emb.features, np.zeros((nb, P, 2), np.float32),
+        args = (gen.predictor.graphdef, gen.predictor.params, emb.features, np.int32(0), np.zeros((nb, P, 2), np.float32),
                 np.ones((nb, P), bool), *gen._resamplers((hi, wi), (h, w)), np.array([h, w], np.int32),
                 np.array([0, 0, w, h], np.float32), np.array([0, 0, w, h], np.float32), gen._settings())
         return total + _flops(amg_pipeline.process_crop, *args, static_argnums=(0,))

@@ -2,7 +2,8 @@
 
 The official package's names, from the same places: `sam_model_registry`, `build_sam_vit_{h,l,b}`,
 `SamPredictor`, `SamAutomaticMaskGenerator`; plus `load`, the one entry point for every kind of
-checkpoint.
+checkpoint. Importing it turns on the persistent XLA compilation cache (`sam_jax.utils.xla_cache`;
+opt out with SAM_JAX_XLA_CACHE=0).
 """
 
 __version__ = "0.1.0"
@@ -21,6 +22,9 @@ from .config import SamConfig, get_config
 from .modeling import Sam
 from .predictor import SamPredictor
 from .utils.transforms import ResizeLongestSide
+from .utils.xla_cache import enable_default_cache
+
+enable_default_cache()
 
 __all__ = [
     "ResizeLongestSide", "Sam", "SamAutomaticMaskGenerator", "SamConfig", "SamPredictor", "build_sam",

@@ -1,11 +1,14 @@
 """Device side of automatic mask generation: one jitted call per crop decodes every point batch,
-upsamples, filters by predicted IoU, stability and crop edges, and runs NMS, on fixed-size
-buffers with validity masks. Only small arrays (scores, boxes, the keep mask) and, at the end,
-the kept masks cross to the host.
+upsamples, filters by predicted IoU, stability and crop edges, runs NMS and compacts the
+survivors to the front of fixed-size buffers with validity masks. Only small arrays (scores,
+boxes, survivor indexes: one fetch per crop) and, at the end, the kept masks bit-packed cross to
+the host.
 
 Image-size independence: upsampling to the crop's size uses banded resampling weights passed in
-as arrays and padded to a size bucket (a multiple of 128), so one compilation serves every image
-whose crop sizes fall in the same buckets.
+as arrays and padded to a coarse canvas (`canvas`: a few sizes per octave), the true size passed
+as an array, so one compilation serves every photo whose crops fall on the same canvas.
+How much is done per call (masks upsampled together for the statistics, crops per call) is a
+per-backend `BackendPlan`: a few cache-sized masks on CPU, large slabs on accelerators.
 """
 
 from __future__ import annotations
@@ -32,8 +35,36 @@ class AmgSettings(NamedTuple):
     mask_threshold: jax.Array
 
 
-SIZE_BUCKET = 128
-MASK_CHUNK = 4  # masks upsampled together when only their statistics are needed
+MASK_CHUNK = 4  # masks upsampled together on CPU when only their statistics are needed: they stay in cache
+BAND_TILE = 64  # outputs per tile of the banded resampling matmul
+
+
+class BackendPlan(NamedTuple):
+    """How much one backend does at once. stats_bytes: full-resolution float32 logits live at
+    once while computing statistics (None: MASK_CHUNK masks); crop_group: crops embedded in one
+    call and dispatched together, the previous group fetched while they run (so up to two
+    groups' candidate logits, 0.8 GB per 1,024-point crop, are on the device at once)."""
+
+    stats_bytes: int | None
+    crop_group: int
+
+
+PLANS = {"cpu": BackendPlan(None, 1)}
+ACCELERATOR_PLAN = BackendPlan(2 << 30, 5)  # GPU and TPU: 2 GiB slabs; a crop layer of 4 and the image in one group
+
+
+def backend_plan(platform: str) -> BackendPlan:
+    return PLANS.get(platform, ACCELERATOR_PLAN)
+
+
+def stats_chunk(plan: BackendPlan, masks: int, canvas_hw: tuple[int, int]) -> int:
+    """Masks upsampled together (static): the plan's budget over about three float32 canvases
+    per mask (logits and the two thresholded counts), balanced so `masks` splits evenly."""
+    if plan.stats_bytes is None:
+        return MASK_CHUNK
+    limit = max(1, plan.stats_bytes // (12 * canvas_hw[0] * canvas_hw[1]))
+    steps = -(-masks // limit)
+    return -(-masks // steps)
 
 
 def _chunked(fn, x: jax.Array, chunk: int):
@@ -45,8 +76,29 @@ def _chunked(fn, x: jax.Array, chunk: int):
     return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], out)
 
 
-def size_bucket(n: int) -> int:
-    return -(-n // SIZE_BUCKET) * SIZE_BUCKET
+def _canvas_ladder(limit: int = 1 << 16) -> tuple[int, ...]:
+    """256, then steps of 128 to 1280, 256 to 2560, 512 to 5120, ...: at most ~14% padding past
+    1024 px (10% below), a handful of sizes for all the photos of a camera."""
+    sizes, step = [256], 128
+    while sizes[-1] < limit:
+        sizes.append(sizes[-1] + step)
+        if sizes[-1] >= 10 * step:
+            step *= 2
+    return tuple(sizes)
+
+
+CANVASES = _canvas_ladder()
+
+
+def canvas(n: int) -> int:
+    """The canvas a crop side of n pixels is computed on (a multiple of BAND_TILE)."""
+    return CANVASES[int(np.searchsorted(CANVASES, n))]
+
+
+def _canvas_floor(padded_out: int) -> int:
+    """The smallest side that uses this canvas."""
+    i = CANVASES.index(padded_out)
+    return 1 if i == 0 else CANVASES[i - 1] + 1
 
 
 BAND_TILE = 64  # outputs per tile of the banded resampling matmul
@@ -54,8 +106,8 @@ BAND_TILE = 64  # outputs per tile of the banded resampling matmul
 
 def band_len(low_len: int, padded_out: int) -> int:
     """Static window length of the banded resampling: how many low-res rows one tile of
-    BAND_TILE outputs can read, for any output size in the bucket ending at padded_out."""
-    min_out = max(padded_out - SIZE_BUCKET + 1, 1)
+    BAND_TILE outputs can read, for any output size on the canvas padded_out."""
+    min_out = _canvas_floor(padded_out)
     return min(low_len, int(np.ceil((BAND_TILE - 1) * low_len / min_out)) + 4)
 
 
@@ -90,7 +142,7 @@ def resample_weights(low_len: int, image_size: int, input_len: int, out_len: int
 def crop_resamplers(low_len: int, image_size: int, input_size, crop_size) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     """(rows, cols) resample_weights for a crop of crop_size (h, w) resized to input_size (h, w)."""
     return tuple(
-        resample_weights(low_len, image_size, int(i), int(o), size_bucket(int(o))) for i, o in zip(input_size, crop_size)
+        resample_weights(low_len, image_size, int(i), int(o), canvas(int(o))) for i, o in zip(input_size, crop_size)
     )
 
 
@@ -129,6 +181,7 @@ def process_crop(
     graphdef: nnx.GraphDef,
     params: nnx.State,
     features: jax.Array,
+    crop_index: jax.Array,
     points: jax.Array,
     point_valid: jax.Array,
     rows: tuple[jax.Array, jax.Array],
@@ -137,16 +190,21 @@ def process_crop(
     crop_box: jax.Array,
     orig_box: jax.Array,
     settings: AmgSettings,
-) -> dict[str, jax.Array]:
-    """All point batches of one crop, filtered and de-duplicated.
+    chunk: int = MASK_CHUNK,
+) -> tuple[dict[str, jax.Array], jax.Array]:
+    """All point batches of one crop, filtered and de-duplicated, survivors first.
 
-    features (1, C, h, w); points (nb, P, 2) xy in the crop's resized-input frame, point_valid
-    (nb, P); rows / cols from `crop_resamplers` (Hb, Wb their padded sizes); crop_hw (2,) the crop's size;
-    crop_box, orig_box (4,) xyxy in image pixels.
-    Returns per candidate (N = nb * P * M): low_res (N, 4h, 4w), iou_preds, stability_score,
-    boxes (N, 4) crop pixels, point_index (N,), and the NMS `order` and `keep` (see utils.amg.nms).
+    features (B, C, h, w) of all crops, crop_index () which one; points (nb, P, 2) xy in the
+    crop's resized-input frame, point_valid (nb, P); rows / cols from `crop_resamplers`
+    (Hc, Wc their canvas sizes); crop_hw (2,) the crop's size; crop_box, orig_box (4,) xyxy in
+    image pixels; chunk (static) masks upsampled together for the statistics (`stats_chunk`).
+    Returns (small, low_res): `small` holds count () survivors and, per slot (N = nb * P * M,
+    the first `count` the survivors in NMS order), index (N,) into the candidates, iou_preds,
+    stability_score, boxes (N, 4) crop pixels and point_index; low_res (N, 4h, 4w) the
+    logits of every candidate (gather the survivors with `take_rows`).
     """
     inside = _inside(rows, cols, crop_hw)
+    features = jax.lax.dynamic_index_in_dim(features, crop_index, keepdims=True)
 
     def one_batch(args):
         pts, valid = args
@@ -157,11 +215,11 @@ def process_crop(
         M = iou.shape[1]
         low, iou = low.reshape((P * M,) + low.shape[2:]), iou.reshape(P * M)
 
-        def stats(chunk):  # a few masks at a time: the full-size logits stay in cache
-            logits = jnp.where(inside, upscale_to_crop(chunk, rows, cols), -jnp.inf)
+        def stats(masks):  # `chunk` masks at a time: the full-size logits never exist for all
+            logits = jnp.where(inside, upscale_to_crop(masks, rows, cols), -jnp.inf)
             return _mask_stats(logits, settings.mask_threshold, settings.stability_score_offset)
 
-        stability, boxes = _chunked(stats, low, MASK_CHUNK)
+        stability, boxes = _chunked(stats, low, chunk)
         keep = jnp.repeat(valid, M) & ((settings.pred_iou_thresh <= 0) | (iou > settings.pred_iou_thresh))
         keep &= (settings.stability_score_thresh <= 0) | (stability >= settings.stability_score_thresh)
         keep &= ~is_box_near_crop_edge(boxes, crop_box, orig_box)
@@ -172,17 +230,28 @@ def process_crop(
     low, iou, stability, boxes, keep = map(flat, (low, iou, stability, boxes, keep))
     M = iou.shape[0] // (points.shape[0] * points.shape[1])
     order, nms_keep = nms(boxes, iou, keep, settings.box_nms_thresh)
-    return dict(low_res=low, iou_preds=iou, stability_score=stability, boxes=boxes,
-                point_index=jnp.arange(iou.shape[0]) // M, order=order, keep=nms_keep)
+    index = order[jnp.argsort(~nms_keep, stable=True)]  # survivors first, in NMS order
+    small = dict(count=jnp.sum(nms_keep, dtype=jnp.int32), index=index, iou_preds=iou[index],
+                 stability_score=stability[index], boxes=boxes[index], point_index=index // M)
+    return small, low
 
 
-def render_masks(low_res: jax.Array, rows: tuple[jax.Array, jax.Array], cols: tuple[jax.Array, jax.Array],
-                 crop_hw: jax.Array, mask_threshold: jax.Array) -> jax.Array:
-    """(K, 4h, 4w) kept logits -> (K, Hb, Wb) bool masks at the crop size (False in the padding)."""
+def take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
+    """x[index]: (N, ...) -> (K, ...), K a count bucket (a gather compiled per bucket, not per count)."""
+    return x[index]
+
+
+def render_masks(low_res: jax.Array, index: jax.Array, rows: tuple[jax.Array, jax.Array],
+                 cols: tuple[jax.Array, jax.Array], crop_hw: jax.Array, mask_threshold: jax.Array) -> jax.Array:
+    """low_res[index] (K, 4h, 4w) logits -> (K, Hc, Wc / 8) uint8: masks at the crop size on
+    the canvas (False outside the crop), 8 pixels a byte along the width (np.unpackbits, axis=-1)
+    for an 8 times smaller copy to the host."""
     inside = _inside(rows, cols, crop_hw)
-    return inside & (upscale_to_crop(low_res, rows, cols) > mask_threshold)
+    masks = inside & (upscale_to_crop(low_res[index], rows, cols) > mask_threshold)
+    return jnp.packbits(masks, axis=-1)
 
 
-process_crop_jit = jax.jit(process_crop, static_argnames="graphdef")
+process_crop_jit = jax.jit(process_crop, static_argnames=("graphdef", "chunk"))
+take_rows_jit = jax.jit(take_rows)
 render_masks_jit = jax.jit(render_masks)
 nms_jit = jax.jit(nms)

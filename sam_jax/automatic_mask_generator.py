@@ -1,8 +1,12 @@
 """SamAutomaticMaskGenerator: the official class and records, with the heavy work on device.
 
 Per crop, `amg_pipeline.process_crop` (one jitted call) decodes all point batches, upsamples,
-filters and runs NMS; this file is the host side: crops, point grids, the cross-crop NMS call,
-small-region cleanup, RLE and the output records.
+filters, runs NMS and compacts the survivors; this file is the host side: crops, point grids,
+the cross-crop NMS call, small-region cleanup, RLE and the output records.
+
+Round trips: crops are embedded and dispatched in groups (`BackendPlan.crop_group`), each
+crop's scores and boxes come back in one fetch while later crops compute, and the kept masks of
+every crop are rendered before the first is fetched, bit-packed.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from . import amg_pipeline as dev
@@ -30,7 +33,7 @@ class _CropMasks:
 
     crop_box: list[int]
     resamplers: tuple  # (rows, cols) from amg_pipeline.crop_resamplers, shared with render
-    low_res: object
+    low_res: object  # (bucket(K), 4h, 4w) device logits of the survivors, None when K == 0
     iou_preds: np.ndarray
     stability_score: np.ndarray
     boxes: np.ndarray  # (K, 4) xyxy image pixels
@@ -87,7 +90,7 @@ class SamAutomaticMaskGenerator:
         )
         self.predictor = SamPredictor(model)
         self._leaves, treedef = jax.tree.flatten(self.predictor.params)
-        self._decode_crop = bind_model(dev.process_crop, self.predictor.graphdef, treedef)
+        self._decode_crop = bind_model(dev.process_crop, self.predictor.graphdef, treedef, ("chunk",))
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
@@ -149,7 +152,7 @@ class SamAutomaticMaskGenerator:
     def _generate_masks(self, image: np.ndarray) -> dict[str, np.ndarray]:
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = self._crop_boxes(orig_size)
-        crops = [self._process_crop(image, box, layer, orig_size) for box, layer in zip(crop_boxes, layer_idxs)]
+        crops = self._process_crops(image, crop_boxes, layer_idxs)
         crop_of = np.concatenate([np.full(len(c.iou_preds), i) for i, c in enumerate(crops)]).astype(int)
         index = np.concatenate([np.arange(len(c.iou_preds)) for c in crops]).astype(int)
         boxes = np.concatenate([c.boxes for c in crops])
@@ -170,38 +173,69 @@ class SamAutomaticMaskGenerator:
             "crop_boxes": np.array([crops[c].crop_box for c in crop_of], crop_dtype).reshape(-1, 4),
         }
 
-    def _process_crop(self, image, crop_box, layer_idx, orig_size) -> _CropMasks:
+    def _process_crops(self, image, crop_boxes, layer_idxs) -> list[_CropMasks]:
+        """Every crop through `process_crop`: a group of crops is embedded in one call and
+        dispatched before the previous group is fetched, so the device never waits for the host."""
+        group = self._plan().crop_group
+        orig_box = np.array([0, 0, image.shape[1], image.shape[0]], np.float32)
+        done, pending = [], []
+        for start in range(0, len(crop_boxes), group):
+            boxes = crop_boxes[start:start + group]
+            emb = self.predictor.embed_images([image[y0:y1, x0:x1, :] for x0, y0, x1, y1 in boxes])
+            # A group may be embedded across the predictor's mesh; its crops decode where the model is.
+            features = jax.device_put(emb.features, self.predictor.device)
+            launched = [self._dispatch_crop(features, i, emb.input_sizes[i], box, layer_idxs[start + i], orig_box)
+                        for i, box in enumerate(boxes)]
+            done += [self._fetch_crop(*p) for p in pending]
+            pending = launched
+        return done + [self._fetch_crop(*p) for p in pending]
+
+    def _dispatch_crop(self, features, i, input_size, crop_box, layer_idx, orig_box):
+        """Starts `process_crop` for crop i of the embedded group (does not wait for it)."""
         x0, y0, x1, y1 = crop_box
-        cropped = image[y0:y1, x0:x1, :]
-        ch, cw = cropped.shape[:2]
-        emb = self.predictor.embed_images([cropped])
+        ch, cw = y1 - y0, x1 - x0
         points = self.point_grids[layer_idx] * np.array([[cw, ch]])
         transformed = self.predictor.transform.apply_coords(points, (ch, cw))
-        P, n = self.points_per_batch, len(points)
+        n = len(points)
+        P = min(self.points_per_batch, bucket(n))  # 16 points are not padded to a batch of 64
         nb = max(1, -(-n // P))
         pts = np.zeros((nb * P, 2), np.float32)
         pts[:n] = transformed
         valid = np.arange(nb * P) < n
-        (h_in, w_in) = emb.input_sizes[0]
-        resamplers = self._resamplers((h_in, w_in), (ch, cw))
-        out = self._decode_crop(
-            self._leaves, emb.features,
+        resamplers = self._resamplers(input_size, (ch, cw))
+        canvas_hw = (resamplers[0][0].shape[0] * dev.BAND_TILE, resamplers[1][0].shape[0] * dev.BAND_TILE)
+        chunk = dev.stats_chunk(self._plan(), P * self._multimask_outputs(), canvas_hw)
+        small, low_res = self._decode_crop(
+            self._leaves, features, np.int32(i),
             pts.reshape(nb, P, 2), valid.reshape(nb, P),
             *resamplers,
-            np.array([ch, cw], np.int32), np.array(crop_box, np.float32),
-            np.array([0, 0, orig_size[1], orig_size[0]], np.float32), self._settings(),
+            np.array([ch, cw], np.int32), np.array(crop_box, np.float32), orig_box, self._settings(),
+            chunk=chunk,
         )
-        order, keep = np.asarray(out["order"]), np.asarray(out["keep"])
-        idx = order[keep]
+        return crop_box, points, resamplers, small, low_res
+
+    @staticmethod
+    def _fetch_crop(crop_box, points, resamplers, small, low_res) -> _CropMasks:
+        """One copy of the crop's small results; its survivors' logits gathered on device."""
+        small = jax.device_get(small)
+        k = int(small["count"])
+        sel = np.zeros(min(bucket(k), len(small["index"])), np.int32)
+        sel[:k] = small["index"][:k]
         return _CropMasks(
             crop_box=list(crop_box),
             resamplers=resamplers,
-            low_res=out["low_res"][jnp.asarray(idx)],
-            iou_preds=np.asarray(out["iou_preds"])[idx],
-            stability_score=np.asarray(out["stability_score"])[idx],
-            boxes=amg.uncrop_boxes_xyxy(np.asarray(out["boxes"])[idx].astype(np.int64), crop_box),
-            points=amg.uncrop_points(points[np.asarray(out["point_index"])[idx]], crop_box),
+            low_res=dev.take_rows_jit(low_res, sel) if k else None,
+            iou_preds=small["iou_preds"][:k],
+            stability_score=small["stability_score"][:k],
+            boxes=amg.uncrop_boxes_xyxy(small["boxes"][:k].astype(np.int64), crop_box),
+            points=amg.uncrop_points(points[small["point_index"][:k]], crop_box),
         )
+
+    def _plan(self) -> dev.BackendPlan:
+        return dev.backend_plan(self.predictor.device.platform)
+
+    def _multimask_outputs(self) -> int:
+        return self.predictor.model.mask_decoder.num_multimask_outputs
 
     def _resamplers(self, input_size, crop_size):
         model = self.predictor.model
@@ -214,23 +248,24 @@ class SamAutomaticMaskGenerator:
         )))
 
     def _render(self, crops, crop_of, index, orig_size) -> np.ndarray:
-        """(K, H, W) bool masks of the survivors, in their final order: the only large transfer."""
+        """(K, H, W) bool masks of the survivors, in their final order: the only large transfer,
+        bit-packed, every crop's rendering dispatched before the first is fetched."""
         H, W = orig_size
         out = np.zeros((len(crop_of), H, W), bool)
+        threshold = np.float32(self.predictor.model.mask_threshold)
+        rendered = []
         for c, crop in enumerate(crops):
             rows = np.nonzero(crop_of == c)[0]
             if not len(rows):
                 continue
             x0, y0, x1, y1 = crop.crop_box
-            ch, cw = y1 - y0, x1 - x0
-            k = len(rows)
-            sel = np.zeros(bucket(k), np.int32)
-            sel[:k] = index[rows]
-            masks = dev.render_masks_jit(
-                crop.low_res[jnp.asarray(sel)], *crop.resamplers,
-                np.array([ch, cw], np.int32), np.float32(self.predictor.model.mask_threshold),
-            )
-            out[rows, y0:y1, x0:x1] = np.asarray(masks)[:k, :ch, :cw]
+            sel = np.zeros(bucket(len(rows)), np.int32)
+            sel[:len(rows)] = index[rows]
+            packed = dev.render_masks_jit(crop.low_res, sel, *crop.resamplers, np.array([y1 - y0, x1 - x0], np.int32), threshold)
+            rendered.append((rows, crop.crop_box, packed))
+        for rows, (x0, y0, x1, y1), packed in rendered:
+            packed = jax.device_get(packed)[: len(rows), : y1 - y0]
+            out[rows, y0:y1, x0:x1] = np.unpackbits(packed, axis=-1, count=x1 - x0).view(bool)
         return out
 
     @staticmethod
@@ -241,8 +276,7 @@ class SamAutomaticMaskGenerator:
         b = np.zeros((nb, 4), np.float32)
         s = np.zeros(nb, np.float32)
         b[:n], s[:n] = boxes, scores
-        order, keep = dev.nms_jit(b, s, np.arange(nb) < n, np.float32(thresh))
-        order, keep = np.asarray(order), np.asarray(keep)
+        order, keep = jax.device_get(dev.nms_jit(b, s, np.arange(nb) < n, np.float32(thresh)))
         return order[keep]
 
     @classmethod
@@ -258,7 +292,7 @@ class SamAutomaticMaskGenerator:
             new_masks.append(mask)
             scores.append(float(not (changed_holes or changed_islands)))
         masks = np.stack(new_masks)
-        boxes = np.asarray(amg.batched_mask_to_box(masks)).astype(np.int64)
+        boxes = amg.mask_boxes(masks)
         keep = cls._nms(boxes, np.array(scores, np.float32), nms_thresh)
         out = {k: np.asarray(v)[keep] for k, v in data.items() if k != "masks"}
         changed = np.array(scores)[keep] == 0.0

@@ -6,6 +6,9 @@ import os
 
 # Several simulated CPU devices for sharding tests; must be set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# No persistent XLA cache in the user's home from tests (subprocesses inherit this); the
+# cache's own tests turn it on in a temporary folder.
+os.environ.setdefault("SAM_JAX_XLA_CACHE", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -26,7 +26,7 @@ def test_smoke_run_writes_every_stage(tmp_path):
     by_stage = {}
     for row in rows:
         by_stage.setdefault(row["stage"], []).append(row)
-    assert set(by_stage) == {"env", "kernel", "embed", "click", "done"}
+    assert set(by_stage) == {"env", "kernel", "embed", "click", "amg", "done"}
     assert not [r for r in rows if "error" in r]
     kernel = by_stage["kernel"]
     assert {(r["impl"], r["dtype"]) for r in kernel} == {(i, d) for i in ("xla", "pallas") for d in ("float32", "bfloat16")}
@@ -37,6 +37,9 @@ def test_smoke_run_writes_every_stage(tmp_path):
     assert embed[("sam-jax (xla attention, exact)", "bfloat16")]["rel_err"] <= 3e-2
     assert {r["impl"] for r in by_stage["click"]} == {"official", "sam-jax"}
     assert all(r["ms"] > r["predict_ms"] > 0 for r in by_stage["click"])
+    amg = {r["impl"]: r for r in by_stage["amg"]}
+    assert set(amg) == {"official", "sam-jax"} and all(r["s"] > 0 for r in amg.values())
+    assert amg["sam-jax"]["masks"] == amg["official"]["masks"] and amg["sam-jax"]["min_mask_iou"] >= 0.99
 
 
 def test_time_guard_stops_before_measuring(tmp_path):

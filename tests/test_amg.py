@@ -94,14 +94,36 @@ def test_bad_arguments(tiny):
         SamAutomaticMaskGenerator(tiny.model, points_per_side=4).generate(np.zeros((10, 10, 3), np.float32))
 
 
-def test_one_compilation_per_size_bucket(tiny):
+def test_few_compilations_across_photo_sizes(tiny):
+    """Five photo sizes (two orientations, two canvases): the crop pipeline compiles once per
+    canvas, and everything else (gathers, rendering, NMS) per count bucket, not per photo."""
     from sam_jax.utils.memory import compile_count
 
     gen = SamAutomaticMaskGenerator(tiny.model, **BASE)
     gen.generate(_scene(150, 211))
-    n = compile_count("jit(process_crop)")
-    gen.generate(_scene(140, 200, seed=1))  # same 128-pixel buckets
-    assert n >= 1 and compile_count("jit(process_crop)") == n
+    before, crop_before = compile_count(), compile_count("jit(process_crop)")
+    for h, w in [(140, 200), (211, 150), (97, 131), (250, 240), (300, 200)]:
+        records = gen.generate(_scene(h, w, seed=h))
+        assert records and records[0]["segmentation"].shape == (h, w)
+    assert compile_count("jit(process_crop)") - crop_before == 1  # (300, 200) is on the next canvas
+    assert compile_count() - before <= 6, compile_count() - before
+
+
+def test_accelerator_plan_gives_the_same_records(tiny, monkeypatch):
+    """Large statistics chunks and all five crops in one group (a GPU/TPU plan) on CPU: the same
+    records, bit for bit, as the CPU plan."""
+    from sam_jax import amg_pipeline as dev
+
+    kw = dict(SETTINGS["crops"], points_per_batch=16)
+    image = _scene()
+    cpu = SamAutomaticMaskGenerator(tiny.model, **kw).generate(image)
+    monkeypatch.setitem(dev.PLANS, "cpu", dev.BackendPlan(stats_bytes=48 * 256 * 256 * 12, crop_group=5))
+    assert dev.stats_chunk(dev.backend_plan("cpu"), 48, (256, 256)) == 48
+    accelerated = SamAutomaticMaskGenerator(tiny.model, **kw).generate(image)
+    assert len(cpu) == len(accelerated) > 0
+    for a, b in zip(cpu, accelerated):
+        np.testing.assert_array_equal(a.pop("segmentation"), b.pop("segmentation"))
+        assert a == b
 
 
 @pytest.mark.parametrize("shape", [(1, 30, 40), (3, 17, 9)])
@@ -113,7 +135,9 @@ def test_device_utils_match_official(shape):
     logits = r.normal(size=shape).astype(np.float32) * 3
     masks = logits > 0
     masks[0] = False  # an empty mask
-    np.testing.assert_array_equal(amg.batched_mask_to_box(masks), official.batched_mask_to_box(torch.from_numpy(masks)).numpy())
+    ref = official.batched_mask_to_box(torch.from_numpy(masks)).numpy()
+    np.testing.assert_array_equal(amg.batched_mask_to_box(masks), ref)
+    np.testing.assert_array_equal(amg.mask_boxes(masks), ref)  # the host version
     np.testing.assert_allclose(
         amg.calculate_stability_score(logits, 0.0, 1.0),
         official.calculate_stability_score(torch.from_numpy(logits), 0.0, 1.0).numpy(), rtol=1e-6,
@@ -166,6 +190,26 @@ def test_crop_resampling_matches_official_postprocess(size):
     ref = F.interpolate(ref, (h, w), mode="bilinear", align_corners=False)[:, 0].numpy()
     rows, cols = dev.crop_resamplers(64, 256, (hi, wi), (h, w))
     ours = np.asarray(dev.upscale_to_crop(low, rows, cols))
-    assert ours.shape == (3, dev.size_bucket(h), dev.size_bucket(w))
+    assert ours.shape == (3, dev.canvas(h), dev.canvas(w))
     assert np.abs(ours[:, :h, :w] - ref).max() <= 1e-5 * np.abs(ref).max()
     assert not ours[:, h:].any() and not ours[:, :, w:].any()
+
+
+@pytest.mark.parametrize("n_valid", [0, 1, 40, 500])
+def test_nms_on_a_large_buffer_matches_torchvision(n_valid):
+    """A crop's buffer (3,072 slots) with few valid entries: the loop stops at the last survivor
+    and keeps exactly torchvision's set, in its order."""
+    import torch
+    import torchvision
+
+    r = np.random.default_rng(n_valid)
+    n = 3072
+    xy = r.uniform(0, 200, (n, 2))
+    boxes = np.round(np.concatenate([xy, xy + r.uniform(1, 120, (n, 2))], 1)).astype(np.float32)
+    scores = r.uniform(0, 1, n).astype(np.float32)
+    valid = np.zeros(n, bool)
+    valid[r.choice(n, n_valid, replace=False)] = True
+    order, keep = amg.nms(boxes, scores, valid, 0.7)
+    idx = np.nonzero(valid)[0]
+    ref = idx[torchvision.ops.nms(torch.from_numpy(boxes[idx]), torch.from_numpy(scores[idx]), 0.7).numpy()]
+    np.testing.assert_array_equal(np.asarray(order)[np.asarray(keep)], ref)

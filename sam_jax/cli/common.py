@@ -15,6 +15,7 @@ from ..numerics import DTYPES, PRECISIONS
 from ..parallel import initialize
 from ..utils.devices import as_device, platform_devices
 from ..utils.progress import status
+from ..utils.xla_cache import set_compilation_cache
 from ..weights import cache_dir
 
 DEVICES = ("cpu", "gpu", "cuda", "tpu")
@@ -98,11 +99,8 @@ def setup_runtime(args: argparse.Namespace) -> None:
     join_processes(args)
     if getattr(args, "device", None):
         jax.config.update("jax_default_device", select_device(args.device))
-    cache_dir = getattr(args, "cache_dir", "")
-    if cache_dir:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    if hasattr(args, "cache_dir"):  # '' turns off the cache that importing sam_jax turned on
+        set_compilation_cache(args.cache_dir or None)
 
 
 def join_processes(args: argparse.Namespace) -> tuple[int, int]:
