@@ -3,9 +3,12 @@ be split over them. Built on JAX's own runtime (`Mesh`, `NamedSharding`, `jax.di
 compiler places the collectives; nothing here moves data by hand."""
 
 from .distributed import initialize, process_share
-from .mesh import DATA, FSDP, batch_sharding, data_parallel_mesh, make_mesh, pad_batch, replicated
+from .mesh import (
+    DATA, FSDP, MIN_SHARDED_SIZE, batch_sharding, data_parallel_mesh, fsdp_shardings, fsdp_spec, make_mesh, pad_batch, place,
+    replicated,
+)
 
 __all__ = [
-    "DATA", "FSDP", "batch_sharding", "data_parallel_mesh", "initialize", "make_mesh", "pad_batch",
-    "process_share", "replicated",
+    "DATA", "FSDP", "MIN_SHARDED_SIZE", "batch_sharding", "data_parallel_mesh", "fsdp_shardings", "fsdp_spec", "initialize",
+    "make_mesh", "pad_batch", "place", "process_share", "replicated",
 ]
