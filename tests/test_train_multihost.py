@@ -45,7 +45,13 @@ def test_two_process_training_equals_single_device(tmp_path):
     assert_close(np.array(losses(two)), np.array(losses(one)), 1e-5, "losses")
     a, b = nnx.to_flat_state(nnx.state(load(two))), dict(nnx.to_flat_state(nnx.state(load(one))))
     for path, x in a:
-        assert_close(x.get_value(), b[path].get_value(), 1e-5, "/".join(map(str, path)))
+        name = "/".join(map(str, path))
+        if name.endswith("k_proj/bias"):
+            # Zero gradient in exact arithmetic (softmax ignores a constant added to all of a
+            # query's logits): Adam turns either side's rounding noise into steps of up to lr.
+            assert np.abs(x.get_value() - b[path].get_value()).max() <= 3 * 1e-3, name
+        else:
+            assert_close(x.get_value(), b[path].get_value(), 1e-5, name)
     assert not np.array_equal(nnx.state(load(two))["mask_decoder"]["iou_token"]["embedding"].get_value(),
                               nnx.state(model)["mask_decoder"]["iou_token"]["embedding"].get_value())
 
