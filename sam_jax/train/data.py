@@ -1,7 +1,7 @@
 """Training data: COCO instance annotations and SA-1B folders as random-access sources, the
 per-example preparation (the model's own resize, padding, object sampling), and the Grain pipeline
-(one global stream whatever the process count, each process loading its rows of every batch; a
-checkpointable iterator).
+(one global stream whatever the process count, each process loading its rows of every batch,
+resumable at any step).
 
 Bad input is reported by file: a missing image, an unreadable JSON or an image whose size differs
 from its annotations stops with a one-line ValueError; a single annotation that does not decode
@@ -219,11 +219,12 @@ class Rows(grain.transforms.Map):
     `rows[i % len(rows)]` of global batch `i // len(rows)`; a row past `batch_size` is padding, a
     blank example with no valid object (it changes no loss, gradient or metric)."""
 
-    def __init__(self, stream: grain.MapDataset, batch_size: int, rows: tuple[int, ...], blank: dict):
-        self.stream, self.batch_size, self.rows, self.blank = stream, batch_size, rows, blank
+    def __init__(self, stream: grain.MapDataset, batch_size: int, rows: tuple[int, ...], blank: dict, start: int = 0):
+        self.stream, self.batch_size, self.rows, self.blank, self.start = stream, batch_size, rows, blank, start
 
     def map(self, i) -> dict:
         step, r = divmod(int(i), len(self.rows))
+        step += self.start
         row = self.rows[r]
         return self.stream[step * self.batch_size + row] if row < self.batch_size else self.blank
 
@@ -240,19 +241,19 @@ def blank_example(image_size: int, objects: int, embedding_shape: tuple[int, ...
 
 
 def training_dataset(source: Source, image_size: int, objects: int, batch_size: int, seed: int,
-                     embeddings: np.ndarray | None = None, rows: tuple[int, ...] | None = None,
+                     embeddings: np.ndarray | None = None, rows: tuple[int, ...] | None = None, start: int = 0,
                      num_threads: int = 2) -> grain.IterDataset:
     """Endless batches of `batch_size` (the global batch, over all processes) from one stream of
     examples: every image once per epoch, reshuffled each epoch, each example's random choices
     seeded by its position. The stream depends only on `seed`, so a run gives the same batches on
     any number of devices and processes. This process reads only the `rows` of each batch that its
     devices hold (default all of them; rows >= `batch_size` are blank padding, so that a batch
-    splits evenly over the devices). The iterator's `get_state` / `set_state` (and Orbax, through
-    grain.checkpoint) resume it exactly."""
+    splits evenly over the devices). `start`: the first batch, so that a run resumed at step k
+    continues exactly, on any number of processes."""
     stream = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
     stream = stream.random_map(Prepare(source, image_size, objects, embeddings))
     rows = tuple(range(batch_size)) if rows is None else tuple(rows)
     blank = blank_example(image_size, objects, None if embeddings is None else embeddings.shape[1:])
-    ds = grain.MapDataset.range(len(stream)).map(Rows(stream, batch_size, rows, blank))
+    ds = grain.MapDataset.range(len(stream)).map(Rows(stream, batch_size, rows, blank, start))
     ds = ds.batch(len(rows), drop_remainder=True)
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * len(rows)))

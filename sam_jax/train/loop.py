@@ -4,7 +4,8 @@ and the final model in the format `sam_jax.load` reads.
 Output folder (`output`):
     train_record.json   what is being trained: settings, base checkpoint and data digests (no
                         timestamps or hosts: the same work gives the same bytes); a resume must match it
-    state/              Orbax CheckpointManager: parameters, optimizer state, step, RNG, data iterator
+    state/              Orbax CheckpointManager: parameters, optimizer state, step, RNG (the data
+                        position follows from the step)
     metrics.jsonl       one line per logged step (loss, its parts, lr, examples/s) and per validation
     embeddings.npy      cached image embeddings (frozen encoder only)
     config.json, params/  the trained model, written last (config.json completes it)
@@ -28,7 +29,6 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,16 +122,14 @@ class Trainer:
         if config.cache_embeddings and encoder_frozen(config.freeze, model):
             self.embeddings = self._embedding_cache(model)
         self.rows = padded_size(config.batch_size, self.mesh)  # the global batch, padded to split evenly
-        self.dataset = training_dataset(train_source, model.config.image_size, config.objects_per_image, config.batch_size,
-                                        config.seed, self.embeddings, None if self.mesh is None else process_rows(self.mesh, self.rows))
-        self.iterator = iter(self.dataset)
+        self._data_from(0)
         self.state = init_state(trainable, self.settings, config.seed)
         if self.mesh is not None:
             self.state = place(self.state, state_shardings(self.state, self.mesh))
             self.fixed = place(self.fixed, fsdp_shardings(self.fixed, self.mesh))
         self.manager = ocp.CheckpointManager(
             self.output / "state", options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
-            item_handlers={"train": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
+            item_handlers={"train": ocp.StandardCheckpointHandler()},
         )
         if resume and self.manager.latest_step() is not None:
             self._restore(self.manager.latest_step())
@@ -159,6 +157,15 @@ class Trainer:
                 tmp.write_text(json.dumps(self.record, indent=1, sort_keys=True) + "\n")
             (out / "metrics.jsonl").touch()
         barrier("sam-jax train: output prepared")
+
+    def _data_from(self, step: int) -> None:
+        """The batches from `step` on. They depend on the seed and the step alone, so the data
+        needs no checkpoint of its own and a run resumes on any number of processes."""
+        c = self.config
+        rows = None if self.mesh is None else process_rows(self.mesh, self.rows)
+        self.dataset = training_dataset(self.train_source, self.base.config.image_size, c.objects_per_image, c.batch_size,
+                                        c.seed, self.embeddings, rows, start=step)
+        self.iterator = iter(self.dataset)
 
     def _embedding_cache(self, model: Sam) -> np.ndarray:
         """(N, C, h, w) embeddings of every training image, computed once (kept in embeddings.npy)."""
@@ -203,18 +210,17 @@ class Trainer:
     # ------------------------------------------------------------------------- checkpoints
     def _save(self) -> None:
         step = int(self.state.step)
-        self.manager.save(step, args=ocp.args.Composite(
-            train=ocp.args.StandardSave(self._pure(self.state)), data=grain.checkpoint.CheckpointSave(self.iterator)))
+        self.manager.save(step, args=ocp.args.Composite(train=ocp.args.StandardSave(self._pure(self.state))))
         self.manager.wait_until_finished()
 
     def _restore(self, step: int) -> None:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            train=ocp.args.StandardRestore(self._pure(self.state)), data=grain.checkpoint.CheckpointRestore(self.iterator)))
+        restored = self.manager.restore(step, args=ocp.args.Composite(train=ocp.args.StandardRestore(self._pure(self.state))))
         pure = restored["train"]
         params = self.state.params
         nnx.replace_by_pure_dict(params, pure["params"])
         opt_state = jax.tree.unflatten(jax.tree.structure(self.state.opt_state), jax.tree.leaves(pure["opt_state"]))
-        self.state = TrainState(jnp.asarray(pure["step"]), params, opt_state, jnp.asarray(pure["rng"]))
+        self.state = TrainState(pure["step"], params, opt_state, pure["rng"])
+        self._data_from(int(self.state.step))
         # Metrics logged after the checkpoint belong to the interrupted run: drop them.
         if self.primary:
             log = self.output / "metrics.jsonl"
