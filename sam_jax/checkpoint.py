@@ -56,10 +56,18 @@ def save(
         config.save(tmp / CONFIG_FILE)
         # The content digest is stored so that a rerun can name this model without reading it.
         (tmp / RECORD_FILE).write_text(record_text({**(record or {}), "content_sha256": content_digest(config, params)}))
-        with ocp.StandardCheckpointer() as ckptr:
+        with _checkpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, _nest(params))
             ckptr.wait_until_finished()
     return output
+
+
+def _checkpointer() -> ocp.StandardCheckpointer:
+    """An Orbax checkpointer for this process alone: a checkpoint folder holds host arrays and is
+    written (or read) by one process, also inside a multi-process run, where Orbax's default
+    would wait at barriers for processes that are not taking part."""
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
 
 
 def content_digest(config: SamConfig, params: dict[tuple, object]) -> str:
@@ -98,7 +106,7 @@ def read_config(directory: str | os.PathLike) -> SamConfig:
 def stored_shapes(directory: str | os.PathLike) -> dict[tuple, tuple[int, ...]]:
     """{parameter path: shape} as stored in the folder's Orbax metadata (nothing is read but it)."""
     directory = Path(directory).absolute()
-    with ocp.StandardCheckpointer() as ckptr:
+    with _checkpointer() as ckptr:
         meta = ckptr.metadata(directory / PARAMS_DIR)
     tree = getattr(meta, "item_metadata", meta)
     return {
@@ -112,10 +120,7 @@ def load(directory: str | os.PathLike, abstract: dict[tuple, object]) -> dict[tu
     (Orbax checks the stored shapes against it)."""
     directory = Path(directory).absolute()
     read_config(directory)  # a clear error when it is not a checkpoint
-    # Every process reads the whole tree for itself, meeting no other process: in a multi-process
-    # `sam-jax amg` only the processes with images left to do load the model.
-    alone = ocp.options.MultiprocessingOptions(primary_host=None, active_processes={jax.process_index()})
-    with ocp.StandardCheckpointer(multiprocessing_options=alone) as ckptr:
+    with _checkpointer() as ckptr:
         restored = ckptr.restore(directory / PARAMS_DIR, _nest(abstract))
     return _flatten(restored)
 

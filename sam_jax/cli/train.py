@@ -3,6 +3,10 @@
     sam-jax train --checkpoint sam_vit_b --train-data coco/instances_train.json --output runs/ft
     sam-jax train ... --freeze image_encoder            # decoder only, on cached image embeddings
     sam-jax train ... --resume                          # continue an interrupted run exactly
+    sam-jax train ... --fsdp 4                          # parameters and AdamW state split over 4 devices
+
+Every device of the platform is used (the batch split over them); in a multi-process run (see
+--coordinator-address) every device of every process, each process running the same command.
 
 The output folder is a checkpoint `sam_jax.load` reads once training ends (see train/loop.py for
 what else it holds: the training state, metrics.jsonl, the run's record).
@@ -12,6 +16,10 @@ from __future__ import annotations
 
 import argparse
 
+import jax
+from jax.sharding import Mesh
+
+from ..parallel import make_mesh
 from ..train.data import open_source
 from ..train.loop import Trainer, TrainConfig
 from ..train.losses import LossSettings
@@ -28,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="output folder: the trained checkpoint, training state and metrics")
     g = p.add_argument_group("schedule")
     g.add_argument("--steps", type=int, default=1000)
-    g.add_argument("--batch-size", type=int, default=4, help="images per step (default 4)")
+    g.add_argument("--batch-size", type=int, default=4,
+                   help="images per step over all devices and processes (default 4; padded with blank rows to a multiple of the device count)")
     g.add_argument("--objects-per-image", type=int, default=4, help="masks sampled per image (default 4)")
     g.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
     g.add_argument("--schedule", choices=("step", "cosine", "constant"), default="step",
@@ -59,6 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_overwrite_argument(p, "a previous run in --output (only the files a run writes)")
     common.add_quiet_argument(p)
     common.add_runtime_arguments(p)
+    g.add_argument("--fsdp", type=int, default=1, metavar="N",
+                   help="split parameters and optimizer state over N devices (must divide the device count; default 1: replicated)")
     common.add_distributed_arguments(p)
 
 
@@ -69,6 +80,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for name in ("correction_points", "mask_only_steps", "checkpoint_every", "val_every"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+    if args.fsdp < 1:
+        raise ValueError("--fsdp must be at least 1")
     if args.lr <= 0:
         raise ValueError("--lr must be positive")
     warmup = args.warmup_steps if args.warmup_steps is not None else min(250, args.steps // 10)
@@ -84,6 +97,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def training_mesh(args: argparse.Namespace) -> Mesh | None:
+    """Every device of the platform (of every process) on the data axis, or --fsdp of them on the
+    fsdp axis; None for a single device."""
+    devices = jax.devices(args.device) if args.device else jax.devices()
+    if len(devices) == 1 and args.fsdp == 1:
+        return None
+    if len(devices) % args.fsdp:
+        raise ValueError(f"--fsdp {args.fsdp} must divide the device count {len(devices)}")
+    return make_mesh(devices, fsdp=args.fsdp)
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     common.setup_runtime(args)
@@ -93,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         if source is not None and source.skipped:
             print(f"sam-jax train: {source.name}: skipped {len(source.skipped)} bad annotations (first: {source.skipped[0]})")
     model = common.load_model(args)
-    trainer = Trainer(model, train, config, args.output, val, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    trainer = Trainer(model, train, config, args.output, val, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                      mesh=training_mesh(args))
     trainer.run()
     if not args.quiet:
         print(f"sam-jax train: wrote {args.output} (load it with sam_jax.load)")

@@ -4,10 +4,13 @@ process's share of the inputs. Built on JAX's own runtime (`Mesh`, `NamedShardin
 `jax.distributed`): the compiler places the collectives; nothing here moves data by hand."""
 
 from .distributed import initialize, process_share, wait_for_all
-from .mesh import DATA, FSDP, batch_sharding, data_parallel_mesh, make_mesh, pad_batch, replicated
+from .mesh import (
+    DATA, FSDP, MIN_SHARDED_SIZE, batch_sharding, data_parallel_mesh, fsdp_shardings, fsdp_spec, make_mesh, pad_batch, place,
+    replicated,
+)
 from .workers import replicate, run_on_devices
 
 __all__ = [
-    "DATA", "FSDP", "batch_sharding", "data_parallel_mesh", "initialize", "make_mesh", "pad_batch",
-    "process_share", "replicate", "replicated", "run_on_devices", "wait_for_all",
+    "DATA", "FSDP", "MIN_SHARDED_SIZE", "batch_sharding", "data_parallel_mesh", "fsdp_shardings", "fsdp_spec", "initialize",
+    "make_mesh", "pad_batch", "place", "process_share", "replicate", "replicated", "run_on_devices", "wait_for_all",
 ]

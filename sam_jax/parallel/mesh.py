@@ -2,16 +2,21 @@
 
 A mesh has two axes: `data` (the batch is split over it) and `fsdp` (parameters and optimizer
 state may be split over it; 1 by default, which replicates them). A batch is split over both
-axes together, so every device holds a different slice of it.
+axes together, so every device holds a different slice of it. Under jit with these shardings the
+compiler inserts the collectives: all-reduce of replicated gradients, all-gather of fsdp-split
+parameters and reduce-scatter of their gradients.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA, FSDP = "data", "fsdp"
+MIN_SHARDED_SIZE = 1024  # elements; smaller arrays stay replicated under fsdp
 
 
 def make_mesh(devices=None, fsdp: int = 1) -> Mesh:
@@ -36,6 +41,38 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def fsdp_spec(shape: tuple[int, ...], size: int, min_size: int = MIN_SHARDED_SIZE) -> PartitionSpec:
+    """How an array of `shape` is split over an `fsdp` axis of `size` devices: along its largest
+    dimension that `size` divides (the first of equals), or not at all when none does or the array
+    is smaller than `min_size` elements (a bias or a norm scale saves nothing worth a collective)."""
+    if size == 1 or math.prod(shape) < min_size:
+        return PartitionSpec()
+    dims = [d for d in range(len(shape)) if shape[d] % size == 0]
+    if not dims:
+        return PartitionSpec()
+    d = max(dims, key=lambda d: (shape[d], -d))
+    return PartitionSpec(*([None] * d), FSDP)
+
+
+def fsdp_shardings(tree, mesh: Mesh, min_size: int = MIN_SHARDED_SIZE):
+    """A tree of `NamedSharding`s for the arrays of `tree` (arrays or shape-dtype structs):
+    each split over the mesh's `fsdp` axis by `fsdp_spec`, replicated over `data`. With fsdp 1
+    everything is replicated."""
+    size = mesh.shape[FSDP]
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), size, min_size)), tree)
+
+
+def place(tree, shardings):
+    """`tree`'s arrays as global arrays with `shardings` (a matching tree). Every process passes
+    the same values and each keeps only its devices' shards, so this works across hosts too
+    (where `jax.device_put` of a host value onto another process's devices cannot)."""
+    def one(x, sharding):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree, shardings)
 
 
 def pad_batch(x: np.ndarray, multiple: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Training data: COCO instance annotations and SA-1B folders as random-access sources, the
 per-example preparation (the model's own resize, padding, object sampling), and the Grain pipeline
-(deterministic per-process sharding, a checkpointable iterator).
+(one global stream whatever the process count, each process loading its rows of every batch,
+resumable at any step).
 
 Bad input is reported by file: a missing image, an unreadable JSON or an image whose size differs
 from its annotations stops with a one-line ValueError; a single annotation that does not decode
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import grain
-import jax
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -214,15 +214,46 @@ class Prepare(grain.transforms.RandomMap):
         return out
 
 
+class Rows(grain.transforms.Map):
+    """Grain transform: a local position -> an example of the global stream. Position i is row
+    `rows[i % len(rows)]` of global batch `i // len(rows)`; a row past `batch_size` is padding, a
+    blank example with no valid object (it changes no loss, gradient or metric)."""
+
+    def __init__(self, stream: grain.MapDataset, batch_size: int, rows: tuple[int, ...], blank: dict, start: int = 0):
+        self.stream, self.batch_size, self.rows, self.blank, self.start = stream, batch_size, rows, blank, start
+
+    def map(self, i) -> dict:
+        step, r = divmod(int(i), len(self.rows))
+        step += self.start
+        row = self.rows[r]
+        return self.stream[step * self.batch_size + row] if row < self.batch_size else self.blank
+
+
+def blank_example(image_size: int, objects: int, embedding_shape: tuple[int, ...] | None = None) -> dict:
+    """A padding example: zero image (or embedding), full input size, no valid object."""
+    S = image_size
+    out = {"masks": np.zeros((objects, S, S), bool), "valid": np.zeros((objects,), bool), "input_size": np.array([S, S], np.int32)}
+    if embedding_shape is None:
+        out["image"] = np.zeros((S, S, 3), np.uint8)
+    else:
+        out["embedding"] = np.zeros(embedding_shape, np.float32)
+    return out
+
+
 def training_dataset(source: Source, image_size: int, objects: int, batch_size: int, seed: int,
-                     embeddings: np.ndarray | None = None, num_threads: int = 2) -> grain.IterDataset:
-    """Endless shuffled batches of this process's shard of `source` (entries i with
-    i % process_count == process_index), reshuffled every epoch; its iterator's `get_state` /
-    `set_state` (and Orbax, through grain.checkpoint) resume it exactly. `batch_size` is per process."""
-    if len(source) < jax.process_count():
-        raise ValueError(f"{source.name}: {len(source)} images cannot be sharded over {jax.process_count()} processes")
-    ds = grain.MapDataset.range(len(source))[jax.process_index() :: jax.process_count()]
-    ds = ds.seed(seed).shuffle().repeat(None)
-    ds = ds.random_map(Prepare(source, image_size, objects, embeddings))
-    ds = ds.batch(batch_size, drop_remainder=True)
-    return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size))
+                     embeddings: np.ndarray | None = None, rows: tuple[int, ...] | None = None, start: int = 0,
+                     num_threads: int = 2) -> grain.IterDataset:
+    """Endless batches of `batch_size` (the global batch, over all processes) from one stream of
+    examples: every image once per epoch, reshuffled each epoch, each example's random choices
+    seeded by its position. The stream depends only on `seed`, so a run gives the same batches on
+    any number of devices and processes. This process reads only the `rows` of each batch that its
+    devices hold (default all of them; rows >= `batch_size` are blank padding, so that a batch
+    splits evenly over the devices). `start`: the first batch, so that a run resumed at step k
+    continues exactly, on any number of processes."""
+    stream = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
+    stream = stream.random_map(Prepare(source, image_size, objects, embeddings))
+    rows = tuple(range(batch_size)) if rows is None else tuple(rows)
+    blank = blank_example(image_size, objects, None if embeddings is None else embeddings.shape[1:])
+    ds = grain.MapDataset.range(len(stream)).map(Rows(stream, batch_size, rows, blank, start))
+    ds = ds.batch(len(rows), drop_remainder=True)
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * len(rows)))

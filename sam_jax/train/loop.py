@@ -4,11 +4,19 @@ and the final model in the format `sam_jax.load` reads.
 Output folder (`output`):
     train_record.json   what is being trained: settings, base checkpoint and data digests (no
                         timestamps or hosts: the same work gives the same bytes); a resume must match it
-    state/              Orbax CheckpointManager: parameters, optimizer state, step, RNG, data iterator
+    state/              Orbax CheckpointManager: parameters, optimizer state, step, RNG (the data
+                        position follows from the step)
     metrics.jsonl       one line per logged step (loss, its parts, lr, examples/s) and per validation
     embeddings.npy      cached image embeddings (frozen encoder only)
     config.json, params/  the trained model, written last (config.json completes it)
 A resumed run continues bit-for-bit as the uninterrupted one would have.
+
+Many devices and processes (`mesh`, see train/sharding.py): every process runs the same Trainer
+over one global mesh. The batches are the same whatever the number of devices or processes (each
+process loads only its rows of every batch); the training state is a set of global arrays, which
+Orbax saves and restores from every process at once; the files of the output folder, the
+embedding cache and the final model are written by process 0 alone. The folder must be one that
+every process sees (a shared file system, as Orbax's multi-process checkpoints need).
 """
 
 from __future__ import annotations
@@ -21,16 +29,18 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from .. import checkpoint
 from ..functional import embed_images_jit
 from ..modeling import Sam
+from ..parallel import fsdp_shardings, make_mesh, place, process_share
 from ..utils.io import atomic_file, partial_path
 from ..utils.progress import Progress
 from .data import Source, prepare, training_dataset
@@ -39,7 +49,8 @@ from .losses import LossSettings
 from .model import encoder_frozen, prepare_model, split_trainable
 from .optim import OptimizerSettings
 from .prompts import PromptSettings
-from .step import Batch, StepSettings, TrainState, init_state, train_step_jit
+from .sharding import global_batch, padded_size, process_rows
+from .step import Batch, StepSettings, TrainState, init_state, state_shardings, train_step_jit
 
 RECORD_FORMAT = "sam-jax-train/1"
 OWN_ENTRIES = ("train_record.json", "state", "metrics.jsonl", "embeddings.npy", "params", "config.json")
@@ -47,7 +58,7 @@ OWN_ENTRIES = ("train_record.json", "state", "metrics.jsonl", "embeddings.npy", 
 
 class TrainConfig(NamedTuple):
     steps: int = 1000
-    batch_size: int = 4  # images per step (per process)
+    batch_size: int = 4  # images per step, over all devices and processes
     objects_per_image: int = 4
     seed: int = 0
     dtype: str = "float32"  # compute dtype: float32 or bfloat16
@@ -89,8 +100,13 @@ def source_digest(source: Source) -> str:
 
 class Trainer:
     def __init__(self, model: Sam, train_source: Source, config: TrainConfig, output: str | os.PathLike,
-                 val_source: Source | None = None, resume: bool = False, overwrite: bool = False, quiet: bool = False):
-        self.config, self.output, self.quiet = config, Path(output).absolute(), quiet
+                 val_source: Source | None = None, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+                 mesh: Mesh | None = None):
+        """`mesh`: a (data, fsdp) mesh (`parallel.make_mesh`) to train on; None: the model's device
+        (in a multi-process run: every device of every process, on the data axis)."""
+        self.primary = jax.process_index() == 0
+        self.config, self.output, self.quiet = config, Path(output).absolute(), quiet or not self.primary
+        self.mesh = mesh if mesh is not None or jax.process_count() == 1 else make_mesh()
         self.train_source, self.val_source = train_source, val_source
         self.base = model
         self.record = {
@@ -105,13 +121,15 @@ class Trainer:
         self.embeddings = None
         if config.cache_embeddings and encoder_frozen(config.freeze, model):
             self.embeddings = self._embedding_cache(model)
-        self.dataset = training_dataset(train_source, model.config.image_size, config.objects_per_image, config.batch_size,
-                                        config.seed, self.embeddings)
-        self.iterator = iter(self.dataset)
+        self.rows = padded_size(config.batch_size, self.mesh)  # the global batch, padded to split evenly
+        self._data_from(0)
         self.state = init_state(trainable, self.settings, config.seed)
+        if self.mesh is not None:
+            self.state = place(self.state, state_shardings(self.state, self.mesh))
+            self.fixed = place(self.fixed, fsdp_shardings(self.fixed, self.mesh))
         self.manager = ocp.CheckpointManager(
             self.output / "state", options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
-            item_handlers={"train": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
+            item_handlers={"train": ocp.StandardCheckpointHandler()},
         )
         if resume and self.manager.latest_step() is not None:
             self._restore(self.manager.latest_step())
@@ -130,12 +148,24 @@ class Trainer:
             return
         if mine and not overwrite:
             raise FileExistsError(f"{out} already holds a training run (use --resume to continue it or --overwrite to start again)")
-        for p in mine:  # only what a sam-jax run writes; anything else in the folder stays
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_file(record_file) as tmp:
-            tmp.write_text(json.dumps(self.record, indent=1, sort_keys=True) + "\n")
-        (out / "metrics.jsonl").touch()
+        barrier("sam-jax train: output checked")  # every process has seen the folder as it was
+        if self.primary:
+            for p in mine:  # only what a sam-jax run writes; anything else in the folder stays
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            out.mkdir(parents=True, exist_ok=True)
+            with atomic_file(record_file) as tmp:
+                tmp.write_text(json.dumps(self.record, indent=1, sort_keys=True) + "\n")
+            (out / "metrics.jsonl").touch()
+        barrier("sam-jax train: output prepared")
+
+    def _data_from(self, step: int) -> None:
+        """The batches from `step` on. They depend on the seed and the step alone, so the data
+        needs no checkpoint of its own and a run resumes on any number of processes."""
+        c = self.config
+        rows = None if self.mesh is None else process_rows(self.mesh, self.rows)
+        self.dataset = training_dataset(self.train_source, self.base.config.image_size, c.objects_per_image, c.batch_size,
+                                        c.seed, self.embeddings, rows, start=step)
+        self.iterator = iter(self.dataset)
 
     def _embedding_cache(self, model: Sam) -> np.ndarray:
         """(N, C, h, w) embeddings of every training image, computed once (kept in embeddings.npy)."""
@@ -148,39 +178,54 @@ class Trainer:
             if cached.shape == shape:
                 return cached
         graphdef, params = nnx.split(prepare_model(model, self.config.dtype))
-        progress = Progress(len(self.train_source), "sam-jax train: embedding", self.quiet)
-        rng = np.random.default_rng(0)
-        with atomic_file(path) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-            for i in range(len(self.train_source)):
-                ex = prepare(self.train_source.image(i), np.zeros((0, 1, 1), bool), cfg.image_size, 1, rng,
-                             (self.train_source.entries[i].height, self.train_source.entries[i].width))
-                out[i] = np.asarray(embed_images_jit(graphdef, params, jnp.asarray(ex["image"][None]), jnp.asarray(ex["input_size"][None])))[0]
-                progress.step(self.train_source.entries[i].image.name)
-            out.flush()
-            del out
+        mine = process_share(range(len(self.train_source)))  # each process embeds its share
+        progress = Progress(len(mine), "sam-jax train: embedding", self.quiet)
+
+        def embed(i: int) -> np.ndarray:
+            e = self.train_source.entries[i]
+            ex = prepare(self.train_source.image(i), np.zeros((0, 1, 1), bool), cfg.image_size, 1, np.random.default_rng(0), (e.height, e.width))
+            progress.step(e.image.name)
+            return np.asarray(embed_images_jit(graphdef, params, jnp.asarray(ex["image"][None]), jnp.asarray(ex["input_size"][None])))[0]
+
+        if jax.process_count() == 1:
+            with atomic_file(path) as tmp:  # written as computed: the cache never has to fit in memory
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+                for i in mine:
+                    out[i] = embed(i)
+                out.flush()
+                del out
+        else:
+            count = -(-shape[0] // jax.process_count())
+            local = np.zeros((count,) + shape[1:], np.float32)
+            for k, i in enumerate(mine):
+                local[k] = embed(i)
+            shares = multihost_utils.process_allgather(local)  # (processes, count, C, h, w); share p holds p, p + P, ...
+            if self.primary:
+                with atomic_file(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
+                    np.save(f, shares.transpose(1, 0, 2, 3, 4).reshape((-1,) + shape[1:])[: shape[0]])
+            barrier("sam-jax train: embeddings written")
         progress.close()
         return np.load(path, mmap_mode="r")
 
     # ------------------------------------------------------------------------- checkpoints
     def _save(self) -> None:
         step = int(self.state.step)
-        self.manager.save(step, args=ocp.args.Composite(
-            train=ocp.args.StandardSave(self._pure(self.state)), data=grain.checkpoint.CheckpointSave(self.iterator)))
+        self.manager.save(step, args=ocp.args.Composite(train=ocp.args.StandardSave(self._pure(self.state))))
         self.manager.wait_until_finished()
 
     def _restore(self, step: int) -> None:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            train=ocp.args.StandardRestore(self._pure(self.state)), data=grain.checkpoint.CheckpointRestore(self.iterator)))
+        restored = self.manager.restore(step, args=ocp.args.Composite(train=ocp.args.StandardRestore(self._pure(self.state))))
         pure = restored["train"]
         params = self.state.params
         nnx.replace_by_pure_dict(params, pure["params"])
         opt_state = jax.tree.unflatten(jax.tree.structure(self.state.opt_state), jax.tree.leaves(pure["opt_state"]))
-        self.state = TrainState(jnp.asarray(pure["step"]), params, opt_state, jnp.asarray(pure["rng"]))
+        self.state = TrainState(pure["step"], params, opt_state, pure["rng"])
+        self._data_from(int(self.state.step))
         # Metrics logged after the checkpoint belong to the interrupted run: drop them.
-        log = self.output / "metrics.jsonl"
-        lines = [l for l in log.read_text().splitlines() if l and json.loads(l)["step"] <= step]
-        log.write_text("".join(l + "\n" for l in lines))
+        if self.primary:
+            log = self.output / "metrics.jsonl"
+            lines = [l for l in log.read_text().splitlines() if l and json.loads(l)["step"] <= step]
+            log.write_text("".join(l + "\n" for l in lines))
 
     @staticmethod
     def _pure(state: TrainState) -> dict:
@@ -190,12 +235,16 @@ class Trainer:
     # ------------------------------------------------------------------------- loop
     def _batch(self) -> Batch:
         b = next(self.iterator)
+        if self.mesh is not None:
+            return global_batch(b, self.mesh, self.rows)
         return Batch(
             jnp.asarray(b["image"]) if "image" in b else None, jnp.asarray(b["embedding"]) if "embedding" in b else None,
             jnp.asarray(b["input_size"]), jnp.asarray(b["masks"]), jnp.asarray(b["valid"]),
         )
 
     def log(self, record: dict) -> None:
+        if not self.primary:
+            return
         with open(self.output / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -209,7 +258,7 @@ class Trainer:
         t0, seen = time.perf_counter(), 0
         while int(self.state.step) < c.steps:
             batch = self._batch()
-            self.state, metrics = train_step_jit(self.graphdef, self.state, self.fixed, batch, settings=self.settings)
+            self.state, metrics = train_step_jit(self.graphdef, self.state, self.fixed, batch, settings=self.settings, mesh=self.mesh)
             step = int(self.state.step)
             seen += c.batch_size
             if step % c.log_every == 0 or step == c.steps:
@@ -222,7 +271,7 @@ class Trainer:
             if c.checkpoint_every and step % c.checkpoint_every == 0 and step < c.steps:
                 self._save()
             if self.val_source is not None and c.val_every and step % c.val_every == 0 and step < c.steps:
-                self.validate(step)
+                self.validate(step, self.model())
             if step == stop_after:
                 self._save()
                 return None
@@ -231,16 +280,24 @@ class Trainer:
         model = self.model()
         if self.val_source is not None:
             self.validate(int(self.state.step), model)
-        self.write_model(model)
+        if self.primary:
+            self.write_model(model)
+        barrier("sam-jax train: model written")
         return model
 
     def model(self) -> Sam:
         """The trained model (float32, no remat): the base with the trained parameters."""
         graphdef, _, fixed = split_trainable(self.base, self.config.freeze)
-        return nnx.merge(graphdef, self.state.params, fixed)
+        params = self.state.params
+        if self.mesh is not None:  # global arrays, perhaps split over processes: each process gets the whole
+            params = jax.tree.map(jnp.asarray, multihost_utils.process_allgather(params, tiled=True))
+        return nnx.merge(graphdef, params, fixed)
 
-    def validate(self, step: int, model: Sam | None = None) -> dict:
-        result = evaluate(model or self.model(), self.val_source, self.config.val_images, clicks=3)
+    def validate(self, step: int, model: Sam) -> dict | None:
+        """Validation mIoU of `model` (the trained one, `self.model()`), logged; by process 0 alone."""
+        if not self.primary:
+            return None
+        result = evaluate(model, self.val_source, self.config.val_images, clicks=3)
         record = {"step": step, "val_miou_1click": round(result.miou(1), 6), "val_miou_3clicks": round(result.miou(3), 6),
                   "val_miou_box": round(float(result.box_iou.mean()), 6)}
         self.log(record)
@@ -265,3 +322,9 @@ class Trainer:
             (tmp / "config.json").rename(out / "config.json")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def barrier(name: str) -> None:
+    """Every process waits here for the others (nothing to wait for in a single-process run)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)

@@ -8,8 +8,10 @@ summed. Nothing depends on the object count at trace time: objects are (image, s
 
     state, metrics = train_step_jit(graphdef, state, fixed, batch, settings=settings)
 
-Sharding: `batch_sharding` and `state_sharding` (static; None = as placed) constrain the batch and
-the updated state, so a mesh with a `data` (and `fsdp`) axis can be passed in without changes here.
+Sharding: with a `mesh` (static; `sam_jax.parallel.make_mesh`) the batch is constrained to be split
+over every device and the new state to `state_shardings` (replicated, or split over `fsdp`); pass
+the state and the frozen parameters placed that way (`parallel.place`). The compiler reduces the
+gradients: nothing here is a hand-written collective.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from ..functional import Prompts, embed_images
 from ..modeling.common import interpolate_linear, linear_taps
 from ..modeling.prompt_encoder import IGNORE_LABEL
+from ..parallel import batch_sharding, fsdp_shardings, replicated
 from .losses import LossSettings, mask_terms, reduce_terms
 from .model import decode_all
 from .optim import OptimizerSettings, learning_rate, make_optimizer
@@ -218,13 +222,12 @@ def train_step(
     fixed: nnx.State,
     batch: Batch,
     settings: StepSettings,
-    batch_sharding=None,
-    state_sharding=None,
+    mesh: Mesh | None = None,
 ) -> tuple[TrainState, dict]:
     """One optimizer step. Returns the new state and scalar metrics (loss and its parts, gradient
     norm, learning rate, object count, mean IoU after the first and the last round)."""
-    if batch_sharding is not None:
-        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    if mesh is not None:
+        batch = jax.lax.with_sharding_constraint(batch, batch_shardings(batch, mesh))
     key = jax.random.fold_in(state.rng, state.step)
     grad_fn = jax.value_and_grad(batch_loss, has_aux=True)
     (loss, (out, valid)), grads = grad_fn(state.params, graphdef, fixed, batch, key, settings)
@@ -232,8 +235,8 @@ def train_step(
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new = TrainState(state.step + 1, params, opt_state, state.rng)
-    if state_sharding is not None:
-        new = jax.lax.with_sharding_constraint(new, state_sharding)
+    if mesh is not None:
+        new = jax.lax.with_sharding_constraint(new, state_shardings(new, mesh))
     n = jnp.maximum(jnp.sum(valid), 1)
     metrics = {
         "loss": loss, **out.parts,
@@ -246,6 +249,18 @@ def train_step(
     return new, metrics
 
 
+def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
+    """Where a `TrainState` lives on `mesh`: parameters and optimizer state by
+    `parallel.fsdp_shardings` (replicated with fsdp 1; the AdamW moments have their parameters'
+    shapes, so they are split alike), step and key replicated."""
+    return TrainState(replicated(mesh), fsdp_shardings(state.params, mesh), fsdp_shardings(state.opt_state, mesh), replicated(mesh))
+
+
+def batch_shardings(batch: Batch, mesh: Mesh) -> Batch:
+    """Every field's leading (image) axis split over all devices of `mesh`."""
+    return Batch(*(None if x is None else batch_sharding(mesh, x.ndim) for x in batch))
+
+
 def init_state(trainable: nnx.State, settings: StepSettings, seed: int) -> TrainState:
     """Step 0. The parameters are copied: the step donates its state, and the model they came from keeps its own."""
     trainable = jax.tree.map(jnp.copy, trainable)
@@ -255,6 +270,6 @@ def init_state(trainable: nnx.State, settings: StepSettings, seed: int) -> Train
 
 train_step_jit = jax.jit(
     train_step,
-    static_argnames=("graphdef", "settings", "batch_sharding", "state_sharding"),
+    static_argnames=("graphdef", "settings", "mesh"),
     donate_argnames=("state",),
 )

@@ -1,0 +1,71 @@
+"""Host side of training on a (data, fsdp) mesh (`sam_jax.parallel`): the padded global batch,
+which rows of it each process loads, and how they are assembled (the device side, the step's
+shardings, is `step.state_shardings` / `step.batch_shardings`).
+
+The batch is split over every device (its leading axis over `data` and `fsdp` together). The
+parameters, the optimizer state and the frozen parameters are replicated, or with an fsdp axis
+larger than one split over it along their largest divisible dimension (`parallel.fsdp_spec`); the
+AdamW moments have their parameters' shapes, so they are split the same way. The compiler turns
+these shardings into the collectives (gradient all-reduce or reduce-scatter, parameter all-gather).
+
+A global batch of any size is padded to a multiple of the device count with blank rows that hold
+no valid object; the loss divides by the global count of valid objects, and every random draw of
+an object depends only on its position, so the padded step equals the unpadded one.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from ..parallel import batch_sharding
+from .step import Batch
+
+
+def padded_size(batch_size: int, mesh: Mesh | None) -> int:
+    """The global batch rounded up to a multiple of the mesh's device count."""
+    n = 1 if mesh is None else mesh.size
+    return -(-batch_size // n) * n
+
+
+def process_rows(mesh: Mesh, size: int) -> tuple[int, ...]:
+    """The rows of a (size, ...) batch sharded over `mesh` that this process's devices hold, in
+    order. They must be one contiguous block (`jax.make_array_from_process_local_data` assembles
+    the global batch from each process's block); a mesh whose devices interleave processes along
+    the batch is refused."""
+    index_map = batch_sharding(mesh, 1).addressable_devices_indices_map((size,))
+    rows = sorted({r for (s,) in index_map.values() for r in range(*s.indices(size))})
+    if rows != list(range(rows[0], rows[0] + len(rows))):
+        raise ValueError("this mesh gives a process rows of the batch that are not contiguous; build it from jax.devices() in order")
+    return tuple(rows)
+
+
+def global_batch(local: dict, mesh: Mesh, size: int) -> Batch:
+    """A `Batch` of global arrays from this process's rows (`process_rows`) of each field."""
+    def one(name: str):
+        if name not in local:
+            return None
+        x = np.asarray(local[name])
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x, (size,) + x.shape[1:])
+
+    return Batch(one("image"), one("embedding"), one("input_size"), one("masks"), one("valid"))
+
+
+def pad_batch(batch: Batch, multiple: int) -> Batch:
+    """`batch` (host or single-device arrays) with blank rows appended up to a multiple of
+    `multiple`: zero images or embeddings, full input size, no valid object."""
+    B = batch.valid.shape[0]
+    pad = -B % multiple
+    if not pad:
+        return batch
+    S = batch.masks.shape[-1]
+
+    def grow(x, fill=0):
+        x = np.asarray(x)
+        return np.concatenate([x, np.full((pad,) + x.shape[1:], fill, x.dtype)])
+
+    return Batch(
+        None if batch.images is None else grow(batch.images), None if batch.embeddings is None else grow(batch.embeddings),
+        grow(batch.input_sizes, S), grow(batch.masks), grow(batch.valid),
+    )
