@@ -75,8 +75,9 @@ def place(tree, shardings):
     return jax.tree.map(one, tree, shardings)
 
 
-def pad_batch(x: np.ndarray, multiple: int) -> np.ndarray:
-    """`x` with its leading axis zero-padded up to a multiple of `multiple` (drop the padding
-    from the results: rows are independent)."""
+def pad_batch(x: np.ndarray, multiple: int, fill=0) -> np.ndarray:
+    """`x` with its leading axis padded with `fill` up to a multiple of `multiple` (drop the
+    padding from the results: rows are independent)."""
+    x = np.asarray(x)
     pad = -len(x) % multiple
-    return np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+    return np.concatenate([x, np.full((pad,) + x.shape[1:], fill, x.dtype)]) if pad else x

@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ..parallel import batch_sharding
+from ..parallel import pad_batch as parallel_pad_batch
 from .step import Batch
 
 
@@ -55,17 +56,8 @@ def global_batch(local: dict, mesh: Mesh, size: int) -> Batch:
 def pad_batch(batch: Batch, multiple: int) -> Batch:
     """`batch` (host or single-device arrays) with blank rows appended up to a multiple of
     `multiple`: zero images or embeddings, full input size, no valid object."""
-    B = batch.valid.shape[0]
-    pad = -B % multiple
-    if not pad:
+    if batch.valid.shape[0] % multiple == 0:
         return batch
-    S = batch.masks.shape[-1]
-
-    def grow(x, fill=0):
-        x = np.asarray(x)
-        return np.concatenate([x, np.full((pad,) + x.shape[1:], fill, x.dtype)])
-
-    return Batch(
-        None if batch.images is None else grow(batch.images), None if batch.embeddings is None else grow(batch.embeddings),
-        grow(batch.input_sizes, S), grow(batch.masks), grow(batch.valid),
-    )
+    grow = lambda x, fill=0: None if x is None else parallel_pad_batch(x, multiple, fill)
+    return Batch(grow(batch.images), grow(batch.embeddings), grow(batch.input_sizes, batch.masks.shape[-1]),
+                 grow(batch.masks), grow(batch.valid))
