@@ -2,8 +2,8 @@
 
 The official package's names, from the same places: `sam_model_registry`, `build_sam_vit_{h,l,b}`,
 `SamPredictor`, `SamAutomaticMaskGenerator`; plus `load`, the one entry point for every kind of
-checkpoint. Importing it turns on the persistent XLA compilation cache (`sam_jax.utils.xla_cache`;
-opt out with SAM_JAX_XLA_CACHE=0).
+checkpoint, and `enable_compilation_cache`, the opt-in persistent XLA cache. Importing sam_jax
+changes no JAX setting, registers no listener and writes no file.
 """
 
 __version__ = "0.1.0"
@@ -21,13 +21,11 @@ from .build_sam import (
 from .config import SamConfig, get_config
 from .modeling import Sam
 from .predictor import SamPredictor
-from .utils.transforms import ResizeLongestSide
-from .utils.xla_cache import enable_default_cache
-
-enable_default_cache()
+from .runtime.compilation_cache import enable_compilation_cache
+from .transforms import ResizeLongestSide
 
 __all__ = [
     "ResizeLongestSide", "Sam", "SamAutomaticMaskGenerator", "SamConfig", "SamPredictor", "build_sam",
-    "build_sam_from_config", "build_sam_vit_b", "build_sam_vit_h", "build_sam_vit_l", "get_config", "load",
-    "sam_model_registry",
+    "build_sam_from_config", "build_sam_vit_b", "build_sam_vit_h", "build_sam_vit_l", "enable_compilation_cache",
+    "get_config", "load", "sam_model_registry",
 ]
