@@ -1,7 +1,7 @@
 """Hugging Face `transformers` SAM checkpoints (`SamModel`, `model.safetensors`) <-> official keys.
 
-`read_safetensors` reads the file without the `safetensors` package; `hf_to_official` renames its
-keys to the official segment-anything naming that the rest of the converter understands, and
+`hf_to_official` renames a transformers state dict's keys (read by `safetensors.py`, or from a
+`pytorch_model.bin`) to the official segment-anything naming that the rest of the converter understands, and
 `official_to_hf` is the exact inverse.
 
 Every tensor keeps its value, shape and layout: the mapping is a pure renaming (no transpose, no
@@ -66,102 +66,10 @@ once HF's decoder-block eps is set to 1e-5.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import re
 from typing import Any
 
-import ml_dtypes
 import numpy as np
-
-# --------------------------------------------------------------------------------------------
-# safetensors reader
-
-_DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype(np.bool_),
-}
-# The reference implementation allows 100 MB; SAM's header is 30 KB, and JSON can build about 20
-# bytes of Python objects per byte of header, so a smaller cap keeps what a header costs bounded.
-_MAX_HEADER = 16 << 20
-
-
-def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a `.safetensors` file into {name: array}; the arrays are copies owning their memory.
-
-    Checked as the reference implementation checks, before any tensor is copied: the header is a
-    JSON object of at most 16 MiB, each entry has a supported dtype and data_offsets that match its
-    shape, and the entries tile the data buffer exactly (sorted by offset, no overlap, no gap), so
-    the arrays together are never larger than the file. Raises ValueError, one line naming the
-    file (and the tensor at fault), for anything else."""
-    path = os.fspath(path)
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{path}: not a safetensors file ({size} bytes, no 8-byte header length)")
-        n = int.from_bytes(head, "little")
-        if not 2 <= n <= min(_MAX_HEADER, size - 8):
-            raise ValueError(f"{path}: header length {n} is impossible for a file of {size} bytes (at most {_MAX_HEADER})")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: the header is not valid JSON ({e})") from None
-        except RecursionError:
-            raise ValueError(f"{path}: the header is nested too deeply to be a safetensors header") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: the header is not a JSON object")
-    metadata = header.pop("__metadata__", None)
-    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
-        raise ValueError(f"{path}: __metadata__ must map strings to strings")
-
-    start, buf_len = 8 + n, size - 8 - n
-    entries = []
-    for name, info in header.items():
-        where = f"{path}: tensor {name!r:.100}"
-        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-            raise ValueError(f"{where}: malformed header entry {info!r:.100}")
-        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _DTYPES:
-            raise ValueError(f"{where}: unsupported dtype {dtype!r:.20} (supported: {', '.join(_DTYPES)})")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise ValueError(f"{where}: bad shape {shape!r:.100}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
-            raise ValueError(f"{where}: bad data_offsets {offsets!r:.100}")
-        begin, end = offsets
-        if not 0 <= begin <= end <= buf_len:
-            raise ValueError(f"{where}: data_offsets [{begin}, {end}] outside the {buf_len}-byte buffer")
-        expected = _DTYPES[dtype].itemsize * math.prod(shape)
-        if end - begin != expected:
-            raise ValueError(f"{where}: {end - begin} bytes for {dtype}{shape}, expected {expected}")
-        entries.append((begin, end, name))
-    covered = 0
-    for begin, end, name in sorted(entries):
-        if begin != covered:
-            what = "overlaps the tensor before it" if begin < covered else f"leaves bytes {covered}..{begin} unused"
-            raise ValueError(f"{path}: tensor {name!r:.100} at data_offsets [{begin}, {end}] {what}")
-        covered = end
-    if covered != buf_len:
-        raise ValueError(f"{path}: the tensors cover {covered} of the {buf_len} bytes of the data buffer")
-
-    buf = np.memmap(path, np.uint8, "r", offset=start) if buf_len else np.zeros(0, np.uint8)
-    out = {}
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        out[name] = np.array(buf[begin:end]).view(_DTYPES[info["dtype"]]).reshape(tuple(info["shape"]))
-    del buf
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# key mapping
 
 _PLACEHOLDERS = {
     "i": r"\d+",

@@ -1,20 +1,22 @@
-"""Official PyTorch state-dict keys <-> sam_jax parameter paths, and the config implied by the
-tensor shapes. A leaf: pure naming and array layout, no model code (of sam_jax, only the config).
+"""Official PyTorch state-dict keys <-> sam_jax parameter paths, and the config the tensor shapes
+imply: the pipeline's second stage. Pure naming and array layout; what each architecture's
+module paths are is in `families/`.
 
 Each of our parameters has exactly one official key: the official module path with our leaf name
-(`kernel`, `scale`, `embedding`, ...) in place of the official one (`weight`). The layer kind, and
-with it the layout change, is read off the official module path (see `_KINDS`):
+in place of the official one. The layer kind, and with it the layout change, is read off the
+official module path (the families' `RULES`; a module matching none is a Linear):
 
     kind              official leaf, layout            ours
-    Linear            weight (out, in)                 kernel (in, out)
-    Conv2d            weight (out, in, kh, kw)         kernel (kh, kw, in, out)
-    ConvTranspose2d   weight (in, out, kh, kw)         kernel (kh, kw, in, out)
-    LayerNorm(2d)     weight                           scale
-    Embedding         weight                           embedding
+    linear            weight (out, in)                 kernel (in, out)
+    conv              weight (out, in/groups, kh, kw)  kernel (kh, kw, in/groups, out)
+    conv_transpose    weight (in, out, kh, kw)         kernel (kh, kw, in, out)
+    layer_norm        weight                           scale
+    batch_norm        weight, running_mean/_var        scale, mean, var (num_batches_tracked dropped)
+    embedding         weight                           embedding
     anything          bias, pos_embed, rel_pos_h/w,    same name, same layout
-                      positional_encoding_gaussian_matrix
+                      positional_encoding_gaussian_matrix, attention_biases
 
-Shapes are checked against the model by the loader (`sam_jax.build_sam.model_from_params`).
+Shapes are checked against the model by the next stage (`shapes.check_params`).
 """
 
 from __future__ import annotations
@@ -25,53 +27,52 @@ import numpy as np
 
 from sam_jax.config import SamConfig
 
+from . import families
+from .families.common import ConversionError
+
 Path = tuple[str | int, ...]
 
-
-class ConversionError(ValueError):
-    """The checkpoint does not match the model: lists every missing, unexpected and mis-shaped key."""
-
-
-# Official module paths by layer kind; a module matching none of them is a Linear.
-_KINDS: list[tuple[str, re.Pattern, str, tuple[int, ...] | None]] = [
-    # (kind, module path pattern, our leaf for `weight`, permutation official -> ours)
-    ("embedding", re.compile(r"prompt_encoder\.(point_embeddings\.\d+|not_a_point_embed|no_mask_embed)"
-                             r"|mask_decoder\.(iou_token|mask_tokens)"), "embedding", None),
-    ("layer_norm", re.compile(r".*\.norm\w*|image_encoder\.neck\.[13]|prompt_encoder\.mask_downscaling\.[14]"
-                              r"|mask_decoder\.output_upscaling\.1"), "scale", None),
-    ("conv_transpose", re.compile(r"mask_decoder\.output_upscaling\.[03]"), "kernel", (2, 3, 0, 1)),
-    ("conv", re.compile(r"image_encoder\.(patch_embed\.proj|neck\.[02])|prompt_encoder\.mask_downscaling\.[036]"),
-     "kernel", (2, 3, 1, 0)),
-    ("linear", re.compile(r".*"), "kernel", (1, 0)),
-]
+# kind -> {official leaf: (our leaf, permutation of the official layout into ours, or None)}
+LEAVES: dict[str, dict[str, tuple[str, tuple[int, ...] | None]]] = {
+    "linear": {"weight": ("kernel", (1, 0))},
+    "conv": {"weight": ("kernel", (2, 3, 1, 0))},
+    "conv_transpose": {"weight": ("kernel", (2, 3, 0, 1))},
+    "layer_norm": {"weight": ("scale", None)},
+    "batch_norm": {"weight": ("scale", None), "running_mean": ("mean", None), "running_var": ("var", None)},
+    "embedding": {"weight": ("embedding", None)},
+}
+_RULES = [(kind, re.compile(rx)) for f in families.FAMILIES for kind, rx in f.RULES]
+# Keys the published files carry that no model uses: BatchNorm's step counter, and each family's.
+_DROPPED = re.compile("|".join([r".*\.num_batches_tracked"] + [rx for f in families.FAMILIES for rx in f.DROPPED]))
 
 
-def _kind(module: str) -> tuple[str, tuple[int, ...] | None]:
-    return next((leaf, perm) for _, rx, leaf, perm in _KINDS if rx.fullmatch(module))
+def _kind(module: str) -> str:
+    return next((kind for kind, rx in _RULES if rx.fullmatch(module)), "linear")
 
 
 def _parse(part: str) -> str | int:
     return int(part) if part.isdigit() else part
 
 
+def is_dropped(key: str) -> bool:
+    """True for a key of a published file that no model uses (see `families`)."""
+    return bool(_DROPPED.fullmatch(key))
+
+
 def param_path(key: str) -> tuple[Path, tuple[int, ...] | None]:
     """Official key -> (our parameter path, permutation of the official layout into ours or None)."""
     module, _, leaf = key.rpartition(".")
-    if leaf == "weight":
-        ours, perm = _kind(module)
-    else:
-        ours, perm = leaf, None
+    ours, perm = LEAVES[_kind(module)].get(leaf, (leaf, None))
     return tuple(_parse(p) for p in module.split(".")) + (ours,), perm
 
 
 def official_key(path: Path) -> tuple[str, tuple[int, ...] | None]:
     """Our parameter path -> (official key, permutation of our layout into the official one or None)."""
     module = ".".join(str(p) for p in path[:-1])
-    leaf = path[-1]
-    if leaf in ("kernel", "scale", "embedding"):
-        _, perm = _kind(module)
-        return f"{module}.weight", (None if perm is None else _inverse(perm))
-    return f"{module}.{leaf}", None
+    for official, (ours, perm) in LEAVES[_kind(module)].items():
+        if ours == path[-1]:
+            return f"{module}.{official}", (None if perm is None else _inverse(perm))
+    return f"{module}.{path[-1]}", None
 
 
 def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
@@ -79,11 +80,13 @@ def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def official_to_params(state_dict: dict[str, np.ndarray]) -> dict[Path, np.ndarray]:
-    """An official state dict as {our path: float32 array in our layout}. Nothing is checked
-    here: a weight whose rank does not fit its layer stays as it is, for the loader's shape check
-    (`sam_jax.build_sam.check_params`) to name it with every other problem."""
+    """An official state dict as {our path: float32 array in our layout}, the dropped keys left
+    out. Nothing else is checked here: a weight whose rank does not fit its layer stays as it is,
+    for the shape check (`shapes.check_params`) to name it with every other problem."""
     params = {}
     for key, value in state_dict.items():
+        if is_dropped(key):
+            continue
         path, perm = param_path(key)
         value = np.asarray(value)
         if perm is not None and value.ndim == len(perm):
@@ -108,54 +111,16 @@ def official_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(shape[i] for i in perm) if perm is not None and len(perm) == len(shape) else tuple(shape)
 
 
-def _count(state: dict, pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in state if (m := rx.match(k))})
-
-
 def infer_config(state: dict[str, np.ndarray]) -> dict:
-    """The SamConfig fields that tensor shapes determine. Fields shapes cannot tell (the decoder
-    head count, pixel statistics) are absent and come from the defaults or a named config."""
-    def shape(key):
-        if key not in state:
-            raise ConversionError(f"cannot infer the model config: checkpoint has no {key!r}")
-        return state[key].shape
-
-    cfg: dict = {}
-    embed_dim, in_chans, patch, _ = shape("image_encoder.patch_embed.proj.weight")
-    cfg.update(encoder_embed_dim=embed_dim, in_chans=in_chans, patch_size=patch)
-    depth = _count(state, r"image_encoder\.blocks\.(\d+)\.")
-    cfg["encoder_depth"] = depth
-    cfg["mlp_ratio"] = shape("image_encoder.blocks.0.mlp.lin1.weight")[0] / embed_dim
-    cfg["qkv_bias"] = "image_encoder.blocks.0.attn.qkv.bias" in state
-    cfg["use_abs_pos"] = "image_encoder.pos_embed" in state
-    cfg["use_rel_pos"] = "image_encoder.blocks.0.attn.rel_pos_h" in state
-    cfg["prompt_embed_dim"] = shape("image_encoder.neck.0.weight")[0]
-    # The mask input is 4x the embedding grid and the grid is image_size / patch_size.
-    grid = None
-    if cfg["use_abs_pos"]:
-        grid = shape("image_encoder.pos_embed")[1]
-    if cfg["use_rel_pos"]:
-        head_dim = shape("image_encoder.blocks.0.attn.rel_pos_h")[1]
-        cfg["encoder_num_heads"] = embed_dim // head_dim
-        sizes = [(shape(f"image_encoder.blocks.{i}.attn.rel_pos_h")[0] + 1) // 2 for i in range(depth)]
-        grid = grid or max(sizes)
-        cfg["encoder_global_attn_indexes"] = [i for i, s in enumerate(sizes) if s == grid]
-        windows = {s for s in sizes if s != grid}
-        if len(windows) > 1:
-            raise ConversionError(f"blocks use several window sizes {sorted(windows)}: not a SAM encoder")
-        cfg["window_size"] = windows.pop() if windows else 0
-    if grid is not None:
-        cfg["image_size"] = grid * patch
-    cfg["mask_in_chans"] = shape("prompt_encoder.mask_downscaling.3.weight")[0]
-    cfg["decoder_depth"] = _count(state, r"mask_decoder\.transformer\.layers\.(\d+)\.")
-    cfg["decoder_mlp_dim"] = shape("mask_decoder.transformer.layers.0.mlp.lin1.weight")[0]
-    internal = shape("mask_decoder.transformer.final_attn_token_to_image.q_proj.weight")[0]
-    cfg["attention_downsample_rate"] = cfg["prompt_embed_dim"] // internal
-    cfg["num_multimask_outputs"] = shape("mask_decoder.mask_tokens.weight")[0] - 1
-    cfg["iou_head_depth"] = _count(state, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\.")
-    cfg["iou_head_hidden_dim"] = shape("mask_decoder.iou_prediction_head.layers.0.weight")[0]
-    return cfg
+    """The SamConfig fields that tensor shapes determine, from the state's image-encoder family
+    and decoder family. Fields shapes cannot tell (the decoder head count, pixel statistics) are
+    absent and come from the defaults or a named config."""
+    encoder = families.ENCODERS[families.encoder_of(state)]
+    decoder = families.DECODERS[families.decoder_of(state)]
+    fields = {**encoder.infer(state), **families.sam.infer(state)}
+    if decoder is not families.sam:
+        fields.update(decoder.infer(state))
+    return fields
 
 
 def resolve_config(inferred: dict, base: SamConfig | None, base_name: str = "") -> SamConfig:
@@ -173,3 +138,9 @@ def resolve_config(inferred: dict, base: SamConfig | None, base_name: str = "") 
 
 def _norm(v):
     return list(v) if isinstance(v, (list, tuple)) else v
+
+
+__all__ = [
+    "ConversionError", "LEAVES", "infer_config", "is_dropped", "official_key", "official_shape", "official_to_params",
+    "param_path", "params_to_official", "resolve_config",
+]

@@ -1,9 +1,9 @@
-"""The native checkpoint format (host-side I/O): a folder holding `config.json` and `params/`, an
-Orbax tree of the model's parameters keyed by their paths, and optionally `record.json`, what
-produced it. Written by `sam-jax convert`, by training, and by the weights-by-name cache; read
-by `sam_jax.load`.
+"""Reader and writer of sam-jax's own checkpoint folder: `config.json`, `params/` (an Orbax tree
+of the model's parameters keyed by their paths) and `record.json` (what produced it, with the
+model's content digest). Written by `sam-jax convert`, by training, and by the weights-by-name
+cache; read by `sam_jax.load` through `pipeline.read`.
 
-A folder is written atomically (`utils.io.atomic_dir`): one with the final name is complete. An
+A folder is written atomically (`sam_jax.io.outputs.atomic_dir`): one with the final name is complete. An
 existing folder is replaced only with `overwrite`, and only when it holds a checkpoint and
 nothing else (`is_own_folder`).
 """
@@ -19,9 +19,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from .config import SamConfig
-from .utils.io import atomic_dir, check_output, remove_stale_partials
-from .utils.records import record_text
+from sam_jax.config import SamConfig
+from sam_jax.io.outputs import atomic_dir, check_output, remove_stale_partials
+from sam_jax.io.stamps import record_text
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -115,7 +115,7 @@ def stored_shapes(directory: str | os.PathLike) -> dict[tuple, tuple[int, ...]]:
     }
 
 
-def load(directory: str | os.PathLike, abstract: dict[tuple, object]) -> dict[tuple, np.ndarray]:
+def read_params(directory: str | os.PathLike, abstract: dict[tuple, object]) -> dict[tuple, np.ndarray]:
     """The parameters stored in `directory` for the given abstract {path: ShapeDtypeStruct}
     (Orbax checks the stored shapes against it)."""
     directory = Path(directory).absolute()

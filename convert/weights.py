@@ -1,4 +1,5 @@
-"""Official SAM weights by name: the published checkpoints, their digests, and sam-jax's cache.
+"""Weights by name, the pipeline's first stage: the published checkpoints, their digests, and
+where their converted copies live in the cache.
 
     sam = sam_jax.load("vit_b")                   # first call: download, verify, convert, cache
     sam = sam_jax.load("facebook/sam-vit-base")   # the Hugging Face copy (pip install "sam-jax[hub]")
@@ -6,15 +7,9 @@
 Names: `vit_b`, `vit_l`, `vit_h` and `default` (vit_h, as in the official registry), the official
 file names (`sam_vit_b_01ec64.pth`, ...) and the Hugging Face ids `facebook/sam-vit-base`,
 `facebook/sam-vit-large`, `facebook/sam-vit-huge`. An existing path always wins over a name.
-`build_sam.fetch` turns a name into a converted checkpoint folder; this module knows the names,
-downloads the raw files, and lays out the cache.
-
-The cache has one root, $SAM_JAX_CACHE (default $XDG_CACHE_HOME/sam-jax, i.e. ~/.cache/sam-jax):
-
-    checkpoints/<name>/   converted checkpoints (`sam_jax.checkpoint`'s format): what later calls load
-    downloads/            official .pth files while they download (resumable) and convert; removed after
-    xla/                  the CLI's persistent XLA compilation cache (`--cache-dir`)
-    web/                  onnxruntime-web for `sam-jax demo` when the package was installed without npm
+`pipeline.fetch` turns a name into a converted checkpoint folder; this module knows the names
+and downloads the raw files. The cache's layout is `sam_jax.runtime.paths`: converted folders
+in checkpoints/<name>/, official .pth files in downloads/ while they download and convert.
 
 Environment: SAM_JAX_WEIGHTS_URL replaces the base URL of the official files (a mirror, or the tests'
 local server); HF_ENDPOINT, huggingface_hub's own variable, that of the Hugging Face Hub.
@@ -27,8 +22,10 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from .utils.download import DownloadError, download
-from .utils.progress import say
+from sam_jax.runtime.paths import cache_dir
+from sam_jax.runtime.progress import say
+
+from .download import DownloadError, download
 
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/segment_anything"
 HF_FILE = "model.safetensors"
@@ -68,7 +65,7 @@ HF_IDS = {  # Hugging Face `transformers` SAM repositories -> model type
 _NAME_SUFFIX = re.compile(r"^sam_\w+_([0-9a-f]{6})\.pth$")
 
 
-class Source(NamedTuple):
+class WeightsSource(NamedTuple):
     """Where the weights of a model name come from: an official file, or a Hugging Face repository."""
 
     key: str  # the converted checkpoint's folder name in the cache
@@ -81,40 +78,28 @@ def known_names() -> list[str]:
     return [*ALIASES, *OFFICIAL, *HF_IDS]
 
 
-def source(name: str) -> Source:
-    """The Source of a model name; FileNotFoundError (one line, listing the names) otherwise."""
+def source(name: str) -> WeightsSource:
+    """Where the weights of a model name come from; FileNotFoundError (one line, listing the names) otherwise."""
     name = str(name)
     if name in HF_IDS:
-        return Source(name.replace("/", "--"), HF_IDS[name], repo_id=name)
+        return WeightsSource(name.replace("/", "--"), HF_IDS[name], repo_id=name)
     weights = OFFICIAL.get(ALIASES.get(name, name))
     if weights is None:
         raise FileNotFoundError(
             f"checkpoint not found: {name} is neither a file or folder nor a model name ({', '.join(known_names())})"
         )
-    return Source(weights.file.removesuffix(".pth"), weights.model_type, official=weights)
+    return WeightsSource(weights.file.removesuffix(".pth"), weights.model_type, official=weights)
 
 
 def official_url(weights: OfficialWeights) -> str:
     return f"{os.environ.get('SAM_JAX_WEIGHTS_URL', OFFICIAL_URL).rstrip('/')}/{weights.file}"
 
 
-def cache_root() -> Path:
-    """$SAM_JAX_CACHE, else $XDG_CACHE_HOME/sam-jax, else ~/.cache/sam-jax."""
-    if os.environ.get("SAM_JAX_CACHE"):
-        return Path(os.environ["SAM_JAX_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "sam-jax"
-
-
-def cache_dir(kind: str) -> Path:
-    """One of the cache's folders: "checkpoints", "downloads", "xla" or "web" (not created here)."""
-    return cache_root() / kind
-
-
-def converted_path(src: Source) -> Path:
+def converted_path(src: WeightsSource) -> Path:
     return cache_dir("checkpoints") / src.key
 
 
-def download_weights(src: Source, quiet: bool = False) -> Path:
+def download_weights(src: WeightsSource, quiet: bool = False) -> Path:
     """The raw checkpoint file of `src`, downloaded if needed: an official .pth in the cache's
     downloads/ (verified), or the Hugging Face model.safetensors in huggingface_hub's cache."""
     if src.repo_id is not None:

@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from .progress import Progress, say
+from sam_jax.runtime.progress import Progress, say
 
 try:  # POSIX only; elsewhere concurrent downloads of one file are not guarded
     import fcntl

@@ -1,0 +1,30 @@
+"""Model families: what the converter knows of each architecture. A family is a key mapping (which
+official module paths are which layer kind: `RULES`), the keys its published files carry that
+the model does not use (`DROPPED`), how to recognise its files (`detect`) and the config fields
+its tensor shapes determine (`infer`). Adding a family is adding a module here and its entry
+below; `keys.py` and the pipeline read these tables and nothing else.
+
+    image encoders   vit (the official ImageEncoderViT)
+    mask decoders    sam (the official MaskDecoder; the prompt encoder, shared by all, with it)
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import sam, vit
+
+ENCODERS: dict[str, ModuleType] = {"vit": vit}
+DECODERS: dict[str, ModuleType] = {"sam": sam}
+FAMILIES: tuple[ModuleType, ...] = (*ENCODERS.values(), *DECODERS.values())
+
+
+def encoder_of(keys) -> str:
+    """The image-encoder family whose keys these are ("vit", ...); "vit" when none matches (the
+    shape checks then name what is missing)."""
+    return next((name for name, f in ENCODERS.items() if f.detect(keys)), "vit")
+
+
+def decoder_of(keys) -> str:
+    """The mask-decoder family whose keys these are ("sam", ...)."""
+    return next((name for name, f in reversed(DECODERS.items()) if f.detect(keys)), "sam")

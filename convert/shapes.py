@@ -1,0 +1,56 @@
+"""Every parameter checked against the model its config builds: the pipeline's third stage. A
+file's claims are not trusted: nothing is built or read further until the names and shapes it
+holds are exactly the model's."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+from flax import nnx
+
+from sam_jax.config import SamConfig
+from sam_jax.modeling import Sam
+
+from .keys import ConversionError, official_key, official_shape
+
+
+def abstract_model(config: SamConfig) -> Sam:
+    """The model's structure with shape-only variables: no memory allocated, no random init."""
+    return nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
+
+
+def parameter_shapes(config: SamConfig) -> dict[tuple, jax.ShapeDtypeStruct]:
+    """{variable path: shape and dtype} of the model `config` builds."""
+    return dict(_parameter_shapes(config))
+
+
+@functools.lru_cache(maxsize=8)
+def _parameter_shapes(config: SamConfig) -> tuple[tuple[tuple, jax.ShapeDtypeStruct], ...]:
+    # Tracing the model's construction takes seconds; a load needs the shapes twice (the check
+    # and the restore), and a session often loads the same configuration again.
+    return tuple((p, jax.ShapeDtypeStruct(v.shape, v.dtype)) for p, v in nnx.to_flat_state(nnx.state(abstract_model(config))))
+
+
+def check_params(config: SamConfig, params: dict[tuple, object]) -> None:
+    """Raises ConversionError naming, by official key, every parameter of the model `config`
+    builds that `params` lacks, every entry it has that the model does not, and every shape that
+    differs (`params` values: arrays, anything with a `.shape`, or shape tuples)."""
+    expected = {p: tuple(v.shape) for p, v in parameter_shapes(config).items()}
+    shapes = {p: tuple(v) if isinstance(v, tuple) else tuple(v.shape) for p, v in params.items()}
+    key = lambda p: official_key(p)[0]
+    missing = sorted(key(p) for p in expected.keys() - shapes.keys())
+    unexpected = sorted(key(p) if isinstance(p, tuple) else str(p) for p in shapes.keys() - expected.keys())
+    misshaped = [
+        f"{key(p)}: checkpoint {official_shape(p, shapes[p])}, model expects {official_shape(p, shape)}"
+        for p, shape in expected.items() if p in shapes and shapes[p] != shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    if misshaped:
+        problems.append(f"wrong shapes ({len(misshaped)}): {'; '.join(sorted(misshaped))}")
+    if problems:
+        raise ConversionError("checkpoint does not match the model config: " + " | ".join(problems))
