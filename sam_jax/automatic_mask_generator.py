@@ -1,8 +1,9 @@
 """SamAutomaticMaskGenerator: the official class and records, with the heavy work on device.
 
-Per crop, `amg_pipeline.process_crop` (one jitted call) decodes all point batches, upsamples,
-filters, runs NMS and compacts the survivors; this file is the host side: crops, point grids,
-the cross-crop NMS call, small-region cleanup, RLE and the output records.
+Per crop, `functional.automatic_mask_generator.process_crop` (one jitted call) decodes all point
+batches, upsamples, filters, runs NMS and compacts the survivors; this file is the host side:
+crops, point grids (`sam_jax.masks`), the cross-crop NMS call, small-region cleanup, RLE and the
+output records.
 
 Round trips: crops are embedded and dispatched in groups (`BackendPlan.crop_group`), each
 crop's scores and boxes come back in one fetch while later crops compute, and the kept masks of
@@ -16,12 +17,15 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from . import amg_pipeline as dev
+from .functional import automatic_mask_generator as device_side
 from .functional import bind_model, bucket
+from .io.rle import area_from_rle, coco_encode_rle, mask_to_rle
+from .masks import (
+    box_xyxy_to_xywh, build_all_layer_point_grids, generate_crop_boxes, mask_boxes, remove_small_regions, uncrop_boxes_xyxy,
+    uncrop_points,
+)
 from .modeling import Sam
 from .predictor import SamPredictor
-from .utils import amg
-from .utils.regions import remove_small_regions
 from .validate import check_image
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -32,7 +36,7 @@ class _CropMasks:
     """Survivors of one crop, in NMS order. low_res stays on device until rendering."""
 
     crop_box: list[int]
-    resamplers: tuple  # (rows, cols) from amg_pipeline.crop_resamplers, shared with render
+    resamplers: tuple  # (rows, cols) from device_side.crop_resamplers, shared with render
     low_res: object  # (bucket(K), 4h, 4w) device logits of the survivors, None when K == 0
     iou_preds: np.ndarray
     stability_score: np.ndarray
@@ -85,12 +89,12 @@ class SamAutomaticMaskGenerator:
                         f"crop_n_points_downscale_factor {crop_n_points_downscale_factor}**{layer} < 1; "
                         "use fewer crop layers or a smaller downscale factor"
                     )
-        self.point_grids = point_grids or amg.build_all_layer_point_grids(
+        self.point_grids = point_grids or build_all_layer_point_grids(
             points_per_side, crop_n_layers, crop_n_points_downscale_factor
         )
         self.predictor = SamPredictor(model)
         self._leaves, treedef = jax.tree.flatten(self.predictor.params)
-        self._decode_crop = bind_model(dev.process_crop, self.predictor.graphdef, treedef, ("chunk",))
+        self._decode_crop = bind_model(device_side.process_crop, self.predictor.graphdef, treedef, ("chunk",))
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
@@ -115,18 +119,18 @@ class SamAutomaticMaskGenerator:
             segmentations = list(masks)
             areas = masks.sum(axis=(1, 2))
         else:
-            rles = amg.mask_to_rle(masks)
-            areas = [amg.area_from_rle(r) for r in rles]
-            segmentations = rles if self.output_mode == "uncompressed_rle" else [amg.coco_encode_rle(r) for r in rles]
+            rles = mask_to_rle(masks)
+            areas = [area_from_rle(r) for r in rles]
+            segmentations = rles if self.output_mode == "uncompressed_rle" else [coco_encode_rle(r) for r in rles]
         return [
             {
                 "segmentation": segmentations[i],
                 "area": int(areas[i]),
-                "bbox": amg.box_xyxy_to_xywh(data["boxes"][i].tolist()),
+                "bbox": box_xyxy_to_xywh(data["boxes"][i].tolist()),
                 "predicted_iou": float(data["iou_preds"][i]),
                 "point_coords": [data["points"][i].tolist()],
                 "stability_score": float(data["stability_score"][i]),
-                "crop_box": amg.box_xyxy_to_xywh(data["crop_boxes"][i].tolist()),
+                "crop_box": box_xyxy_to_xywh(data["crop_boxes"][i].tolist()),
             }
             for i in range(len(masks))
         ]
@@ -137,7 +141,7 @@ class SamAutomaticMaskGenerator:
         image allows when a layer would have empty crops."""
         deepest = 0
         while deepest < self.crop_n_layers and 2 ** (deepest + 1) <= min(orig_size):  # 4^n crops: bound n first
-            boxes, _ = amg.generate_crop_boxes(orig_size, deepest + 1, self.crop_overlap_ratio)
+            boxes, _ = generate_crop_boxes(orig_size, deepest + 1, self.crop_overlap_ratio)
             if any(x1 <= x0 or y1 <= y0 for x0, y0, x1, y1 in boxes):
                 break
             deepest += 1
@@ -147,7 +151,7 @@ class SamAutomaticMaskGenerator:
                 f"(with crop_overlap_ratio {self.crop_overlap_ratio:.3g}): layer {deepest + 1} would have empty crops; "
                 f"use crop_n_layers <= {deepest}"
             )
-        return amg.generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        return generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
 
     def _generate_masks(self, image: np.ndarray) -> dict[str, np.ndarray]:
         orig_size = image.shape[:2]
@@ -203,8 +207,8 @@ class SamAutomaticMaskGenerator:
         pts[:n] = transformed
         valid = np.arange(nb * P) < n
         resamplers = self._resamplers(input_size, (ch, cw))
-        canvas_hw = (resamplers[0][0].shape[0] * dev.BAND_TILE, resamplers[1][0].shape[0] * dev.BAND_TILE)
-        chunk = dev.stats_chunk(self._plan(), P * self._multimask_outputs(), canvas_hw)
+        canvas_hw = (resamplers[0][0].shape[0] * device_side.BAND_TILE, resamplers[1][0].shape[0] * device_side.BAND_TILE)
+        chunk = device_side.stats_chunk(self._plan(), P * self._multimask_outputs(), canvas_hw)
         small, low_res = self._decode_crop(
             self._leaves, features, np.int32(i),
             pts.reshape(nb, P, 2), valid.reshape(nb, P),
@@ -224,25 +228,25 @@ class SamAutomaticMaskGenerator:
         return _CropMasks(
             crop_box=list(crop_box),
             resamplers=resamplers,
-            low_res=dev.take_rows_jit(low_res, sel) if k else None,
+            low_res=device_side.take_rows_jit(low_res, sel) if k else None,
             iou_preds=small["iou_preds"][:k],
             stability_score=small["stability_score"][:k],
-            boxes=amg.uncrop_boxes_xyxy(small["boxes"][:k].astype(np.int64), crop_box),
-            points=amg.uncrop_points(points[small["point_index"][:k]], crop_box),
+            boxes=uncrop_boxes_xyxy(small["boxes"][:k].astype(np.int64), crop_box),
+            points=uncrop_points(points[small["point_index"][:k]], crop_box),
         )
 
-    def _plan(self) -> dev.BackendPlan:
-        return dev.backend_plan(self.predictor.device.platform)
+    def _plan(self) -> device_side.BackendPlan:
+        return device_side.backend_plan(self.predictor.device.platform)
 
     def _multimask_outputs(self) -> int:
         return self.predictor.model.mask_decoder.num_multimask_outputs
 
     def _resamplers(self, input_size, crop_size):
         model = self.predictor.model
-        return dev.crop_resamplers(model.prompt_encoder.mask_input_size[0], model.config.image_size, input_size, crop_size)
+        return device_side.crop_resamplers(model.prompt_encoder.mask_input_size[0], model.config.image_size, input_size, crop_size)
 
-    def _settings(self) -> dev.AmgSettings:
-        return dev.AmgSettings(*(np.float32(v) for v in (
+    def _settings(self) -> device_side.AmgSettings:
+        return device_side.AmgSettings(*(np.float32(v) for v in (
             self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset,
             self.box_nms_thresh, self.predictor.model.mask_threshold,
         )))
@@ -261,7 +265,7 @@ class SamAutomaticMaskGenerator:
             x0, y0, x1, y1 = crop.crop_box
             sel = np.zeros(bucket(len(rows)), np.int32)
             sel[:len(rows)] = index[rows]
-            packed = dev.render_masks_jit(crop.low_res, sel, *crop.resamplers, np.array([y1 - y0, x1 - x0], np.int32), threshold)
+            packed = device_side.render_masks_jit(crop.low_res, sel, *crop.resamplers, np.array([y1 - y0, x1 - x0], np.int32), threshold)
             rendered.append((rows, crop.crop_box, packed))
         for rows, (x0, y0, x1, y1), packed in rendered:
             packed = jax.device_get(packed)[: len(rows), : y1 - y0]
@@ -276,7 +280,7 @@ class SamAutomaticMaskGenerator:
         b = np.zeros((nb, 4), np.float32)
         s = np.zeros(nb, np.float32)
         b[:n], s[:n] = boxes, scores
-        order, keep = jax.device_get(dev.nms_jit(b, s, np.arange(nb) < n, np.float32(thresh)))
+        order, keep = jax.device_get(device_side.nms_jit(b, s, np.arange(nb) < n, np.float32(thresh)))
         return order[keep]
 
     @classmethod
@@ -292,7 +296,7 @@ class SamAutomaticMaskGenerator:
             new_masks.append(mask)
             scores.append(float(not (changed_holes or changed_islands)))
         masks = np.stack(new_masks)
-        boxes = amg.mask_boxes(masks)
+        boxes = mask_boxes(masks)
         keep = cls._nms(boxes, np.array(scores, np.float32), nms_thresh)
         out = {k: np.asarray(v)[keep] for k, v in data.items() if k != "masks"}
         changed = np.array(scores)[keep] == 0.0

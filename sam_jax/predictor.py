@@ -1,7 +1,7 @@
-"""SamPredictor: the official predictor's API over the jitted functions in `functional.py`.
+"""SamPredictor: the official predictor's API over the compiled functions of `functional.predictor`.
 
 Host side (here): validate, resize with Pillow, scale coordinates, pad prompts to buckets.
-Device side (`functional.py`): embedding, prompt decoding, upsampling and thresholding.
+Device side (`functional/predictor.py`): embedding, prompt decoding, upsampling and thresholding.
 
 Compilations. The encoder compiles once per image batch size (every image is padded to the model
 input). The decoder compiles once per (prompt-batch bucket, point-count bucket, multimask): both
@@ -23,10 +23,11 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from . import validate
-from .functional import Prompts, bind_model, decode_prompts, embed_images, pad_prompts, upscale_masks_jit
+from .functional import Prompts, bind_model, bucket, decode_prompts, embed_images, upscale_masks_jit
 from .modeling import Sam, with_numerics
+from .modeling.prompt_encoder import IGNORE_LABEL
 from .parallel import batch_sharding, data_parallel_mesh, pad_batch, replicated
-from .utils.transforms import ResizeLongestSide
+from .transforms import ResizeLongestSide
 
 
 @dataclass
@@ -229,3 +230,32 @@ class SamPredictor:
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise validate.ImageNotSetError("An image must be set with .set_image(...) before mask prediction.")
+
+
+def pad_prompts(
+    point_coords: np.ndarray | None,
+    point_labels: np.ndarray | None,
+    boxes: np.ndarray | None,
+    mask_input: np.ndarray | None,
+    batch: int,
+    mask_size: int,
+) -> Prompts:
+    """`batch` prompts (any of them None) -> NumPy `Prompts` padded to bucket(batch)
+    prompts of bucket(N) points. The extra prompts are empty; slice the outputs to `batch`."""
+    Bp = bucket(batch)
+    n = 0 if point_coords is None else point_coords.shape[1]
+    coords = np.zeros((Bp, bucket(n), 2), np.float32)
+    labels = np.full((Bp, bucket(n)), IGNORE_LABEL, np.int32)
+    if point_coords is not None:
+        coords[:batch, :n] = point_coords
+        labels[:batch, :n] = point_labels
+    box = np.zeros((Bp, 4), np.float32)
+    has_box = np.zeros(Bp, bool)
+    if boxes is not None:
+        box[:batch], has_box[:batch] = boxes, True
+    mask = has_mask = None
+    if mask_input is not None:
+        mask = np.zeros((Bp, 1, mask_size, mask_size), np.float32)
+        has_mask = np.zeros(Bp, bool)
+        mask[:batch], has_mask[:batch] = mask_input, True
+    return Prompts(coords, labels, box, has_box, mask, has_mask)

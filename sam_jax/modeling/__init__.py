@@ -1,8 +1,8 @@
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
-from .sam import Sam, postprocess_masks, preprocess, with_compute_dtype, with_numerics
+from .sam import Sam, postprocess_masks, preprocess, with_numerics
 from .transformer import TwoWayTransformer
 
 __all__ = ["ImageEncoderViT", "MaskDecoder", "PromptEncoder", "Sam", "TwoWayTransformer", "postprocess_masks", "preprocess",
-           "with_compute_dtype", "with_numerics"]
+           "with_numerics"]

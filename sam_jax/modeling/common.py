@@ -1,5 +1,4 @@
-"""Building blocks shared by the encoder and decoder (the official `modeling/common.py`), plus the
-exact PyTorch `F.interpolate` used by the relative-position tables and the mask postprocessing."""
+"""Building blocks shared by the encoder and decoder (the official `modeling/common.py`)."""
 
 from __future__ import annotations
 
@@ -8,8 +7,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
-from ..utils.resample import linear_taps
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -55,23 +52,3 @@ class MLPBlock(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.lin2(self.act(self.lin1(x)))
-
-
-def interpolate_linear(x: jax.Array, size: int, axis: int) -> jax.Array:
-    """F.interpolate(mode='linear'/'bilinear', align_corners=False) along one axis; size is static."""
-    if x.shape[axis] == size:
-        return x
-    i0, i1, w0, w1 = linear_taps(x.shape[axis], size)
-    shape = [1] * x.ndim
-    shape[axis] = size
-    w0, w1 = jnp.asarray(w0.reshape(shape), x.dtype), jnp.asarray(w1.reshape(shape), x.dtype)
-    return jnp.take(x, i0, axis=axis) * w0 + jnp.take(x, i1, axis=axis) * w1
-
-
-def interpolate_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """F.interpolate(x, size, mode='bilinear', align_corners=False) on (..., H, W) arrays.
-
-    Separable gather-and-lerp rather than a resize kernel: no antialiasing when shrinking (the
-    torch default), and O(1) work per output pixel instead of a dense resampling matmul."""
-    x = interpolate_linear(x, size[1], axis=-1)
-    return interpolate_linear(x, size[0], axis=-2)

@@ -10,7 +10,8 @@ from flax import nnx
 
 from ..kernels.attention import fused_attention
 from ..numerics import Numerics, traced_with_numerics
-from .common import LayerNorm2d, MLPBlock, Sequential, interpolate_linear, layer_norm
+from ..resample import interpolate_linear
+from .common import LayerNorm2d, MLPBlock, Sequential, layer_norm
 
 
 class ImageEncoderViT(nnx.Module):

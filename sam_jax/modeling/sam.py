@@ -11,8 +11,8 @@ from flax import nnx
 
 from ..config import SamConfig
 from ..numerics import Numerics
-from ..utils.devices import as_sharding
-from .common import interpolate_bilinear
+from ..parallel.devices import as_sharding
+from ..resample import interpolate_bilinear
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import ConvTranspose2x2, MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -126,12 +126,6 @@ def with_numerics(model: Sam, *, dtype=None, precision: str | None = None, atten
         elif isinstance(module, nnx.LayerNorm):
             module.dtype = jnp.float32  # statistics and output in float32 whatever its input
     return new
-
-
-def with_compute_dtype(model: Sam, dtype) -> Sam:
-    """`with_numerics(model, dtype=dtype)`: the whole model (encoder and decoder) computing in
-    `dtype` ("bfloat16" or "float32") with float32 parameters, norms, softmax and outputs."""
-    return with_numerics(model, dtype=dtype)
 
 
 def preprocess(config: SamConfig, x: jax.Array) -> jax.Array:

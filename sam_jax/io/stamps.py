@@ -1,4 +1,4 @@
-"""Output records (host side): what produced an output, so that a rerun can tell finished work
+"""Output stamps (host side): what produced an output, so that a rerun can tell finished work
 from work done with other settings, and sam-jax's own outputs from anything else.
 
 A record is a JSON object stating the producer, the output format, the settings and the
@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .io import atomic_file, tree_digest
+from .outputs import atomic_file, tree_digest
 
 STAMP_DIR = ".sam-jax"
 

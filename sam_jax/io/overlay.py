@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
-from .io import atomic_file, check_output
+from .outputs import atomic_file, check_output
 
 OVERLAY_OUTPUT = "an overlay PNG"
 

@@ -1,4 +1,4 @@
-"""Pure device-side functions of a split model: `graphdef` (static structure) and `params` (the
+"""The predictor's device side: pure functions of a split model, `graphdef` (static structure) and `params` (the
 arrays, an `nnx.State`). Pass both explicitly, so `jax.jit`, `jax.vmap` and `jax.grad` work
 on them and no weights or image features are ever baked into a compiled function as constants.
 
@@ -11,7 +11,7 @@ takes them), -1 the official "not a point" token, IGNORE_LABEL (-2) an empty slo
 (excluded from every attention, so padding never changes a result). A box is `boxes` (B, 4) with
 `has_box` (B,); a mask input (B, 1, 4h, 4w) comes with `has_mask` (B,). All of it is
 shape-static: one compilation serves every prompt count up to the bucket size, with or without
-boxes and masks (`pad_prompts` builds the buckets on the host).
+boxes and masks (`SamPredictor` pads prompts to the buckets on the host).
 
 Every compiled function is declared the same way, `jax.jit(name, static_argnames=...)`: at module
 level as `name_jit`, or bound to one model structure by `bind_model` (what the predictor and the
@@ -26,11 +26,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from .modeling.prompt_encoder import IGNORE_LABEL
-from .modeling.sam import postprocess_masks, preprocess
+from ..modeling.sam import postprocess_masks, preprocess
 
 
 class Prompts(NamedTuple):
@@ -47,35 +45,6 @@ class Prompts(NamedTuple):
 def bucket(n: int) -> int:
     """The next power of two >= n (at least 1): the padded size that a count n compiles for."""
     return 1 << max(0, n - 1).bit_length()
-
-
-def pad_prompts(
-    point_coords: np.ndarray | None,
-    point_labels: np.ndarray | None,
-    boxes: np.ndarray | None,
-    mask_input: np.ndarray | None,
-    batch: int,
-    mask_size: int,
-) -> Prompts:
-    """Host-side: `batch` prompts (any of them None) -> NumPy `Prompts` padded to bucket(batch)
-    prompts of bucket(N) points. The extra prompts are empty; slice the outputs to `batch`."""
-    Bp = bucket(batch)
-    n = 0 if point_coords is None else point_coords.shape[1]
-    coords = np.zeros((Bp, bucket(n), 2), np.float32)
-    labels = np.full((Bp, bucket(n)), IGNORE_LABEL, np.int32)
-    if point_coords is not None:
-        coords[:batch, :n] = point_coords
-        labels[:batch, :n] = point_labels
-    box = np.zeros((Bp, 4), np.float32)
-    has_box = np.zeros(Bp, bool)
-    if boxes is not None:
-        box[:batch], has_box[:batch] = boxes, True
-    mask = has_mask = None
-    if mask_input is not None:
-        mask = np.zeros((Bp, 1, mask_size, mask_size), np.float32)
-        has_mask = np.zeros(Bp, bool)
-        mask[:batch], has_mask[:batch] = mask_input, True
-    return Prompts(coords, labels, box, has_box, mask, has_mask)
 
 
 def embed_images(graphdef: nnx.GraphDef, params: nnx.State, images: jax.Array, input_sizes: jax.Array) -> jax.Array:

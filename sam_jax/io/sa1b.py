@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .images import read_image
-from .io import atomic_file
+from .outputs import atomic_file
 from .rle import coco_decode_rle, coco_encode_rle, mask_to_rle
 
 _RECORD_KEYS = ("bbox", "area", "predicted_iou", "stability_score", "crop_box", "point_coords")

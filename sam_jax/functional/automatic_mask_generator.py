@@ -1,4 +1,4 @@
-"""Device side of automatic mask generation: one jitted call per crop decodes every point batch,
+"""The automatic mask generator's device side: one jitted call per crop decodes every point batch,
 upsamples, filters by predicted IoU, stability and crop edges, runs NMS and compacts the
 survivors to the front of fixed-size buffers with validity masks. Only small arrays (scores,
 boxes, survivor indexes: one fetch per crop) and, at the end, the kept masks bit-packed cross to
@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .functional import Prompts, decode_prompts
-from .modeling.prompt_encoder import IGNORE_LABEL
-from .utils.amg import batched_mask_to_box, calculate_stability_score, is_box_near_crop_edge, nms
-from .utils.resample import linear_taps
+from ..modeling.prompt_encoder import IGNORE_LABEL
+from ..resample import BAND_TILE, band_resample, band_weights
+from .predictor import Prompts, decode_prompts
+
 
 class AmgSettings(NamedTuple):
     """The generator's thresholds, as float32 scalars (arrays, so new values never recompile)."""
@@ -36,7 +36,6 @@ class AmgSettings(NamedTuple):
 
 
 MASK_CHUNK = 4  # masks upsampled together on CPU when only their statistics are needed: they stay in cache
-BAND_TILE = 64  # outputs per tile of the banded resampling matmul
 
 
 class BackendPlan(NamedTuple):
@@ -101,69 +100,20 @@ def _canvas_floor(padded_out: int) -> int:
     return 1 if i == 0 else CANVASES[i - 1] + 1
 
 
-BAND_TILE = 64  # outputs per tile of the banded resampling matmul
-
-
-def band_len(low_len: int, padded_out: int) -> int:
-    """Static window length of the banded resampling: how many low-res rows one tile of
-    BAND_TILE outputs can read, for any output size on the canvas padded_out."""
-    min_out = _canvas_floor(padded_out)
-    return min(low_len, int(np.ceil((BAND_TILE - 1) * low_len / min_out)) + 4)
-
-
-def resample_weights(low_len: int, image_size: int, input_len: int, out_len: int, padded_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """The official postprocess_masks along one axis as a banded matrix: low-res logits
-    (low_len) -> upsample to image_size -> keep the first input_len (the unpadded resized image)
-    -> resample to out_len (the crop), each step torch's linear resampling (align_corners=False).
-
-    Returns starts (T,) int32 and weights (T, BAND_TILE, L) float32, T = padded_out / BAND_TILE:
-    output o = t * BAND_TILE + k is sum_l weights[t, k, l] * low[starts[t] + l]. Rows past
-    out_len are zero. The composite weights are products of torch's float32 taps taken in
-    float64, so results differ from resampling twice only in float32 rounding."""
-    a0, a1, aw0, aw1 = linear_taps(low_len, image_size)
-    b0, b1, bw0, bw1 = linear_taps(input_len, out_len)
-    dense = np.zeros((padded_out, low_len))
-    rows = np.arange(out_len)
-    for bi, bw in ((b0, bw0), (b1, bw1)):
-        for ai, aw in ((a0, aw0), (a1, aw1)):
-            np.add.at(dense, (rows, ai[bi]), bw.astype(np.float64) * aw[bi].astype(np.float64))
-    L, T = band_len(low_len, padded_out), padded_out // BAND_TILE
-    tiles = dense.reshape(T, BAND_TILE, low_len)
-    used = tiles.any(axis=1)
-    first = np.where(used.any(1), used.argmax(1), 0)
-    last = np.where(used.any(1), low_len - 1 - used[:, ::-1].argmax(1), 0)
-    starts = np.minimum(first, low_len - L)
-    assert (last - starts < L).all(), "band window too short"  # band_len bounds the span
-    window = starts[:, None] + np.arange(L)
-    weights = np.take_along_axis(tiles, np.broadcast_to(window[:, None, :], (T, BAND_TILE, L)), axis=2)
-    return starts.astype(np.int32), weights.astype(np.float32)
-
-
 def crop_resamplers(low_len: int, image_size: int, input_size, crop_size) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """(rows, cols) resample_weights for a crop of crop_size (h, w) resized to input_size (h, w)."""
+    """(rows, cols) `resample.band_weights` of the official postprocessing for a crop of
+    crop_size (h, w) resized to input_size (h, w), on the crop's canvas."""
     return tuple(
-        resample_weights(low_len, image_size, int(i), int(o), canvas(int(o))) for i, o in zip(input_size, crop_size)
+        band_weights(low_len, image_size, int(i), int(o), canvas(int(o)), _canvas_floor(canvas(int(o))))
+        for i, o in zip(input_size, crop_size)
     )
-
-
-def _band_resample(x: jax.Array, band: tuple[jax.Array, jax.Array], axis: int) -> jax.Array:
-    starts, weights = band
-    idx = starts[:, None] + jnp.arange(weights.shape[-1])
-    hi = jax.lax.Precision.HIGHEST  # full float32 on TPU too
-    if axis == -1:  # (..., R, low) -> (..., R, padded_out)
-        win = jnp.take(x, idx, axis=-1)  # (..., R, T, L)
-        out = jnp.einsum("...rtl,tkl->...rtk", win, weights, precision=hi)
-        return out.reshape(x.shape[:-1] + (-1,))
-    win = jnp.take(x, idx, axis=-2)  # (..., T, L, C)
-    out = jnp.einsum("...tlc,tkl->...tkc", win, weights, precision=hi)
-    return out.reshape(x.shape[:-2] + (-1, x.shape[-1]))
 
 
 def upscale_to_crop(low_res: jax.Array, rows: tuple[jax.Array, jax.Array], cols: tuple[jax.Array, jax.Array]) -> jax.Array:
     """(K, 4h, 4w) logits -> (K, Hb, Wb) logits at the crop size (valid part top-left): the
     official postprocess_masks (upsample to image_size, crop the padding, resize to the crop) as
     two banded matmuls from `crop_resamplers`; width first, then height, as torch's kernel."""
-    return _band_resample(_band_resample(low_res, cols, axis=-1), rows, axis=-2)
+    return band_resample(band_resample(low_res, cols, axis=-1), rows, axis=-2)
 
 
 def _inside(rows: tuple[jax.Array, jax.Array], cols: tuple[jax.Array, jax.Array], crop_hw: jax.Array) -> jax.Array:
@@ -172,6 +122,78 @@ def _inside(rows: tuple[jax.Array, jax.Array], cols: tuple[jax.Array, jax.Array]
     return (jnp.arange(Hb)[:, None] < crop_hw[0]) & (jnp.arange(Wb)[None, :] < crop_hw[1])
 
 
+# ------------------------------------------------------------------ the official utils.amg maths
+def calculate_stability_score(masks: jax.Array, mask_threshold: float, threshold_offset: float) -> jax.Array:
+    """IoU of the masks thresholded at mask_threshold +/- offset. masks: (..., H, W) logits -> (...)."""
+    intersections = jnp.sum(masks > (mask_threshold + threshold_offset), axis=(-2, -1), dtype=jnp.int32)
+    unions = jnp.sum(masks > (mask_threshold - threshold_offset), axis=(-2, -1), dtype=jnp.int32)
+    return intersections / unions
+
+
+def batched_mask_to_box(masks: jax.Array) -> jax.Array:
+    """(..., H, W) bool -> (..., 4) int32 inclusive xyxy boxes; [0, 0, 0, 0] for an empty mask."""
+    h, w = masks.shape[-2:]
+    in_height = jnp.any(masks, axis=-1)
+    in_width = jnp.any(masks, axis=-2)
+    rows, cols = jnp.arange(h), jnp.arange(w)
+    bottom = jnp.max(jnp.where(in_height, rows, 0), axis=-1)
+    top = jnp.min(jnp.where(in_height, rows, h), axis=-1)
+    right = jnp.max(jnp.where(in_width, cols, 0), axis=-1)
+    left = jnp.min(jnp.where(in_width, cols, w), axis=-1)
+    empty = (right < left) | (bottom < top)
+    out = jnp.stack([left, top, right, bottom], axis=-1)
+    return jnp.where(empty[..., None], 0, out).astype(jnp.int32)
+
+
+def is_box_near_crop_edge(boxes: jax.Array, crop_box: jax.Array, orig_box: jax.Array, atol: float = 20.0) -> jax.Array:
+    """(N, 4) crop-frame boxes -> (N,) True where a box touches the crop's edge but not the image's."""
+    crop_box = jnp.asarray(crop_box, jnp.float32)
+    boxes = boxes.astype(jnp.float32) + jnp.stack([crop_box[0], crop_box[1], crop_box[0], crop_box[1]])
+    near_crop_edge = jnp.abs(boxes - crop_box[None]) <= atol
+    near_image_edge = jnp.abs(boxes - jnp.asarray(orig_box, jnp.float32)[None]) <= atol
+    return jnp.any(near_crop_edge & ~near_image_edge, axis=1)
+
+
+def box_area(boxes: jax.Array) -> jax.Array:
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def nms(boxes: jax.Array, scores: jax.Array, valid: jax.Array, iou_threshold: float) -> tuple[jax.Array, jax.Array]:
+    """Greedy NMS with torchvision's arithmetic and tie order, on fixed-size buffers.
+
+    boxes (N, 4) xyxy, scores (N,), valid (N,) bool (invalid entries neither survive nor suppress).
+    Returns `order` (N,) indexes sorted by descending score (stable, invalid last) and `keep` (N,)
+    bool over that order: the survivors, best first, are order[keep]."""
+    order = jnp.argsort(jnp.where(valid, -scores, jnp.inf), stable=True)
+    b = jnp.asarray(boxes, jnp.float32)[order]
+    area = box_area(b)
+
+    def overlaps(i):  # (N,) IoU of box i with every box > threshold, torchvision's arithmetic
+        lt = jnp.maximum(b[i, :2], b[:, :2])
+        rb = jnp.minimum(b[i, 2:], b[:, 2:])
+        wh = jnp.maximum(rb - lt, 0.0)
+        inter = wh[:, 0] * wh[:, 1]
+        return inter / (area[i] + area - inter) > iou_threshold
+
+    n = b.shape[0]
+    later = jnp.arange(n)
+
+    def next_kept(keep, i):  # the first kept slot after i, or n when none is left
+        return jnp.min(jnp.where(keep & (later > i), later, n))
+
+    def body(state):
+        i, keep = state
+        keep = keep & ~(overlaps(i) & (later > i))
+        return next_kept(keep, i), keep
+
+    # One step per survivor, not per slot: suppressed and invalid slots (invalid ones sort last)
+    # are skipped, so 3,072 slots with a few dozen survivors take a few dozen steps.
+    keep = valid[order]
+    _, keep = jax.lax.while_loop(lambda s: s[0] < n, body, (next_kept(keep, -1), keep))
+    return order, keep
+
+
+# ------------------------------------------------------------------------------- one crop
 def _mask_stats(logits: jax.Array, mask_threshold, offset) -> tuple[jax.Array, jax.Array]:
     """(K, H, W) logits -> stability score (K,) and inclusive xyxy boxes (K, 4) of logits > threshold."""
     return calculate_stability_score(logits, mask_threshold, offset), batched_mask_to_box(logits > mask_threshold)
