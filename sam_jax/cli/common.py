@@ -1,22 +1,20 @@
 """What the `sam-jax` commands share: their common flags, declared once here, and the steps every
-command takes with them (pick the device, enable the compilation cache, load the model)."""
+command takes with them (join a multi-process run, pick the device, turn on the compilation
+cache, describe the model to load). Each helper takes the flags its `add_*` declared."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import jax
 
-from ..build_sam import fetch, load, read_params
-from ..checkpoint import content_digest, is_checkpoint, stored_digest
 from ..config import MODEL_TYPES
 from ..numerics import DTYPES, PRECISIONS
 from ..parallel import initialize
-from ..utils.devices import as_device, platform_devices
-from ..utils.progress import status
-from ..utils.xla_cache import set_compilation_cache
-from ..weights import cache_dir
+from ..parallel.devices import as_device, platform_devices
+from ..runners.model import ModelSpec
+from ..runtime.compilation_cache import ENV as CACHE_ENV
+from ..runtime.compilation_cache import default_cache_path, set_compilation_cache
 
 DEVICES = ("cpu", "gpu", "cuda", "tpu")
 CHECKPOINT_HELP = (
@@ -52,11 +50,12 @@ def image_size(text: str) -> int:
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     """--device and --cache-dir: where the model runs and where compiled programs are kept."""
     p.add_argument("--device", choices=DEVICES, default=None,
-                   help="platform to run on; work that splits (amg's images, batches) uses all its local devices "
-                        "(default: JAX's default, the accelerator when there is one)")
-    p.add_argument("--cache-dir", default=str(cache_dir("xla")),
-                   help="persistent XLA compilation cache, so that a second run skips compiling "
-                        "(default: $SAM_JAX_CACHE/xla, i.e. ~/.cache/sam-jax/xla; '' disables it)")
+                   help="platform to run on; all its local devices are used where work splits (amg's images, "
+                        "batches) (default: JAX's default, the accelerator when there is one)")
+    default = default_cache_path()
+    p.add_argument("--cache-dir", default="" if default is None else str(default),
+                   help=f"persistent XLA compilation cache, so that a second run skips compiling (default: "
+                        f"${CACHE_ENV}, else $SAM_JAX_CACHE/xla, i.e. ~/.cache/sam-jax/xla; '' disables it)")
 
 
 def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,24 +92,26 @@ def add_overwrite_argument(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=f"replace {what}")
 
 
+def model_spec(args: argparse.Namespace, numerics: bool = True) -> ModelSpec:
+    """The model that add_checkpoint_arguments' flags (and, with `numerics`,
+    add_numerics_arguments') describe."""
+    extra = dict(dtype=args.dtype, precision=args.matmul_precision) if numerics else {}
+    return ModelSpec(args.checkpoint, args.model_type, args.image_size, **extra)
+
+
 def setup_runtime(args: argparse.Namespace) -> None:
-    """Joins a multi-process run when asked (--coordinator-address etc.), then applies --device
-    and --cache-dir; call before any computation."""
-    join_processes(args)
-    if getattr(args, "device", None):
+    """Applies add_runtime_arguments' --device and --cache-dir; call before any computation (and
+    after `join_processes`, for a command that takes the distributed flags)."""
+    if args.device:
         jax.config.update("jax_default_device", select_device(args.device))
-    if hasattr(args, "cache_dir"):  # '' turns off the cache that importing sam_jax turned on
-        set_compilation_cache(args.cache_dir or None)
+    set_compilation_cache(args.cache_dir or None)
 
 
 def join_processes(args: argparse.Namespace) -> tuple[int, int]:
-    """Joins the multi-process run that the distributed flags (or the environment) ask for, once;
-    returns (this process's index, the process count): (0, 1), touching nothing, when there is
-    none. Call it before anything else touches JAX."""
-    if not hasattr(args, "coordinator_address"):
-        return 0, 1
-    if not initialize(args.coordinator_address, args.num_processes, args.process_id,
-                      auto=getattr(args, "auto_distributed", False)):
+    """Joins the multi-process run that add_distributed_arguments' flags (or the environment) ask
+    for; returns (this process's index, the process count): (0, 1), touching nothing, when there
+    is none. Call it before anything else touches JAX."""
+    if not initialize(args.coordinator_address, args.num_processes, args.process_id, auto=args.auto_distributed):
         return 0, 1
     return jax.process_index(), jax.process_count()
 
@@ -126,7 +127,7 @@ def select_device(platform: str):
 def local_devices(args: argparse.Namespace) -> list:
     """Every local device of --device's platform (default: JAX's default platform), the devices
     that a command spreads its work over."""
-    if not getattr(args, "device", None):
+    if not args.device:
         return jax.local_devices()
     try:
         return platform_devices(args.device)
@@ -134,32 +135,8 @@ def local_devices(args: argparse.Namespace) -> list:
         raise ValueError(f"--device {args.device}: {e}") from None
 
 
-def checkpoint_path(args: argparse.Namespace) -> Path:
-    """The checkpoint that --checkpoint (a path, or a model name: fetched into the cache) or, without
-    it, --model-type names."""
-    name = args.checkpoint or args.model_type
-    if name is None:
-        raise ValueError("give --checkpoint (a path, or a model name such as vit_b) or --model-type")
-    path = Path(name)
-    return path if path.exists() else fetch(name, quiet=getattr(args, "quiet", False))
-
-
 def load_model(args: argparse.Namespace):
-    """The model named by --checkpoint/--model-type/--image-size, computing as --dtype and
-    --matmul-precision say, on --device when given."""
-    path = checkpoint_path(args)
-    with status(f"loading {args.checkpoint or args.model_type}", args.quiet):
-        model = load(path, model_type=args.model_type, image_size=getattr(args, "image_size", None),
-                     dtype=getattr(args, "dtype", "float32"), precision=getattr(args, "matmul_precision", "exact"))
-    if getattr(args, "device", None):
-        model.to(select_device(args.device))
-    return model
-
-
-def checkpoint_digest(args: argparse.Namespace) -> str:
-    """The content digest of the model that --checkpoint names (`checkpoint.content_digest`): read
-    from a sam-jax folder's record when there is one, so that nothing else is loaded; otherwise
-    computed from the weights."""
-    path = checkpoint_path(args)
-    digest = stored_digest(path) if is_checkpoint(path) else None
-    return digest or content_digest(*read_params(path, args.model_type))
+    """The model of `model_spec(args)` on --device, quiet as --quiet says (a command with the
+    checkpoint, numerics, runtime and quiet flags; the others call `model_spec(...).load`)."""
+    device = select_device(args.device) if args.device else None
+    return model_spec(args).load(device, quiet=args.quiet)

@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import checkpoint
-from ..build_sam import convert_checkpoint, fetch, read_params, with_image_size
 from ..config import get_config
+from ..convert import convert_checkpoint, fetch, folder, read
 from . import common
 
 
@@ -36,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         if args.config:
             raise ValueError(f"--config applies to a checkpoint file; {name} is a model name with a known config")
         cached = fetch(name, quiet=args.quiet)
-        cfg = checkpoint.read_config(cached)
+        cfg = folder.read_config(cached)
         if args.checkpoint and args.model_type and cfg != get_config(args.model_type):
             raise ValueError(f"{name} is not a {args.model_type} model")
         if args.output is None:
@@ -44,13 +43,13 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--image-size needs --output (the cache keeps the official input size)")
             verb, output = "cached", cached
         else:
-            cfg, params = with_image_size(*read_params(cached), args.image_size or cfg.image_size)
+            cfg, params, _ = read(cached, image_size=args.image_size)
             # The cached folder's record says where the weights came from; a copy says the same
             # (so a plain copy is byte-identical to the cache), plus the new input size if any.
-            record = checkpoint.read_record(cached)
+            record = folder.read_record(cached)
             if args.image_size is not None:
                 record["image_size"] = args.image_size
-            checkpoint.save(args.output, cfg, params, overwrite=args.overwrite, record=record)
+            folder.save(args.output, cfg, params, overwrite=args.overwrite, record=record)
             verb, output = "wrote", args.output
     print(
         f"{verb} {output}: image_size {cfg.image_size}, embed dim {cfg.encoder_embed_dim}, "

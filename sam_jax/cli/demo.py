@@ -11,7 +11,7 @@ import sys
 from ..demo.assets import find_dist, install
 from ..demo.server import make_server
 from ..export.onnx import ONNX_HINT
-from ..utils.progress import status
+from ..runtime.progress import status
 from . import common
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ..export.onnx import EMBEDDING_OUTPUT, is_embedding_npy, save_image_embedding
-from ..utils.images import read_image
-from ..utils.io import check_output
-from ..utils.progress import status
+from ..io.images import read_image
+from ..io.outputs import check_output
+from ..runtime.progress import status
 from . import common
 
 

@@ -7,7 +7,7 @@ import argparse
 import importlib.util
 
 from ..export.onnx import ONNX_HINT, ONNX_OUTPUT, export_encoder_onnx, export_onnx, is_own_onnx, quantize_onnx
-from ..utils.io import check_output
+from ..io.outputs import check_output
 from . import common
 
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     for i, output in enumerate(outputs):  # before loading anything
         check_output(output, kind="file", overwrite=args.overwrite, is_own=is_own_onnx, what=ONNX_OUTPUT,
                      inputs=[args.checkpoint] + outputs[:i])
-    model = common.load_model(args)
+    model = common.model_spec(args, numerics=False).load(quiet=args.quiet)
     if args.encoder:
         print(f"wrote {export_encoder_onnx(model, args.output, opset=args.opset, overwrite=args.overwrite)}")
         return 0

@@ -36,7 +36,7 @@ def platform_list(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     platforms = args.platforms
-    model = common.load_model(args)
+    model = common.model_spec(args, numerics=False).load(quiet=args.quiet)
     path = export_encoder_stablehlo(model, args.output, batch_size=args.batch_size, platforms=platforms, overwrite=args.overwrite)
     S = model.config.image_size
     print(f"wrote {path}: image encoder for (B, 3, {S}, {S}) inputs on {', '.join(platforms or [jax.default_backend()])}")

@@ -8,7 +8,7 @@
 Every device of the platform is used (the batch split over them); in a multi-process run (see
 --coordinator-address) every device of every process, each process running the same command.
 
-The output folder is a checkpoint `sam_jax.load` reads once training ends (see train/loop.py for
+The output folder is a checkpoint `sam_jax.load` reads once training ends (see train/run_folder.py for
 what else it holds: the training state, metrics.jsonl, the run's record).
 """
 
@@ -20,50 +20,68 @@ import jax
 from jax.sharding import Mesh
 
 from ..parallel import make_mesh
-from ..train.data import open_source
-from ..train.loop import Trainer, TrainConfig
+from ..train.config import BOX_NOISE, IOU_LOSSES, TrainConfig, defaults
+from ..train.data import open_dataset
 from ..train.losses import LossSettings
-from ..train.optim import OptimizerSettings
+from ..train.optim import SCHEDULES, OptimizerSettings
 from ..train.prompts import PromptSettings
+from ..train.trainer import Trainer
 from . import common
+
+D = defaults()  # every default of a run, from the library's settings (`sam_jax.train.config`)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    common.add_checkpoint_arguments(p, help="the model to start from: a sam-jax folder, an official .pth or a Hugging Face checkpoint")
+    common.add_checkpoint_arguments(p, help="the model to start from: " + common.CHECKPOINT_HELP)
     p.add_argument("--train-data", required=True, help="a COCO instances JSON, or a folder of SA-1B image/JSON pairs")
     p.add_argument("--val-data", help="validation data, same kinds (mIoU from a centre click, three clicks and the box)")
     p.add_argument("--image-dir", help="folder of the COCO file_names (default: the JSON's folder)")
     p.add_argument("--output", required=True, help="output folder: the trained checkpoint, training state and metrics")
     g = p.add_argument_group("schedule")
-    g.add_argument("--steps", type=int, default=1000)
-    g.add_argument("--batch-size", type=int, default=4,
-                   help="images per step over all devices and processes (default 4; padded with blank rows to a multiple of the device count)")
-    g.add_argument("--objects-per-image", type=int, default=4, help="masks sampled per image (default 4)")
-    g.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
-    g.add_argument("--schedule", choices=("step", "cosine", "constant"), default="step",
-                   help="after the warmup: /10 drops at 2/3 and 26/27 of the steps (the paper's), cosine, or constant")
-    g.add_argument("--warmup-steps", type=int, default=None, help="linear warmup (default: 250, or a tenth of --steps if less)")
-    g.add_argument("--weight-decay", type=float, default=0.1)
-    g.add_argument("--clip-norm", type=float, default=0.1, help="gradient clipping by global norm (0: none)")
-    g.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise lr decay over the ViT blocks (the paper: 0.8)")
+    g.add_argument("--steps", type=int, default=D["steps"], help=f"optimizer steps (default {D['steps']})")
+    g.add_argument("--batch-size", type=int, default=D["batch_size"],
+                   help=f"images per step over all devices and processes (default {D['batch_size']}; padded with blank "
+                        "rows to a multiple of the device count)")
+    g.add_argument("--objects-per-image", type=int, default=D["objects_per_image"],
+                   help=f"masks sampled per image (default {D['objects_per_image']})")
+    g.add_argument("--lr", type=float, default=D["learning_rate"], help=f"peak learning rate (default {D['learning_rate']:g})")
+    g.add_argument("--schedule", choices=SCHEDULES, default=D["schedule"],
+                   help="after the warmup: /10 drops at 2/3 and 26/27 of the steps (the paper's), cosine, or constant "
+                        f"(default {D['schedule']})")
+    g.add_argument("--warmup-steps", type=int, default=D["warmup_steps"],
+                   help="linear warmup (default: 250, or a tenth of --steps if less)")
+    g.add_argument("--weight-decay", type=float, default=D["weight_decay"],
+                   help=f"AdamW weight decay, not on biases and norms (default {D['weight_decay']:g})")
+    g.add_argument("--clip-norm", type=float, default=D["clip_norm"],
+                   help=f"gradient clipping by global norm (0: none; default {D['clip_norm']:g})")
+    g.add_argument("--layer-decay", type=float, default=D["layer_decay"],
+                   help=f"layer-wise lr decay over the ViT blocks (the paper: 0.8; default {D['layer_decay']:g})")
     g.add_argument("--freeze", action="append", default=[], metavar="PART",
                    help="image_encoder, prompt_encoder, mask_decoder, or a regex over parameter paths (repeatable)")
     g.add_argument("--no-embedding-cache", action="store_true", help="with a frozen encoder, embed images at every step anyway")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=D["seed"],
+                   help=f"the data order, the objects and every prompt drawn (default {D['seed']})")
     g = p.add_argument_group("prompt simulation and loss")
-    g.add_argument("--correction-points", type=int, default=8, help="correction clicks after the first prompt (default 8)")
-    g.add_argument("--mask-only-steps", type=int, default=2, help="rounds without a new click (default 2)")
-    g.add_argument("--box-noise", choices=("normal", "uniform"), default="normal")
+    g.add_argument("--correction-points", type=int, default=D["correction_points"],
+                   help=f"correction clicks after the first prompt (default {D['correction_points']})")
+    g.add_argument("--mask-only-steps", type=int, default=D["mask_only_steps"],
+                   help=f"rounds without a new click (default {D['mask_only_steps']})")
+    g.add_argument("--box-noise", choices=BOX_NOISE, default=D["box_noise"],
+                   help="noise of the box prompts: normal (std 0.1 of the side, clipped at 20 px) or uniform (SAM 2's) "
+                        f"(default {D['box_noise']})")
     g.add_argument("--grad-through-masks", action="store_true", help="back-propagate through the fed-back mask logits")
-    g.add_argument("--iou-loss", choices=("mse", "l1"), default="mse")
+    g.add_argument("--iou-loss", choices=IOU_LOSSES, default=D["iou_loss"],
+                   help=f"loss of the IoU head: mse (the paper's) or l1 (SAM 2.1's) (default {D['iou_loss']})")
     g.add_argument("--supervise-all-iou", action="store_true", help="IoU head loss on every candidate output")
     g = p.add_argument_group("run")
     common.add_numerics_arguments(g)
     g.add_argument("--remat", action="store_true", help="recompute encoder activations in the backward pass (less memory)")
-    g.add_argument("--log-every", type=int, default=10)
-    g.add_argument("--val-every", type=int, default=0, help="validate every N steps (default: at the end only)")
-    g.add_argument("--val-images", type=int, default=50)
-    g.add_argument("--checkpoint-every", type=int, default=100, help="save the training state every N steps")
+    g.add_argument("--log-every", type=int, default=D["log_every"], help=f"steps between metrics lines (default {D['log_every']})")
+    g.add_argument("--val-every", type=int, default=D["val_every"], help="validate every N steps (default: at the end only)")
+    g.add_argument("--val-images", type=int, default=D["val_images"],
+                   help=f"validation images used (default {D['val_images']})")
+    g.add_argument("--checkpoint-every", type=int, default=D["checkpoint_every"],
+                   help=f"save the training state every N steps (default {D['checkpoint_every']})")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last saved state")
     common.add_overwrite_argument(p, "a previous run in --output (only the files a run writes)")
     common.add_quiet_argument(p)
@@ -74,17 +92,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    for name in ("steps", "batch_size", "objects_per_image", "log_every", "val_images"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("correction_points", "mask_only_steps", "checkpoint_every", "val_every"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+    """The run the flags describe; the library checks it (ValueError naming the setting)."""
     if args.fsdp < 1:
         raise ValueError("--fsdp must be at least 1")
-    if args.lr <= 0:
-        raise ValueError("--lr must be positive")
-    warmup = args.warmup_steps if args.warmup_steps is not None else min(250, args.steps // 10)
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, objects_per_image=args.objects_per_image, seed=args.seed,
         dtype=args.dtype, remat=args.remat, freeze=tuple(args.freeze), cache_embeddings=not args.no_embedding_cache,
@@ -92,8 +102,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         prompts=PromptSettings(correction_points=args.correction_points, mask_only_steps=args.mask_only_steps,
                                box_noise=args.box_noise, grad_through_masks=args.grad_through_masks),
         loss=LossSettings(iou_loss=args.iou_loss, supervise_all_iou=args.supervise_all_iou),
-        optimizer=OptimizerSettings(learning_rate=args.lr, total_steps=args.steps, schedule=args.schedule, warmup_steps=warmup,
-                                    weight_decay=args.weight_decay, clip_norm=args.clip_norm or None, layer_decay=args.layer_decay),
+        optimizer=OptimizerSettings(learning_rate=args.lr, schedule=args.schedule, warmup_steps=args.warmup_steps,
+                                    weight_decay=args.weight_decay, clip_norm=args.clip_norm, layer_decay=args.layer_decay),
     )
 
 
@@ -110,12 +120,13 @@ def training_mesh(args: argparse.Namespace) -> Mesh | None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    common.join_processes(args)
     common.setup_runtime(args)
-    train = open_source(args.train_data, args.image_dir)
-    val = open_source(args.val_data, args.image_dir) if args.val_data else None
-    for source in (train, val):
-        if source is not None and source.skipped:
-            print(f"sam-jax train: {source.name}: skipped {len(source.skipped)} bad annotations (first: {source.skipped[0]})")
+    train = open_dataset(args.train_data, args.image_dir)
+    val = open_dataset(args.val_data, args.image_dir) if args.val_data else None
+    for dataset in (train, val):
+        if dataset is not None and dataset.skipped:
+            print(f"sam-jax train: {dataset.name}: skipped {len(dataset.skipped)} bad annotations (first: {dataset.skipped[0]})")
     model = common.load_model(args)
     trainer = Trainer(model, train, config, args.output, val, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
                       mesh=training_mesh(args))

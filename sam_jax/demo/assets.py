@@ -19,10 +19,10 @@ import tarfile
 from pathlib import Path
 from typing import NamedTuple
 
-from ..utils.download import download
-from ..utils.io import atomic_dir
-from ..utils.progress import say
-from ..weights import cache_dir
+from ..convert.download import download
+from ..io.outputs import atomic_dir
+from ..runtime.progress import say
+from ..runtime.paths import cache_dir
 
 PACKAGE = "onnxruntime-web"
 WEB_DIR = Path(__file__).resolve().parent / "web"

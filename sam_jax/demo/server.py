@@ -48,7 +48,7 @@ import numpy as np
 
 from ..export.onnx import export_onnx
 from ..predictor import SamPredictor
-from ..utils.images import read_image
+from ..io.images import read_image
 from .assets import WEB_DIR, find_dist
 PAGE_FILES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
 ORT_NAME = re.compile(r"^(ort[A-Za-z0-9_.-]*\.mjs|[A-Za-z0-9_.-]+\.wasm)$")

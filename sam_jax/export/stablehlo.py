@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from ..modeling import Sam
-from ..utils.io import atomic_dir, check_output
+from ..io.outputs import atomic_dir, check_output
 
 PROGRAM = "encoder.jaxexport"
 WEIGHTS = "weights.npz"

@@ -39,8 +39,8 @@ import numpy as np
 from ...modeling import Sam
 from ...modeling.prompt_encoder import IGNORE_LABEL, prompt_tokens
 from ...predictor import SamPredictor
-from ...utils.io import atomic_file
-from ...utils.transforms import ResizeLongestSide
+from ...io.outputs import atomic_file
+from ...transforms import ResizeLongestSide
 from .image_encoder import export_encoder_onnx
 from .files import EMBEDDING_OUTPUT, ONNX_OUTPUT, check_export_output, is_embedding_npy, is_own_onnx
 from .sam_onnx import ONNX_HINT, OnnxFlags, SamOnnxModel, build_graph, export_onnx, quantize_onnx

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...utils.io import check_output, remove_stale_partials
+from ...io.outputs import check_output, remove_stale_partials
 
 PRODUCER = "sam-jax"  # the producer_name of every ONNX model written here
 ONNX_OUTPUT = "an ONNX model"

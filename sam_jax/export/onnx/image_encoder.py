@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...modeling import Sam
-from ...utils.io import partial_path
+from ...io.outputs import partial_path
 from .builder import GraphBuilder, conv, gelu, layer_norm, linear
 from .files import ONNX_OUTPUT, check_export_output, is_own_onnx
 from .sam_onnx import require

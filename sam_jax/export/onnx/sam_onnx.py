@@ -25,8 +25,8 @@ from ...config import SamConfig
 from ...functional import bucket, upscale_masks
 from ...modeling import Sam
 from ...modeling.prompt_encoder import IGNORE_LABEL
-from ...utils.amg import calculate_stability_score
-from ...utils.io import atomic_file
+from ...functional.automatic_mask_generator import calculate_stability_score
+from ...io.outputs import atomic_file
 from . import mask_decoder, prompt_encoder
 from .builder import GraphBuilder
 from .files import ONNX_OUTPUT, PRODUCER, check_export_output, is_own_onnx
