@@ -1,1 +1,17 @@
-"""Fine-tuning SAM: losses, prompt simulation, optimizer, data, the training loop."""
+"""Fine-tuning SAM, by job:
+
+    config.py           TrainConfig: every setting, defaults once, derived fields, checks
+    data.py             COCO and SA-1B data sets, per-example preparation, the Grain pipeline
+    embedding_cache.py  image embeddings computed once for a frozen encoder
+    prompts.py          prompt simulation (points, noisy boxes, correction clicks)
+    rollout.py          the simulated interaction and its loss, per batch
+    losses.py           focal, dice and IoU-head losses
+    optim.py            AdamW with the paper's schedule (optax)
+    step.py             the compiled training step
+    sharding.py         where the state and the batch live on a (data, fsdp) mesh
+    trainable.py        compute dtype, remat and the trainable/frozen split
+    run_folder.py       the output folder: record, metrics, Orbax state, the final model
+    trainer.py          Trainer: the loop
+    evaluate.py         validation mIoU
+    synthetic_shapes.py a generated COCO data set of shapes (notebooks, tests, benchmarks)
+"""

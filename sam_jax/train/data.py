@@ -1,11 +1,11 @@
-"""Training data: COCO instance annotations and SA-1B folders as random-access sources, the
+"""Training data: COCO instance annotations and SA-1B folders as random-access data sets, the
 per-example preparation (the model's own resize, padding, object sampling), and the Grain pipeline
 (one global stream whatever the process count, each process loading its rows of every batch,
 resumable at any step).
 
 Bad input is reported by file: a missing image, an unreadable JSON or an image whose size differs
 from its annotations stops with a one-line ValueError; a single annotation that does not decode
-or has the wrong size is skipped and counted (`source.skipped`), fatal only when nothing is left.
+or has the wrong size is skipped and counted (`dataset.skipped`), fatal only when nothing is left.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import grain
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ..utils.images import read_image
-from ..utils.transforms import ResizeLongestSide, get_preprocess_shape
+from ..io.images import read_image
+from ..transforms import ResizeLongestSide, get_preprocess_shape
 
 MAX_AREA_FRACTION = 0.9  # masks covering more of the image are dropped (the paper does)
 
@@ -32,8 +32,8 @@ class Entry(NamedTuple):
     json: Path | None = None  # SA-1B: the annotation file, re-read when the entry is loaded
 
 
-class Source:
-    """Random-access data source (Grain's protocol): entry i -> (image, masks (n, H, W) bool)."""
+class MaskDataset:
+    """Random-access masks of images (Grain's data-source protocol): entry i -> (image, masks (n, H, W) bool)."""
 
     def __init__(self, entries: list[Entry], name: str, skipped: list[str]):
         if not entries:
@@ -65,7 +65,7 @@ class Source:
         return self.image(i), self.masks(i)
 
 
-def coco_source(path: str | Path, image_dir: str | Path | None = None) -> Source:
+def coco_dataset(path: str | Path, image_dir: str | Path | None = None) -> MaskDataset:
     """A COCO instances JSON; `file_name`s relative to `image_dir` (default: the JSON's folder)."""
     path = Path(path)
     data = _read_json(path)
@@ -89,10 +89,10 @@ def coco_source(path: str | Path, image_dir: str | Path | None = None) -> Source
         if not file.is_file():
             raise ValueError(f"{path}: image not found: {file}" + ("" if image_dir else " (file names are relative to the JSON's folder; see --image-dir)"))
         entries.append(Entry(file, im["height"], im["width"], tuple(segs)))
-    return Source(entries, str(path), skipped)
+    return MaskDataset(entries, str(path), skipped)
 
 
-def sa1b_source(folder: str | Path) -> Source:
+def sa1b_dataset(folder: str | Path) -> MaskDataset:
     """A folder of SA-1B pairs: `<name>.json` annotations beside their image."""
     folder = Path(folder)
     files = sorted(folder.glob("*.json"))
@@ -116,10 +116,10 @@ def sa1b_source(folder: str | Path) -> Source:
                 good.append(k)
         if good:
             entries.append(Entry(file, h, w, tuple(good), path))
-    return Source(entries, str(folder), skipped)
+    return MaskDataset(entries, str(folder), skipped)
 
 
-def open_source(path: str | Path, image_dir: str | Path | None = None) -> Source:
+def open_dataset(path: str | Path, image_dir: str | Path | None = None) -> MaskDataset:
     """`path` a COCO JSON file or an SA-1B folder."""
     path = Path(path)
     if not path.exists():
@@ -127,8 +127,8 @@ def open_source(path: str | Path, image_dir: str | Path | None = None) -> Source
     if path.is_dir():
         if image_dir is not None:
             raise ValueError("--image-dir applies to a COCO JSON, not to an SA-1B folder")
-        return sa1b_source(path)
-    return coco_source(path, image_dir)
+        return sa1b_dataset(path)
+    return coco_dataset(path, image_dir)
 
 
 def check_segmentation(seg, height: int, width: int) -> str | None:
@@ -201,7 +201,7 @@ class Prepare(grain.transforms.RandomMap):
     """Grain transform: a dataset index -> a prepared example (see `prepare`). With `embeddings`
     ((N, C, h, w), indexed like the source) the image is not read: its cached embedding is used."""
 
-    def __init__(self, source: Source, image_size: int, objects: int, embeddings: np.ndarray | None = None):
+    def __init__(self, source: MaskDataset, image_size: int, objects: int, embeddings: np.ndarray | None = None):
         self.source, self.image_size, self.objects, self.embeddings = source, image_size, objects, embeddings
 
     def random_map(self, index, rng: np.random.Generator) -> dict:
@@ -240,7 +240,7 @@ def blank_example(image_size: int, objects: int, embedding_shape: tuple[int, ...
     return out
 
 
-def training_dataset(source: Source, image_size: int, objects: int, batch_size: int, seed: int,
+def training_dataset(source: MaskDataset, image_size: int, objects: int, batch_size: int, seed: int,
                      embeddings: np.ndarray | None = None, rows: tuple[int, ...] | None = None, start: int = 0,
                      num_threads: int = 2) -> grain.IterDataset:
     """Endless batches of `batch_size` (the global batch, over all processes) from one stream of

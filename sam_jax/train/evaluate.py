@@ -20,9 +20,9 @@ from scipy import ndimage
 
 from ..functional import Prompts, decode_prompts_jit, embed_images_jit
 from ..modeling.prompt_encoder import IGNORE_LABEL
-from .data import Source, prepare
+from ..resample import upsample_logits
+from .data import MaskDataset, prepare
 from .losses import mask_iou
-from .step import upsample_logits
 
 
 class Evaluation(NamedTuple):
@@ -51,7 +51,7 @@ def _score(low: jax.Array, gt: jax.Array) -> tuple[jax.Array, jax.Array]:
 _score_jit = jax.jit(_score)
 
 
-def evaluate(model, source: Source, num_images: int | None = None, clicks: int = 1, max_objects: int = 16) -> Evaluation:
+def evaluate(model, source: MaskDataset, num_images: int | None = None, clicks: int = 1, max_objects: int = 16) -> Evaluation:
     """Every object (up to max_objects per image) of the first num_images images of `source`.
 
     An image's objects are decoded together in max_objects slots, the unused ones with empty
@@ -117,7 +117,7 @@ def _box_iou(graphdef, params, emb, gt: np.ndarray, P: int) -> np.ndarray:
     return np.asarray(_score_jit(np.asarray(low)[:, 0], gt)[0])
 
 
-def disk_baseline(source: Source, image_size: int, num_images: int | None = None, radii=range(1, 33)) -> tuple[float, int]:
+def disk_baseline(source: MaskDataset, image_size: int, num_images: int | None = None, radii=range(1, 33)) -> tuple[float, int]:
     """(mIoU, radius) of the best fixed-radius disk at the centre click: what a click alone tells."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:image_size, :image_size]

@@ -1,6 +1,6 @@
-"""Host side of training on a (data, fsdp) mesh (`sam_jax.parallel`): the padded global batch,
-which rows of it each process loads, and how they are assembled (the device side, the step's
-shardings, is `step.state_shardings` / `step.batch_shardings`).
+"""Training on a (data, fsdp) mesh (`sam_jax.parallel`): where the step's state and batch live
+(`state_shardings`, `batch_shardings`, which the step constrains its outputs to), the padded
+global batch, which rows of it each process loads, and how they are assembled.
 
 The batch is split over every device (its leading axis over `data` and `fsdp` together). The
 parameters, the optimizer state and the frozen parameters are replicated, or with an fsdp axis
@@ -19,9 +19,22 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from ..parallel import batch_sharding
+from ..parallel import batch_sharding, fsdp_shardings, replicated
 from ..parallel import pad_batch as parallel_pad_batch
-from .step import Batch
+from .rollout import Batch
+
+
+def state_shardings(state, mesh: Mesh):
+    """Where a `step.TrainState` lives on `mesh`: parameters and optimizer state by
+    `parallel.fsdp_shardings` (replicated with fsdp 1; the AdamW moments have their parameters'
+    shapes, so they are split alike), step and key replicated. Returns a TrainState of shardings."""
+    return type(state)(replicated(mesh), fsdp_shardings(state.params, mesh), fsdp_shardings(state.opt_state, mesh),
+                       replicated(mesh))
+
+
+def batch_shardings(batch: Batch, mesh: Mesh) -> Batch:
+    """Every field's leading (image) axis split over all devices of `mesh`."""
+    return Batch(*(None if x is None else batch_sharding(mesh, x.ndim) for x in batch))
 
 
 def padded_size(batch_size: int, mesh: Mesh | None) -> int:

@@ -1,5 +1,5 @@
 """The model as training sees it: compute dtype and rematerialisation (static, in the graphdef),
-the trainable/frozen split, and the forward pieces the training step calls.
+which parameters train (the trainable/frozen split), and the decoder call the rollout makes.
 
     model = prepare_model(model, dtype="bfloat16", remat=True)
     graphdef, trainable, fixed = split_trainable(model, freeze=("image_encoder",))
@@ -14,23 +14,17 @@ import jax
 from flax import nnx
 
 from ..functional import Prompts
-from ..modeling import Sam
-from ..modeling.sam import with_numerics
+from ..modeling import Sam, with_numerics
 
 MODULES = ("image_encoder", "prompt_encoder", "mask_decoder")
 
 
-def compute_dtype_view(model: Sam, dtype: str) -> Sam:
-    """The model computing in `dtype` ("float32" or "bfloat16"), parameters shared: the whole
-    model's matmuls and convolutions (`with_numerics`); norms, softmax, outputs and therefore
-    the gradients and optimizer state stay float32."""
-    return with_numerics(model, dtype=dtype)
-
-
 def prepare_model(model: Sam, dtype: str = "float32", remat: bool = False) -> Sam:
-    """A view of `model` for training: compute dtype, and `nnx.remat` around each encoder block
-    (activations recomputed in the backward pass instead of kept). Parameters are shared."""
-    model = compute_dtype_view(model, dtype)
+    """A view of `model` for training: compute dtype (`with_numerics`: the whole model's matmuls
+    and convolutions; norms, softmax, outputs and therefore the gradients and optimizer state stay
+    float32), and `nnx.remat` around each encoder block (activations recomputed in the backward
+    pass instead of kept). Parameters are shared."""
+    model = with_numerics(model, dtype=dtype)
     if remat:
         graphdef, state = nnx.split(model)
         model = nnx.merge(graphdef, state)

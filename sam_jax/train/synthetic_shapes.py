@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..utils.io import atomic_dir
-from ..utils.rle import coco_encode_rle, mask_to_rle
+from ..io.outputs import atomic_dir
+from ..io.rle import coco_encode_rle, mask_to_rle
 
 KINDS = ("ellipse", "rectangle", "triangle", "ring", "star")
 

@@ -1,0 +1,149 @@
+"""A training run's output folder (host side): what may be written or replaced there, its record,
+its metrics, the Orbax training state and the final model.
+
+    train_record.json   what is being trained: settings, base checkpoint and data digests (no
+                        timestamps or hosts: the same work gives the same bytes); a resume must match it
+    state/              Orbax CheckpointManager: parameters, optimizer state, step, RNG (the data
+                        position follows from the step)
+    metrics.jsonl       one line per logged step (loss, its parts, lr, examples/s) and per validation
+    embeddings.npy      cached image embeddings (frozen encoder only; `embedding_cache`)
+    config.json, params/  the trained model, written last (config.json completes it): the folder is
+                        then a checkpoint `sam_jax.load` reads
+
+In a multi-process run every process opens the same folder (a shared file system, as Orbax's
+multi-process checkpoints need); the files are written by process 0 alone, the state by all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from ..convert import folder
+from ..io.outputs import atomic_file, partial_path
+from ..modeling import Sam
+from .config import TrainConfig
+from .data import MaskDataset
+
+RECORD_FORMAT = "sam-jax-train/1"
+RECORD_FILE = "train_record.json"
+METRICS_FILE = "metrics.jsonl"
+OWN_ENTRIES = (RECORD_FILE, "state", METRICS_FILE, "embeddings.npy", folder.PARAMS_DIR, folder.CONFIG_FILE)
+
+
+def params_digest(state: nnx.State) -> str:
+    """SHA-256 of every variable's path, dtype, shape and bytes: the checkpoint's content."""
+    h = hashlib.sha256()
+    for path, var in sorted(nnx.to_flat_state(state), key=lambda pv: tuple(map(str, pv[0]))):
+        a = np.asarray(var.get_value())
+        h.update(f"{'/'.join(map(str, path))}:{a.dtype}:{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def dataset_digest(dataset: MaskDataset) -> str:
+    h = hashlib.sha256()
+    for e in dataset.entries:
+        h.update(f"{e.image.name}:{e.height}:{e.width}:{len(e.annotations)}\n".encode())
+    return h.hexdigest()
+
+
+def run_record(config: TrainConfig, model: Sam, train_data: MaskDataset) -> dict:
+    """What a run trains: its settings, the base model's config and digest, the data's digest."""
+    return {
+        "format": RECORD_FORMAT, "settings": config.to_dict(), "model_config": model.config.to_dict(),
+        "base_checkpoint_sha256": params_digest(nnx.state(model)),
+        "train_data": {"images": len(train_data), "sha256": dataset_digest(train_data)},
+    }
+
+
+def barrier(name: str) -> None:
+    """Every process waits here for the others (nothing to wait for in a single-process run)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+class RunFolder:
+    """The output folder of one run, as every process sees it (`primary`: process 0, the writer)."""
+
+    def __init__(self, path: str | os.PathLike, keep_checkpoints: int):
+        self.path = Path(path).absolute()
+        self.primary = jax.process_index() == 0
+        self.keep_checkpoints = keep_checkpoints
+
+    def prepare(self, record: dict, resume: bool, overwrite: bool) -> None:
+        """Checks the folder for this run: a resume needs the same record; an earlier run is
+        replaced only with `overwrite`, and only the entries a run writes (anything else stays).
+        Then writes the record and an empty metrics log (process 0)."""
+        out, record_file = self.path, self.path / RECORD_FILE
+        mine = [out / n for n in OWN_ENTRIES if (out / n).exists()]
+        if mine and resume:
+            if not record_file.is_file():
+                raise ValueError(f"{out} holds no {RECORD_FILE}: nothing to resume")
+            stored = json.loads(record_file.read_text())
+            if stored != record:
+                diff = sorted(k for k in set(stored) | set(record) if stored.get(k) != record.get(k))
+                raise ValueError(f"{out} was trained with different {', '.join(diff)}; --resume needs the same work (or --overwrite)")
+            return
+        if mine and not overwrite:
+            raise FileExistsError(f"{out} already holds a training run (use --resume to continue it or --overwrite to start again)")
+        barrier("sam-jax train: output checked")  # every process has seen the folder as it was
+        if self.primary:
+            for p in mine:  # only what a sam-jax run writes; anything else in the folder stays
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            out.mkdir(parents=True, exist_ok=True)
+            with atomic_file(record_file) as tmp:
+                tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+            (out / METRICS_FILE).touch()
+        barrier("sam-jax train: output prepared")
+
+    # ------------------------------------------------------------------------- metrics
+    def log(self, record: dict) -> None:
+        """One line of metrics.jsonl (process 0)."""
+        if self.primary:
+            with open(self.path / METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def drop_metrics_after(self, step: int) -> None:
+        """Forgets the lines logged after `step` (an interrupted run's, when resuming from `step`)."""
+        if self.primary:
+            log = self.path / METRICS_FILE
+            lines = [l for l in log.read_text().splitlines() if l and json.loads(l)["step"] <= step]
+            log.write_text("".join(l + "\n" for l in lines))
+
+    # ------------------------------------------------------------------------- training state
+    def state_manager(self) -> ocp.CheckpointManager:
+        """The Orbax manager of state/ (every process saves and restores its shards)."""
+        return ocp.CheckpointManager(
+            self.path / "state", options=ocp.CheckpointManagerOptions(max_to_keep=self.keep_checkpoints, create=True),
+            item_handlers={"train": ocp.StandardCheckpointHandler()},
+        )
+
+    # ------------------------------------------------------------------------- the model
+    def write_model(self, model: Sam) -> None:
+        """config.json + params/ into the folder (process 0); config.json last, so the folder reads
+        as a checkpoint only once the parameters are complete."""
+        if not self.primary:
+            return
+        out = self.path
+        tmp = partial_path(out / "model")
+        params = {path: np.asarray(v.get_value()) for path, v in nnx.to_flat_state(nnx.state(model))}
+        try:
+            folder.save(tmp, model.config, params)
+            for name in (folder.CONFIG_FILE, folder.PARAMS_DIR):
+                p = out / name
+                if p.exists():
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            (tmp / folder.PARAMS_DIR).rename(out / folder.PARAMS_DIR)
+            (tmp / folder.CONFIG_FILE).rename(out / folder.CONFIG_FILE)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

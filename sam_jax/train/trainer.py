@@ -1,0 +1,170 @@
+"""The training loop (host side): `Trainer` runs the compiled step over the data, saves and
+restores the training state, logs metrics, validates, and writes the final model into the run's
+folder (`run_folder.py` says what the folder holds). A resumed run continues bit-for-bit as the
+uninterrupted one would have.
+
+    trainer = Trainer(sam_jax.load("vit_b"), open_dataset("train.json"), TrainConfig(steps=500), "runs/ft")
+    model = trainer.run()
+
+Many devices and processes (`mesh`, see `sharding.py`): every process runs the same Trainer over
+one global mesh. The batches are the same whatever the number of devices or processes (each
+process loads only its rows of every batch); the training state is a set of global arrays, which
+Orbax saves and restores from every process at once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from ..modeling import Sam
+from ..parallel import fsdp_shardings, make_mesh, place
+from ..runtime.progress import Progress
+from .config import TrainConfig
+from .data import MaskDataset, training_dataset
+from .embedding_cache import embedding_cache
+from .evaluate import evaluate
+from .rollout import Batch
+from .run_folder import RunFolder, barrier, run_record
+from .sharding import global_batch, padded_size, process_rows, state_shardings
+from .step import StepSettings, TrainState, init_state, train_step_jit
+from .trainable import encoder_frozen, prepare_model, split_trainable
+
+
+class Trainer:
+    def __init__(self, model: Sam, train_data: MaskDataset, config: TrainConfig, output: str | os.PathLike,
+                 val_data: MaskDataset | None = None, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+                 mesh: Mesh | None = None):
+        """`mesh`: a (data, fsdp) mesh (`parallel.make_mesh`) to train on; None: the model's device
+        (in a multi-process run: every device of every process, on the data axis)."""
+        self.primary = jax.process_index() == 0
+        self.config, self.quiet = config, quiet or not self.primary
+        self.folder = RunFolder(output, config.keep_checkpoints)
+        self.output = self.folder.path
+        self.mesh = mesh if mesh is not None or jax.process_count() == 1 else make_mesh()
+        self.train_data, self.val_data = train_data, val_data
+        self.base = model
+        self.record = run_record(config, model, train_data)
+        self.folder.prepare(self.record, resume, overwrite)
+        view = prepare_model(model, config.dtype, config.remat)
+        self.graphdef, trainable, self.fixed = split_trainable(view, config.freeze)
+        self.settings = StepSettings(config.prompts, config.loss, config.optimizer_settings, model.config.encoder_depth)
+        self.embeddings = None
+        if config.cache_embeddings and encoder_frozen(config.freeze, model):
+            self.embeddings = embedding_cache(model, train_data, self.output / "embeddings.npy", config.dtype, self.quiet)
+        self.rows = padded_size(config.batch_size, self.mesh)  # the global batch, padded to split evenly
+        self._data_from(0)
+        self.state = init_state(trainable, self.settings, config.seed)
+        if self.mesh is not None:
+            self.state = place(self.state, state_shardings(self.state, self.mesh))
+            self.fixed = place(self.fixed, fsdp_shardings(self.fixed, self.mesh))
+        self.manager = self.folder.state_manager()
+        if resume and self.manager.latest_step() is not None:
+            self._restore(self.manager.latest_step())
+
+    def _data_from(self, step: int) -> None:
+        """The batches from `step` on. They depend on the seed and the step alone, so the data
+        needs no checkpoint of its own and a run resumes on any number of processes."""
+        c = self.config
+        rows = None if self.mesh is None else process_rows(self.mesh, self.rows)
+        self.dataset = training_dataset(self.train_data, self.base.config.image_size, c.objects_per_image, c.batch_size,
+                                        c.seed, self.embeddings, rows, start=step)
+        self.iterator = iter(self.dataset)
+
+    # ------------------------------------------------------------------------- state
+    def _save(self) -> None:
+        step = int(self.state.step)
+        self.manager.save(step, args=ocp.args.Composite(train=ocp.args.StandardSave(self._pure(self.state))))
+        self.manager.wait_until_finished()
+
+    def _restore(self, step: int) -> None:
+        restored = self.manager.restore(step, args=ocp.args.Composite(train=ocp.args.StandardRestore(self._pure(self.state))))
+        pure = restored["train"]
+        params = self.state.params
+        nnx.replace_by_pure_dict(params, pure["params"])
+        opt_state = jax.tree.unflatten(jax.tree.structure(self.state.opt_state), jax.tree.leaves(pure["opt_state"]))
+        self.state = TrainState(pure["step"], params, opt_state, pure["rng"])
+        self._data_from(int(self.state.step))
+        self.folder.drop_metrics_after(step)  # logged after the checkpoint: the interrupted run's
+
+    @staticmethod
+    def _pure(state: TrainState) -> dict:
+        return {"step": state.step, "params": nnx.to_pure_dict(state.params),
+                "opt_state": jax.tree.leaves(state.opt_state), "rng": state.rng}
+
+    # ------------------------------------------------------------------------- loop
+    def _batch(self) -> Batch:
+        b = next(self.iterator)
+        if self.mesh is not None:
+            return global_batch(b, self.mesh, self.rows)
+        return Batch(
+            jnp.asarray(b["image"]) if "image" in b else None, jnp.asarray(b["embedding"]) if "embedding" in b else None,
+            jnp.asarray(b["input_size"]), jnp.asarray(b["masks"]), jnp.asarray(b["valid"]),
+        )
+
+    def log(self, record: dict) -> None:
+        self.folder.log(record)
+
+    def run(self, stop_after: int | None = None) -> Sam | None:
+        """Trains to `config.steps`, then writes the model into the output folder and returns it.
+        `stop_after`: save the state at that step and return None (an interruption, for tests)."""
+        c = self.config
+        start = int(self.state.step)
+        progress = Progress(c.steps, "sam-jax train", self.quiet)
+        progress.done = start
+        t0, seen = time.perf_counter(), 0
+        while int(self.state.step) < c.steps:
+            batch = self._batch()
+            self.state, metrics = train_step_jit(self.graphdef, self.state, self.fixed, batch, settings=self.settings, mesh=self.mesh)
+            step = int(self.state.step)
+            seen += c.batch_size
+            if step % c.log_every == 0 or step == c.steps:
+                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                rate = seen / (time.perf_counter() - t0)
+                self.log({"step": step, **{k: round(v, 6) for k, v in m.items()}, "examples_per_s": round(rate, 2)})
+                progress.step(f"step {step} loss {m['loss']:.4f} IoU {m['iou_last']:.3f} {rate:.1f} ex/s")
+                progress.done = step
+                t0, seen = time.perf_counter(), 0
+            if c.checkpoint_every and step % c.checkpoint_every == 0 and step < c.steps:
+                self._save()
+            if self.val_data is not None and c.val_every and step % c.val_every == 0 and step < c.steps:
+                self.validate(step, self.model())
+            if step == stop_after:
+                self._save()
+                return None
+        progress.close()
+        self._save()
+        model = self.model()
+        if self.val_data is not None:
+            self.validate(int(self.state.step), model)
+        self.folder.write_model(model)
+        barrier("sam-jax train: model written")
+        return model
+
+    def model(self) -> Sam:
+        """The trained model (float32, no remat): the base with the trained parameters."""
+        graphdef, _, fixed = split_trainable(self.base, self.config.freeze)
+        params = self.state.params
+        if self.mesh is not None:  # global arrays, perhaps split over processes: each process gets the whole
+            params = jax.tree.map(jnp.asarray, multihost_utils.process_allgather(params, tiled=True))
+        return nnx.merge(graphdef, params, fixed)
+
+    def validate(self, step: int, model: Sam) -> dict | None:
+        """Validation mIoU of `model` (the trained one, `self.model()`), logged; by process 0 alone."""
+        if not self.primary:
+            return None
+        result = evaluate(model, self.val_data, self.config.val_images, clicks=3)
+        record = {"step": step, "val_miou_1click": round(result.miou(1), 6), "val_miou_3clicks": round(result.miou(3), 6),
+                  "val_miou_box": round(float(result.box_iou.mean()), 6)}
+        self.log(record)
+        if not self.quiet:
+            print(f"sam-jax train: step {step}: validation mIoU {record['val_miou_1click']:.4f} (1 click), "
+                  f"{record['val_miou_3clicks']:.4f} (3 clicks), {record['val_miou_box']:.4f} (box)", flush=True)
+        return record
