@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from .machine import _flops, _log, _time, environment, matmul_rate  # noqa: F401  (re-exported)
-from .resized import official_at_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +55,7 @@ class Setup:
         from segment_anything.build_sam import _build_sam
 
         import sam_jax
-        from sam_jax.build_sam import convert_checkpoint
+        from sam_jax.convert import convert_checkpoint
 
         torch.set_grad_enabled(False)
         self.model_type = model_type
@@ -85,7 +84,7 @@ def case_embed(s: Setup, dtype: str = "float32"):
     import sam_jax
 
     off = Official(s.official)
-    model = s.ours if dtype == "float32" else sam_jax.modeling.sam.with_compute_dtype(s.ours, dtype)
+    model = s.ours if dtype == "float32" else sam_jax.modeling.with_numerics(s.ours, dtype=dtype)
     ours = sam_jax.SamPredictor(model)
 
     def run_ours():
@@ -117,7 +116,9 @@ def case_embed_at(s: Setup, image_size: int):
     import sam_jax
     from sam_jax.functional import embed_images
 
-    off = Official(official_at_size(s.official, image_size))
+    from tests.reference.official import official_at_size
+
+    off = Official(official_at_size(s.official, None, image_size)[0])
     ours = sam_jax.SamPredictor(sam_jax.load(s.tmp / "converted", image_size=image_size))
 
     def run_ours():
@@ -233,7 +234,7 @@ def min_matched_iou(ours: list[dict], ref: list[dict]) -> float:
 def case_convert(s: Setup):
     import torch
 
-    from sam_jax.build_sam import convert_checkpoint
+    from sam_jax.convert import convert_checkpoint
 
     def run_ours():
         convert_checkpoint(s.pth, s.tmp / "converted_again", model_type=s.model_type, overwrite=True)

@@ -35,16 +35,11 @@ def _perturbed_official(model_type: str, image_size: int):
     tables at zero), and the same rebuilt at image_size with torch-resized weights."""
     from segment_anything import sam_model_registry
 
-    from .resized import official_at_size
+    from tests.reference.official import official_at_size, perturb
 
     torch.manual_seed(0)
-    sam = sam_model_registry[model_type]().eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for t in sam.state_dict().values():
-            scale = float(t.float().std()) if t.numel() > 1 else 0.0
-            t.add_(torch.randn(t.shape, generator=g) * (0.5 * scale if scale > 0 else 0.05))
-    return sam, (sam if image_size == 1024 else official_at_size(sam, image_size))
+    sam = perturb(sam_model_registry[model_type]().eval(), seed=0)
+    return sam, (sam if image_size == 1024 else official_at_size(sam, None, image_size)[0])
 
 
 def _err(ours, ref) -> float:
@@ -70,7 +65,7 @@ def check(model_type: str, image_size: int, out: Path) -> str:
     import onnxruntime as ort
 
     import sam_jax
-    from sam_jax.build_sam import convert_checkpoint
+    from sam_jax.convert import convert_checkpoint
     from sam_jax.export.onnx import export_encoder_onnx
     from sam_jax.export.stablehlo import run_encoder_stablehlo
 

@@ -59,6 +59,6 @@ def _flops(fn, *args, static_argnums=()) -> float:
     """Matmul and convolution FLOPs of fn(*args) as torch's FlopCounterMode counts them, loop
     bodies (`lax.map`, `fori_loop`) once per iteration. XLA's cost analysis counts a loop body
     once, which made the blocked CPU attention and the AMG row look 1.3x and 4x cheaper."""
-    from sam_jax.utils.jaxpr import matmul_flops
+    from tests.reference.jaxpr import matmul_flops
 
     return float(matmul_flops(fn, *args, static_argnums=static_argnums))

@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
 
-    from sam_jax.utils.images import read_image
+    from sam_jax.io.images import read_image
 
     from . import cases as C
 

@@ -31,12 +31,14 @@ def child(args) -> dict:
     from sam_jax import SamPredictor, build_sam_from_config
     from sam_jax.parallel import fsdp_shardings, make_mesh, place
     from sam_jax.train.data import prepare
-    from sam_jax.train.model import split_trainable
+    from sam_jax.train.trainable import split_trainable
     from sam_jax.train.optim import OptimizerSettings
     from sam_jax.train.prompts import PromptSettings
     from sam_jax.train.sharding import pad_batch, padded_size
-    from sam_jax.train.shapes import make_example
-    from sam_jax.train.step import Batch, StepSettings, batch_shardings, init_state, state_shardings, train_step_jit
+    from sam_jax.train.synthetic_shapes import make_example
+    from sam_jax.train.rollout import Batch
+from sam_jax.train.sharding import batch_shardings, state_shardings
+from sam_jax.train.step import StepSettings, init_state, train_step_jit
 
     devices = jax.devices(args.platform)[: args.n] if args.platform else jax.devices()[: args.n]
     if len(devices) < args.n:
@@ -59,7 +61,7 @@ def child(args) -> dict:
     predictor = SamPredictor(model, mesh=mesh)
     embed_s = timed(lambda: predictor.embed_images(images).features.block_until_ready(), args.repeats)
 
-    settings = StepSettings(PromptSettings(correction_points=2, mask_only_steps=1), optimizer=OptimizerSettings(warmup_steps=0),
+    settings = StepSettings(PromptSettings(correction_points=2, mask_only_steps=1), optimizer=OptimizerSettings(warmup_steps=0, schedule="constant"),
                             encoder_depth=model.config.encoder_depth)
     ex = [prepare(*make_example(0, i, S), S, args.objects, rng) for i in range(args.batch)]
     stack = lambda k: np.stack([e[k] for e in ex])

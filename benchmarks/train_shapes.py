@@ -33,13 +33,14 @@ TRAIN_ARGS = ["--batch-size", "8", "--objects-per-image", "4", "--lr", "2e-3", "
 def run_seed(seed: int, steps: int, work: Path, train_json: Path, val_json: Path) -> dict:
     from flax import nnx
 
-    from sam_jax import build_sam_from_config, checkpoint, load
-    from sam_jax.train.data import open_source
+    from sam_jax import build_sam_from_config, load
+    from sam_jax.convert import folder as checkpoint_folder
+    from sam_jax.train.data import open_dataset
     from sam_jax.train.evaluate import disk_baseline, evaluate
 
     init = work / f"init{seed}"
     model = build_sam_from_config("shapes_tiny", seed=seed)
-    checkpoint.save(init, model.config, {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))})
+    checkpoint_folder.save(init, model.config, {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))})
     out = work / f"run{seed}"
     cmd = [sys.executable, "-m", "sam_jax.cli", "train", "--checkpoint", str(init), "--train-data", str(train_json),
            "--output", str(out), "--steps", str(steps), "--seed", str(seed), *TRAIN_ARGS]
@@ -47,7 +48,7 @@ def run_seed(seed: int, steps: int, work: Path, train_json: Path, val_json: Path
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
     rates = [json.loads(l)["examples_per_s"] for l in (out / "metrics.jsonl").read_text().splitlines() if "examples_per_s" in l]
-    val = open_source(val_json)
+    val = open_dataset(val_json)
     untrained = evaluate(model, val, 100, clicks=1)
     trained = evaluate(load(out), val, 100, clicks=3)
     disk, radius = disk_baseline(val, 64, 100)
@@ -67,7 +68,7 @@ def main(argv=None) -> None:
     ap.add_argument("--work", help="keep the runs here (default: a temporary folder)")
     args = ap.parse_args(argv)
 
-    from sam_jax.train.shapes import write_coco
+    from sam_jax.train.synthetic_shapes import write_coco
 
     work = Path(args.work or tempfile.mkdtemp(prefix="sam-jax-shapes-"))
     train_json = work / "train" / "instances.json"

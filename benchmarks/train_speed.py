@@ -1,5 +1,5 @@
 """Training throughput: sam-jax's compiled step against the official PyTorch modules trained with
-the same recipe (tests/torch_reference.py: the same loss, clicks and feedback, autograd, then
+the same recipe (tests/reference/training.py: the same loss, clicks and feedback, autograd, then
 torch.optim.AdamW), on the same CPU, the same batch and weights; and peak memory of each, with
 and without remat, as the RSS increase of a fresh subprocess after its imports.
 
@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def _rss_mib() -> float:
@@ -32,7 +31,7 @@ def _rss_mib() -> float:
 
 def batch_arrays(cfg, B: int, K: int):
     from sam_jax.train.data import prepare
-    from sam_jax.train.shapes import make_example
+    from sam_jax.train.synthetic_shapes import make_example
 
     rng = np.random.default_rng(0)
     exs = [prepare(*make_example(0, i, cfg.image_size), cfg.image_size, K, rng) for i in range(B)]
@@ -44,8 +43,9 @@ def run_ours(cfg, b, steps: int, remat: bool, settings) -> float:
     import jax.numpy as jnp
 
     from sam_jax import build_sam_from_config
-    from sam_jax.train.model import prepare_model, split_trainable
-    from sam_jax.train.step import Batch, init_state, train_step_jit
+    from sam_jax.train.trainable import prepare_model, split_trainable
+    from sam_jax.train.rollout import Batch
+from sam_jax.train.step import init_state, train_step_jit
 
     model = build_sam_from_config(cfg)
     graphdef, trainable, fixed = split_trainable(prepare_model(model, remat=remat))
@@ -64,9 +64,9 @@ def run_official(cfg, b, steps: int, settings) -> float:
     import jax
     import torch
 
-    import torch_reference as ref
-    from helpers import build_official
-    from sam_jax.train.step import click_noise, rollout_noise
+    from tests.reference import training as ref
+    from tests.reference.official import build_official
+    from sam_jax.train.rollout import click_noise, rollout_noise
 
     torch.set_grad_enabled(True)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -136,7 +136,7 @@ def main(argv=None) -> None:
 
     cfg = get_config(args.config)
     settings = StepSettings(PromptSettings(correction_points=args.correction_points, mask_only_steps=args.mask_only_steps),
-                            optimizer=OptimizerSettings(learning_rate=1e-4, clip_norm=0.1), encoder_depth=cfg.encoder_depth)
+                            optimizer=OptimizerSettings(learning_rate=1e-4, total_steps=args.steps, clip_norm=0.1), encoder_depth=cfg.encoder_depth)
     b = batch_arrays(cfg, args.batch, args.objects)
     base = _rss_mib()
     if args.impl == "official":

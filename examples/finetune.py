@@ -21,13 +21,14 @@ from PIL import Image
 
 import sam_jax
 from sam_jax import assets
-from sam_jax.train.data import open_source
+from sam_jax.train.data import open_dataset
 from sam_jax.train.evaluate import evaluate
-from sam_jax.train.loop import Trainer, TrainConfig
+from sam_jax.train.config import TrainConfig
+from sam_jax.train.trainer import Trainer
 from sam_jax.train.optim import OptimizerSettings
 from sam_jax.train.prompts import PromptSettings
-from sam_jax.train.shapes import make_example, write_coco
-from sam_jax.utils.overlay import overlay_masks
+from sam_jax.train.synthetic_shapes import make_example, write_coco
+from sam_jax.io.overlay import overlay_masks
 
 
 def fresh_decoder(model: sam_jax.Sam, seed: int = 1) -> sam_jax.Sam:
@@ -55,12 +56,12 @@ def main() -> None:
     else:
         folder = out.parent / f"{out.name}-data"
         data = folder / "instances.json" if folder.exists() else write_coco(folder, 300, seed=7)
-    source = open_source(data)
+    source = open_dataset(data)
     config = TrainConfig(
         steps=args.steps, batch_size=8, objects_per_image=4, freeze=("image_encoder",), log_every=max(1, args.steps // 10),
         checkpoint_every=0, prompts=PromptSettings(correction_points=2, mask_only_steps=1),
-        optimizer=OptimizerSettings(learning_rate=args.lr, total_steps=args.steps, schedule="cosine",
-                                    warmup_steps=min(20, args.steps // 10), weight_decay=0.05, clip_norm=1.0),
+        optimizer=OptimizerSettings(learning_rate=args.lr, schedule="cosine", warmup_steps=min(20, args.steps // 10),
+                                    weight_decay=0.05, clip_norm=1.0),
     )
     before = evaluate(model, source, 20).miou(1)
     trained = Trainer(model, source, config, out, overwrite=args.overwrite).run()

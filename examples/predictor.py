@@ -15,10 +15,10 @@ import argparse
 import numpy as np
 
 import sam_jax
-from sam_jax.utils.images import read_image
-from sam_jax.utils.io import check_output
-from sam_jax.utils.overlay import OVERLAY_OUTPUT, is_own_overlay, overlay_masks, save_overlay
-from sam_jax.utils.progress import status
+from sam_jax.io.images import read_image
+from sam_jax.io.outputs import check_output
+from sam_jax.io.overlay import OVERLAY_OUTPUT, is_own_overlay, overlay_masks, save_overlay
+from sam_jax.runtime.progress import status
 
 
 def _floats(text: str) -> list[float]:

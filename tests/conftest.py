@@ -1,4 +1,5 @@
-"""pytest fixtures: the parity cases of `helpers.py`, built once per session."""
+"""pytest fixtures: the parity cases of `reference/official.py`, built once per session (torch is
+imported only when a test asks for one)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,7 @@ os.environ.setdefault("SAM_JAX_XLA_CACHE", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
-from helpers import ParityCase, make_case  # noqa: E402
-
-torch.set_grad_enabled(False)
 # The tests' own jnp references (softmax(q @ k.T) @ v, ...) in float32 on any backend, as the
 # model's "exact" default is; a test of the precision setting overrides it in the model.
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -24,10 +21,12 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 @pytest.fixture(scope="session")
 def cases(tmp_path_factory):
-    """name -> ParityCase, built once per session."""
-    built: dict[str, ParityCase] = {}
+    """name -> ParityCase (`reference.official.make_case`), built once per session."""
+    from tests.reference.official import make_case
 
-    def get(name: str) -> ParityCase:
+    built: dict = {}
+
+    def get(name: str):
         if name not in built:
             built[name] = make_case(name, tmp_path_factory.mktemp(name))
         return built[name]
@@ -36,10 +35,10 @@ def cases(tmp_path_factory):
 
 
 @pytest.fixture(params=["test_tiny", "test_divisible"])
-def case(request, cases) -> ParityCase:
+def case(request, cases):
     return cases(request.param)
 
 
 @pytest.fixture
-def tiny(cases) -> ParityCase:
+def tiny(cases):
     return cases("test_tiny")
