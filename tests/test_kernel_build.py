@@ -25,22 +25,26 @@ import jax.numpy as jnp
 import pytest
 
 from sam_jax.modeling.image_encoder import attention
+from sam_jax.numerics import PRECISIONS
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
 # (name, key grid, head dim): vit_b's and vit_h's global blocks at 1024 px, vit_h's at 768 px
 # (rows of 48 keys, masked), and the 14x14 windows of both.
 CASES = [("vit_b global", (64, 64), 64), ("vit_h global", (64, 64), 80), ("vit_h global 768", (48, 48), 80),
          ("vit_b window", (14, 14), 64), ("vit_h window", (14, 14), 80)]
-DTYPES = ["bfloat16", "float32"]  # float32 at the exact setting (conftest: matmul precision "highest")
+# (dtype, matmul precision) as the model traces them: bfloat16, float32 "exact" (TF32x3 on GPU,
+# six bfloat16 passes on TPU), float32 "fast" (one TF32 or bfloat16 pass).
+SETTINGS = [("bfloat16", "exact"), ("float32", "exact"), ("float32", "fast")]
 
 
-def _exported(platform: str, hw, C: int, dtype: str):
+def _exported(platform: str, hw, C: int, dtype: str, precision: str):
     N = hw[0] * hw[1]
     x = jax.ShapeDtypeStruct((1, N, C), jnp.dtype(dtype))
     rel = [jax.ShapeDtypeStruct((1, N, s), jnp.float32) for s in hw]
     fn = jax.jit(lambda *a: attention(*a, hw, "pallas"))
-    return jax.export.export(fn, platforms=[platform], disabled_checks=[
-        jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)])(x, x, x, *rel)
+    with jax.default_matmul_precision(PRECISIONS[precision]):
+        return jax.export.export(fn, platforms=[platform], disabled_checks=[
+            jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)])(x, x, x, *rel)
 
 
 def _custom_calls(exported, target: str, context_setup) -> list[dict]:
@@ -133,16 +137,17 @@ def _triton_toolchain():
             pytest.skip(f"triton {triton.__version__} has no {Path(tool.path or '?').name} to build for sm_90a")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype,precision", SETTINGS, ids=["-".join(s) for s in SETTINGS])
 @pytest.mark.parametrize("name,hw,C", CASES, ids=[c[0].replace(" ", "_") for c in CASES])
-def test_triton_kernel_builds_for_sm90a_without_spills_on_tensor_cores(name, hw, C, dtype, tmp_path, record_property):
+def test_triton_kernel_builds_for_sm90a_without_spills_on_tensor_cores(name, hw, C, dtype, precision, tmp_path,
+                                                                        record_property):
     _triton_toolchain()
     from jaxlib.triton import dialect
 
-    [kernel] = _custom_calls(_exported("cuda", hw, C, dtype), TRITON_CALL, dialect.register_dialect)
+    [kernel] = _custom_calls(_exported("cuda", hw, C, dtype, precision), TRITON_CALL, dialect.register_dialect)
     built = _sm90a(kernel, tmp_path)
     record_property("sm90a", built)
-    print(f"\n{name} {dtype}: {built}")
+    print(f"\n{name} {dtype} {precision}: {built}")
     assert built["spill_bytes"] == 0
     assert built["dots"] > 0 and built["wgmma_dots"] == built["dots"] and built["other_dots"] == 0
     assert built["wgmma_ptx"] > 0 and built["hgmma_sass"] > 0
@@ -150,16 +155,17 @@ def test_triton_kernel_builds_for_sm90a_without_spills_on_tensor_cores(name, hw,
     assert built["smem"] <= 114 * 1024
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype,precision", SETTINGS, ids=["-".join(s) for s in SETTINGS])
 @pytest.mark.parametrize("name,hw,C", CASES, ids=[c[0].replace(" ", "_") for c in CASES])
-def test_mosaic_kernel_has_only_the_two_attention_matmuls(name, hw, C, dtype):
+def test_mosaic_kernel_has_only_the_two_attention_matmuls(name, hw, C, dtype, precision):
     from jax._src.lib import tpu
 
-    [kernel] = _custom_calls(_exported("tpu", hw, C, dtype), "tpu_custom_call", tpu.register_dialect)
+    [kernel] = _custom_calls(_exported("tpu", hw, C, dtype, precision), "tpu_custom_call", tpu.register_dialect)
     matmuls = re.findall(r"tpu\.matmul .*", kernel["ir"])
     assert len(matmuls) == 2, matmuls  # logits and P @ V: the bias is vector adds
     element = "bf16" if dtype == "bfloat16" else "f32"
     for m in matmuls:
         lhs, rhs = re.search(r": vector<(\w+)>, vector<(\w+)>,", m).groups()
         assert lhs.endswith(element) and rhs.endswith(element), m
-        assert "contract_precision<fp32>" in m, m  # float32: the MXU's float32-equivalent passes
+        # exact: the MXU's float32-equivalent passes (for bfloat16 operands the same products)
+        assert ("contract_precision<fp32>" in m) == (precision == "exact"), m

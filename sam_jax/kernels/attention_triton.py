@@ -1,12 +1,13 @@
 """The fused attention as a Triton kernel (NVIDIA GPUs), written in Pallas.
 
-One program per (group, query block) loops over key blocks of whole key rows (`layout.py`):
-for SAM's 64x64 global grid a block is one row of 64 keys, as in segment-anything-fast's
-aligned kernel; for 14x14 windows (rows padded to 16 keys, 16 rows) four rows, so a window is
-four blocks of 64 keys.
+One program per (group, query block of 64) loops over key blocks of whole key rows
+(`layout.py`): for SAM's 64x64 global grid a block is one row of 64 keys, as in
+segment-anything-fast's aligned kernel; for a 14x14 window (rows padded to 16 keys, to 16 rows)
+four rows, so a window is four blocks of 64 keys. Float32 at exact precision halves the blocks
+(half rows; two rows of a window) to stay within registers and shared memory.
 
 - Logits: q @ k^T on tensor cores, float32 accumulation; the head dim in power-of-two tiles
-  (vit_h's 80 as 64 + 16, not padded to 128: a third fewer products and registers).
+  (vit_h's 80 as 64 + 16 rather than padded to 128: 37% fewer products and registers).
 - Bias: float32, added to the float32 logits as two broadcast adds. The rel_w tile is loaded
   once per query block (gathered into a repeating tile when a block holds several rows); per
   block one rel_h column (several, gathered, for multi-row blocks). Padded keys are -inf in
@@ -47,8 +48,9 @@ class Config(NamedTuple):
 # (tests/test_kernel_build.py checks the spills; the shared memory per program is in its output).
 CONFIGS = {
     "bf16": Config(block_q=64, block_k=64, num_warps=4, num_stages=2),
-    "tf32": Config(block_q=64, block_k=64, num_warps=4, num_stages=2),
-    # Three products per dot and float32 operands: half-row key blocks keep it off the spill.
+    # float32 operands (twice the bytes; three products per dot for tf32x3): half-row key blocks
+    # keep registers and shared memory within one program's share of two per SM.
+    "tf32": Config(block_q=64, block_k=32, num_warps=4, num_stages=2),
     "tf32x3": Config(block_q=64, block_k=32, num_warps=4, num_stages=2),
 }
 
@@ -125,6 +127,8 @@ def attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int], *, mode: str, inte
               config: Config | None = None) -> jax.Array:
     """`fused_attention` on Triton: q, k, v (G, N, C) (q scaled; bfloat16 for mode "bf16", else
     float32), rel_h (G, N, k_h) and rel_w (G, N, k_w) or None. Returns (G, N, C) float32."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     G, N, C = q.shape
     cfg = config or CONFIGS[mode]
     layout = L.key_rows(k_size, L.pow2(k_size[1]), cfg.block_k)
