@@ -177,3 +177,8 @@ def test_auto_takes_the_kernel_only_where_the_table_says(monkeypatch):
     monkeypatch.setitem(selection.AUTO_KERNEL, ("cuda", "global", "bfloat16"),
                         selection.Measurement("a GPU", "today", "rows.jsonl", speedup=2.0, rel_err=5e-3))
     assert [kernel_calls(*c) for c in cases] == [int(c == ("cuda", (32, 32), jnp.bfloat16)) for c in cases]
+    monkeypatch.setitem(selection.AUTO_KERNEL, ("cuda", "global", "float32"),
+                        selection.Measurement("a GPU", "today", "rows.jsonl", speedup=2.0, rel_err=1e-6))
+    assert kernel_calls("cuda", (32, 32), jnp.float32) == 1  # measured at the exact setting ...
+    with jax.default_matmul_precision("default"):
+        assert kernel_calls("cuda", (32, 32), jnp.float32) == 0  # ... and only there

@@ -7,6 +7,9 @@ measured (vit_b and vit_h), and exact (float32 at exact precision within 1e-5 of
 at Precision.HIGHEST; bfloat16 no further from it than the XLA bfloat16 path). The entry
 carries that measurement: copy it from the decision row, with the file of rows committed under
 benchmarks/. Elsewhere "auto" keeps the XLA path (the CPU always keeps its blocked loop).
+float32 entries rest on the exact-precision rows and apply to that setting only: under the
+"fast" setting (one TF32 or bfloat16 pass on both sides) nothing has been measured, so "auto"
+keeps XLA there.
 
 Empty today: these kernels have been checked on CPU (interpret-mode exactness, Mosaic lowering,
 the Triton kernels compiled for sm_90a without spills and with every dot on wgmma), not run on a
@@ -19,6 +22,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+
+from .attention import exact_products
 
 KINDS = ("window", "global")
 WINDOW_MAX_TOKENS = 256  # a 14x14 window (196 tokens); anything larger is a global grid
@@ -43,6 +48,8 @@ def attention_kind(k_size: tuple[int, int]) -> str:
 
 
 def auto_kernel_platforms(k_size: tuple[int, int], dtype) -> tuple[str, ...]:
-    """The platforms on which attention="auto" takes the kernel for this attention."""
+    """The platforms on which attention="auto" takes the kernel for this attention, traced now."""
     key = (attention_kind(k_size), jnp.dtype(dtype).name)
+    if key[1] == "float32" and not exact_products():
+        return ()
     return tuple(p for (p, kind, d) in AUTO_KERNEL if (kind, d) == key)
