@@ -1,9 +1,11 @@
-"""The key grid as the kernels see it: rows of keys, padded, in blocks of whole rows.
+"""The key grid as the kernels see it: rows of keys, padded, in blocks of whole rows (or of
+equal parts of one row).
 
 Key j of a (k_h, k_w) grid sits at (ky, kx) = divmod(j, k_w), and its bias for query i is
 rel_h[i, ky] + rel_w[i, kx]. When a key block is made of whole rows, the rel_w part of the
 bias is the same tile in every block (loaded once per query block) and the rel_h part is one
-value per row (broadcast along the row): the bias is two broadcast adds, never a product.
+value per row (broadcast along the row): the bias is two broadcast adds, never a product. A
+block that is part p of a row takes part p of the rel_w tile and the row's one rel_h value.
 
 Rows are padded to `row` keys (a power of two for Triton, a multiple of 16 for Mosaic), the row
 count to a multiple of `rows` (the rows of one key block). Padded keys are zeros in K and V and
