@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from .precision import rel_err
+from .trace import trace_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_MODELS = [("vit_b", 12, 64), ("vit_h", 16, 80)]  # (model, heads, head dim)
@@ -337,39 +338,12 @@ def profile_rows(rows: Rows, setup, smoke: bool, calls: int = 3, top: int = 12):
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             for _ in range(calls):
                 embed()
-        ops, where = _trace_summary(trace_dir)
+        ops, where = trace_summary(trace_dir)
         total = sum(ops.values())
         rows.write(dict(stage="profile", model=setup.model_type, batch=1, dtype="bfloat16",
                         impl=f"sam-jax ({attention} attention)", events=where, ms_per_call=total / calls / 1e3,
                         top=[dict(op=name, ms_per_call=us / calls / 1e3, share=us / total)
                              for name, us in sorted(ops.items(), key=lambda kv: -kv[1])[:top]]))
-
-
-def _trace_summary(trace_dir: str) -> tuple[dict[str, float], str]:
-    """Total microseconds per operation name in a perfetto trace: the device's events (GPU
-    streams, or a TPU's "XLA Ops" line), or on a CPU the XLA threads' events."""
-    import gzip
-
-    [path] = Path(trace_dir).rglob("perfetto_trace.json.gz")
-    trace = json.load(gzip.open(path))
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    meta = lambda kind: {(e["pid"], e.get("tid")) if kind == "thread_name" else e["pid"]: e["args"]["name"]
-                         for e in events if e.get("ph") == "M" and e.get("name") == kind}
-    processes, threads = meta("process_name"), meta("thread_name")
-    devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
-    if devices:
-        xla_ops = {key for key, name in threads.items() if key[0] in devices and name == "XLA Ops"}
-        keep = lambda e: (e["pid"], e["tid"]) in xla_ops if xla_ops else e["pid"] in devices
-        where = "device: XLA Ops" if xla_ops else "device"
-    else:
-        keep = lambda e: (threads.get((e["pid"], e["tid"]), "").startswith("tf_XLA")  # not Python frames ($...)
-                          and not e["name"].startswith("$") and "::" not in e["name"])  # nor runtime scopes around the ops
-        where = "host XLA threads"
-    ops: dict[str, float] = {}
-    for e in events:
-        if e.get("ph") == "X" and keep(e):
-            ops[e["name"]] = ops.get(e["name"], 0.0) + e.get("dur", 0.0)
-    return ops, where
 
 
 def main(argv=None) -> None:
