@@ -15,8 +15,9 @@ including compilation is `compile_s`):
    against the XLA path in float32 at Precision.HIGHEST. "exact": float32 within 1e-5; bfloat16
    no further than the XLA bfloat16 path on the same inputs.
 2. cudnn: `jax.nn.dot_product_attention(implementation="cudnn")`, bfloat16 q, k, v and the
-   materialised float32 bias (its construction included in the time). GPU only; unverified:
-   a float32 bias gave NaN on an H100 with some jax versions, which rel_err shows.
+   materialised float32 bias (its construction included in the time), after each stage-1 case
+   on its inputs. GPU only; unverified: a float32 bias gave NaN on an H100 with some jax
+   versions, which rel_err shows.
 3. decision: per (platform, window or global, dtype), from stage 1: "kernel" when the kernel was
    faster than XLA and exact for every model, else "xla", with the speedup and error that an
    entry of `selection.AUTO_KERNEL` records. Nothing reads these rows automatically.
@@ -372,28 +373,37 @@ def main(argv=None) -> None:
                     device=jax.devices()[0].device_kind, torch=torch.__version__,
                     torch_cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                     load_average=os.getloadavg(), smoke=args.smoke))
-    if "kernel" in stages:
-        decision_rows(rows, kernel_rows(rows, args.smoke, repeats, cudnn="cudnn" in stages))
+
+    def run(stage: str, fn, *fn_args):
+        """One stage; its failure (a missing profiler plugin, an out-of-memory model) is a row."""
+        if stage in stages:
+            try:
+                return fn(*fn_args)
+            except Exception as e:
+                rows.write(dict(stage=stage, error=f"{type(e).__name__}: {str(e)[:300]}"))
+
+    kernel = run("kernel", kernel_rows, rows, args.smoke, repeats, "cudnn" in stages)
+    if kernel:
+        decision_rows(rows, kernel)
     synthetic = (400, 600) if args.smoke else (1200, 1800)
     setups = {}  # vit_b is kept for the amg, click and profile stages
 
-    def setup(model: str, need_s: float):
-        """The model's Setup, built if `need_s` seconds are left (building it and one row)."""
+    def on_model(model: str, need_s: float, stage_rows, *stage_args):
+        """stage_rows(rows, the model's Setup, *stage_args), if the Setup exists or `need_s`
+        seconds are left to build it (and measure one row)."""
         if model not in setups and rows.time_left() > need_s:
             setups[model] = _setup(model, Path(args.image), synthetic)
-        return setups.get(model)
+        if model in setups:
+            stage_rows(rows, setups[model], *stage_args)
 
     base = C.TINY if args.smoke else "vit_b"
     for model in [C.TINY] if args.smoke else args.embed_models.split(","):
         large = model in ("vit_l", "vit_h")  # minutes to build and convert; a row compiles for ~40 s
-        if "embed" in stages and (s := setup(model, 150 if large else 45)):
-            embed_rows(rows, s, args.smoke, min(repeats, 5) if large else repeats, 60 if large else 30)
-    if "amg" in stages and (s := setup(base, 120)):
-        amg_rows(rows, s, args.smoke, min(repeats, 2))
-    if "click" in stages and (s := setup(base, 45)):
-        click_rows(rows, s, repeats)
-    if "profile" in stages and (s := setup(base, 45)):
-        profile_rows(rows, s, args.smoke)
+        run("embed", on_model, model, 150 if large else 45, embed_rows, args.smoke,
+            min(repeats, 5) if large else repeats, 60 if large else 30)
+    run("amg", on_model, base, 120, amg_rows, args.smoke, min(repeats, 2))
+    run("click", on_model, base, 45, click_rows, repeats)
+    run("profile", on_model, base, 45, profile_rows, args.smoke)
     rows.write(dict(stage="done", time_left_s=rows.time_left(), load_average=os.getloadavg()))
 
 
