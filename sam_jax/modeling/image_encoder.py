@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..kernels.attention import fused_attention
+from ..kernels.attention import KERNEL_BACKENDS, fused_attention
+from ..kernels.selection import auto_kernel_platforms
 from ..numerics import Numerics, traced_with_numerics
 from ..resample import interpolate_linear
 from .common import LayerNorm2d, MLPBlock, Sequential, layer_norm
@@ -150,14 +151,6 @@ class Attention(nnx.Module):
         return self.proj(x.astype(q.dtype))
 
 
-# Platform -> Pallas backend of the fused kernel (`sam_jax.kernels.attention`).
-KERNEL_BACKENDS = {"cuda": "triton", "tpu": "mosaic"}
-# Where attention="auto" takes the fused kernel: only platforms on which it has run and equalled
-# the exact path (benchmarks/accelerator.py). None yet: it has been lowered for GPU and TPU and
-# tested in interpret mode, not run on either.
-AUTO_KERNEL_PLATFORMS: tuple[str, ...] = ()
-
-
 def attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int], kernel: str = "auto") -> jax.Array:
     """softmax(q @ k^T + bias) @ v per group, for q, k, v (G, N, C) (G = batch * heads); the
     decomposed bias is rel_h (G, N, k_h) + rel_w (G, N, k_w), broadcast over the key grid.
@@ -166,12 +159,13 @@ def attention(q, k, v, rel_h, rel_w, k_size: tuple[int, int], kernel: str = "aut
     The implementation is chosen per platform when the computation is lowered (so an exported
     or AOT-compiled function picks the right one for where it runs, not where it was traced):
     on CPU the cache-blocked loop; on GPU and TPU one batched product, or the fused Pallas kernel
-    where `kernel` asks for it: "auto" (on AUTO_KERNEL_PLATFORMS), "pallas" (on every platform of
+    where `kernel` asks for it: "auto" (where `sam_jax.kernels.selection` records it measured
+    faster and exact for this kind of attention and dtype), "pallas" (on every platform of
     KERNEL_BACKENDS), "xla" (never), "interpret" (the kernel in Pallas interpret mode, on any
     platform: for tests). All are exact at float32 precision."""
     if kernel == "interpret":
         return _fused(q, k, v, rel_h, rel_w, k_size, "triton", True)
-    platforms = {"auto": AUTO_KERNEL_PLATFORMS, "pallas": tuple(KERNEL_BACKENDS), "xla": ()}[kernel]
+    platforms = {"auto": auto_kernel_platforms(k_size, q.dtype), "pallas": tuple(KERNEL_BACKENDS), "xla": ()}[kernel]
     kernels = {p: functools.partial(_fused, k_size=k_size, backend=KERNEL_BACKENDS[p], interpret=False) for p in platforms}
     return jax.lax.platform_dependent(
         q, k, v, rel_h, rel_w,
