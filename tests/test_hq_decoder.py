@@ -45,6 +45,7 @@ def models():
         mask_decoder=hq.MaskDecoderHQ(transformer=hq.TwoWayTransformer(**TRANSFORMER), **DEC),
     ))
     perturb(ref.eval())
+    center_iou_bias(ref)
 
     def encoder_path(key):  # the converter's rule for SAM's encoder, without its module prefix
         path, perm = keys.param_path(f"image_encoder.{key}")
@@ -58,13 +59,31 @@ def models():
     return ref, encoder, decoder
 
 
-@pytest.fixture(scope="module")
-def image(models):
+def embed_image(ref):
     """The reference's embeddings (1, 32, 10, 10), early features [(1, 10, 10, 60)] and dense PE."""
-    ref, _, _ = models
     x = torch.randn(1, 3, S, S, generator=torch.Generator().manual_seed(1))
     emb, interm = ref.image_encoder(x)
     return x, emb, interm, ref.prompt_encoder.get_dense_pe()
+
+
+def ref_hq_features(d, emb, interm):
+    """The per-image HQ features as sam-hq's MaskDecoderHQ.forward makes them: (1, C/8, 4h, 4w)."""
+    return d.embedding_encoder(emb) + d.compress_vit_feat(interm[0].permute(0, 3, 1, 2))
+
+
+def center_iou_bias(ref):
+    """Shifts the IoU head's output bias so that each output's mean prediction over the test
+    prompts is zero: with the perturbed bias, one output wins the multimask choice for every
+    prompt, and a wrong choice could not be seen."""
+    _, emb, interm, pe = embed_image(ref)
+    d = ref.mask_decoder
+    _, iou = d.predict_masks(emb, pe, *prompts(ref, "points+boxes+masks"), ref_hq_features(d, emb, interm))
+    d.iou_prediction_head.layers[-1].bias.sub_(iou.mean(0))
+
+
+@pytest.fixture(scope="module")
+def image(models):
+    return embed_image(models[0])
 
 
 def prompts(ref, kinds: str, B: int = 3):
@@ -95,7 +114,7 @@ def test_all_outputs(models, image, kinds):
     _, emb, interm, pe = image
     sparse, dense = prompts(ref, kinds)
     d = ref.mask_decoder
-    ref_hq = d.embedding_encoder(emb) + d.compress_vit_feat(interm[0].permute(0, 3, 1, 2))  # sam-hq's forward
+    ref_hq = ref_hq_features(d, emb, interm)
     ref_masks, ref_iou = d.predict_masks(emb, pe, sparse, dense, ref_hq)
 
     hq_features = decoder.hq_features(emb.numpy(), interm[0].numpy())
@@ -115,6 +134,10 @@ def test_forward(models, image, multimask, hq_token_only):
     _, emb, interm, pe = image
     sparse, dense = prompts(ref, "points+boxes+masks")
     ref_masks, ref_iou = ref.mask_decoder(emb, pe, sparse, dense, multimask, hq_token_only, interm)
+    if multimask:  # the prompts do not all choose the same output
+        d = ref.mask_decoder
+        ref_iou_all = d.predict_masks(emb, pe, sparse, dense, ref_hq_features(d, emb, interm))[1]
+        assert len(set(ref_iou_all[:, 1:].argmax(1).tolist())) > 1
     masks, iou = decoder(emb.numpy(), pe.numpy(), sparse.numpy(), dense.numpy(), multimask, hq_token_only,
                          [interm[0].numpy()])
     assert masks.shape == (3, 1, 40, 40) and iou.shape == (3, 1)
