@@ -75,6 +75,22 @@ class ImageEncoderViT(nnx.Module):
             x = nnx.remat(Block.__call__)(blk, x) if self.remat else blk(x)
         return jnp.transpose(self.neck(x), (0, 3, 1, 2))
 
+    @traced_with_numerics
+    def with_early_features(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(B, 3, S, S) -> (embeddings (B, out_chans, g, g), early (B, g, g, embed_dim)): early is
+        the output of the first global-attention block (HQ-SAM's `interm_embeddings[0]`)."""
+        x = self.patch_embed(jnp.transpose(x, (0, 2, 3, 1)))
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[...]
+        early = None
+        for blk in self.blocks:
+            x = nnx.remat(Block.__call__)(blk, x) if self.remat else blk(x)
+            if early is None and blk.window_size == 0:
+                early = x
+        if early is None:
+            raise ValueError("no global-attention block: the encoder has no early feature")
+        return jnp.transpose(self.neck(x), (0, 3, 1, 2)), early
+
 
 class Block(nnx.Module):
     """Transformer block with windowed (window_size > 0) or global attention."""

@@ -84,10 +84,17 @@ def config_of(official) -> SamConfig:
 
 
 def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Adds noise to every tensor of the state dict. The official init leaves pos_embed and rel_pos
-    at zero and norms at 1/0, where a parity test could not see a bug."""
+    """Adds noise to every floating tensor of the state dict. The official init leaves pos_embed and
+    rel_pos at zero and norms at 1/0, where a parity test could not see a bug. BatchNorm running
+    variances are scaled by a log-normal factor (they stay positive); counters such as
+    `num_batches_tracked` are left alone."""
     g = torch.Generator().manual_seed(seed + 1)
-    for t in model.state_dict().values():  # shares storage with the model
+    for key, t in model.state_dict().items():  # shares storage with the model
+        if not t.is_floating_point():
+            continue
+        if key.endswith("running_var"):
+            t.mul_(torch.exp(0.5 * torch.randn(t.shape, generator=g)))
+            continue
         scale = float(t.float().std()) if t.numel() > 1 else 0.0
         t.add_(torch.randn(t.shape, generator=g) * (0.5 * scale if scale > 0 else 0.05))
     return model
