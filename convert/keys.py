@@ -113,13 +113,13 @@ def official_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def infer_config(state: dict[str, np.ndarray]) -> dict:
     """The SamConfig fields that tensor shapes determine, from the state's image-encoder family
-    and decoder family. Fields shapes cannot tell (the decoder head count, pixel statistics) are
-    absent and come from the defaults or a named config."""
-    encoder = families.ENCODERS[families.encoder_of(state)]
-    decoder = families.DECODERS[families.decoder_of(state)]
-    fields = {**encoder.infer(state), **families.sam.infer(state)}
-    if decoder is not families.sam:
-        fields.update(decoder.infer(state))
+    and decoder family (named by their keys). Fields shapes cannot tell (the decoder head count,
+    pixel statistics, the preprocessing, except LiteMedSAM's own stem) are absent and come from
+    the defaults or a named config."""
+    encoder, decoder = families.encoder_of(state), families.decoder_of(state)
+    fields = {"encoder": encoder, "decoder": decoder, **families.ENCODERS[encoder].infer(state), **families.sam.infer(state)}
+    if decoder != "sam":
+        fields.update(families.DECODERS[decoder].infer(state))
     return fields
 
 

@@ -193,7 +193,7 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
         raw = weights.download_weights(src, quiet=quiet)
         say(f"converting {raw.name} into {target} (once)", quiet)
         convert_checkpoint(raw, target, model_type=src.model_type)
-        if src.official is not None:
+        if weights.is_downloaded(src):
             raw.unlink(missing_ok=True)  # the converted copy is what later calls load
     return target
 

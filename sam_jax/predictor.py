@@ -23,20 +23,22 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from . import validate
-from .functional import Prompts, bind_model, bucket, decode_prompts, embed_images, upscale_masks_jit
+from .functional import Prompts, bind_model, bucket, decode_prompts, image_features, upscale_masks_jit
 from .modeling import Sam, with_numerics
 from .modeling.prompt_encoder import IGNORE_LABEL
 from .parallel import batch_sharding, data_parallel_mesh, pad_batch, replicated
-from .transforms import ResizeLongestSide
+from .transforms import transform_for
 
 
 @dataclass
 class ImageEmbeddings:
-    """Embeddings of a batch of images. features: (B, C, h, w) on device; sizes are (H, W)."""
+    """Embeddings of a batch of images. features: (B, C, h, w) on device; sizes are (H, W);
+    hq_features: (B, 4h, 4w, C/8) for an HQ-SAM decoder, else None."""
 
     features: jax.Array
     original_sizes: list[tuple[int, int]]
     input_sizes: list[tuple[int, int]]
+    hq_features: jax.Array | None = None
 
 
 class SamPredictor:
@@ -50,12 +52,13 @@ class SamPredictor:
         if dtype is not None or precision is not None:
             sam_model = with_numerics(sam_model, dtype=dtype, precision=precision)
         self.model = sam_model
-        self.transform = ResizeLongestSide(sam_model.config.image_size)
-        # The split model that the compiled functions take (see functional.py).
+        # The model's resize: the official longest side, or MedSAM's square (its preprocessing profile).
+        self.transform = transform_for(sam_model.config)
+        # The split model that the compiled functions take (see functional/predictor.py).
         self.graphdef, self.params = nnx.split(sam_model)
         self._leaves, treedef = jax.tree.flatten(self.params)
-        self._embed = bind_model(embed_images, self.graphdef, treedef)
-        self._decode = bind_model(decode_prompts, self.graphdef, treedef, ("multimask_output",))
+        self._embed = bind_model(image_features, self.graphdef, treedef)
+        self._decode = bind_model(decode_prompts, self.graphdef, treedef, ("multimask_output", "hq_token_only"))
         self.mesh = data_parallel_mesh(sam_model.device) if mesh == "auto" else mesh
         self._mesh_params = None  # params replicated over the mesh, made on first use
         self.reset_image()
@@ -87,13 +90,15 @@ class SamPredictor:
             n = self.mesh.size
             x = jax.device_put(pad_batch(batch, n), batch_sharding(self.mesh, 4))
             sizes = jax.device_put(pad_batch(sizes, n), batch_sharding(self.mesh, 2))
-            features = self._embed(self._replicated_params(), x, sizes)[: len(images)]
-        return ImageEmbeddings(features, original_sizes, input_sizes)
+            features = jax.tree.map(lambda a: a[: len(images)], self._embed(self._replicated_params(), x, sizes))
+        return ImageEmbeddings(features.embeddings, original_sizes, input_sizes, features.hq_features)
 
     def set_jax_image(self, transformed_image: jax.Array, original_image_size: tuple[int, int]) -> None:
         """The official `set_torch_image`: embeds a (1, 3, h, w) image already resized so that
         max(h, w) == image_size (e.g. by `transform.apply_image_jax`), pixel values 0..255, for
-        prompts on an image of `original_image_size` (H, W)."""
+        prompts on an image of `original_image_size` (H, W). The model's preprocessing profile
+        applies from there exactly as its reference's does (mean/std, or LiteMedSAM's and
+        MedSAM's min-max over the resized image, then the zero padding)."""
         x = jnp.asarray(transformed_image)
         S = self.model.config.image_size
         if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3 or max(x.shape[2:]) != S:
@@ -101,13 +106,16 @@ class SamPredictor:
         h, w = x.shape[2:]
         batch = jnp.zeros((1, S, S, 3), jnp.float32).at[:, :h, :w].set(jnp.transpose(x, (0, 2, 3, 1)))
         features = self._embed(self._leaves, batch, jnp.asarray([[h, w]], jnp.int32))
-        self.set_image_embedding(ImageEmbeddings(features, [tuple(int(v) for v in original_image_size)], [(h, w)]))
+        self.set_image_embedding(ImageEmbeddings(features.embeddings, [tuple(int(v) for v in original_image_size)], [(h, w)],
+                                                 features.hq_features))
 
     set_torch_image = set_jax_image  # the official name
 
     def set_image_embedding(self, embeddings: ImageEmbeddings, index: int = 0) -> None:
         """Makes image `index` of a batch from `embed_images` the current image, without recomputing."""
         self.features = jax.device_put(embeddings.features[index : index + 1], self._param_sharding)
+        hq = embeddings.hq_features
+        self.hq_features = None if hq is None else jax.device_put(hq[index : index + 1], self._param_sharding)
         self.original_size = tuple(embeddings.original_sizes[index])
         self.input_size = tuple(embeddings.input_sizes[index])
         self.is_image_set = True
@@ -120,6 +128,7 @@ class SamPredictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features = None
+        self.hq_features = None
         self.original_size = None
         self.input_size = None
 
@@ -132,6 +141,7 @@ class SamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masks for one prompt on the current image, as the official `SamPredictor.predict`.
 
@@ -141,7 +151,9 @@ class SamPredictor:
         predictor takes them (a point with no label embedding: unlike the official ONNX model,
         it does not treat them as box corners); box: (4,) xyxy pixels; mask_input: (1, 4h, 4w) low-res logits of an earlier
         call. Returns masks (C, H, W) bool (float logits if return_logits), iou_predictions (C,)
-        and low_res_logits (C, 4h, 4w), C = 3 with multimask_output else 1.
+        and low_res_logits (C, 4h, 4w), C = 3 with multimask_output else 1. With an HQ-SAM decoder
+        C = 1 (sam-hq's predictor: the best SAM mask plus the HQ mask, or with hq_token_only the
+        HQ mask alone); other models ignore hq_token_only.
         """
         self._require_image()
         coords, labels = validate.check_points(point_coords, point_labels, batch=None)
@@ -149,7 +161,7 @@ class SamPredictor:
         masks = validate.check_mask_input(mask_input, self._mask_size, batch=None)
         masks, iou, low = self.predict_batch(
             None if coords is None else coords[None], None if labels is None else labels[None],
-            boxes, None if masks is None else masks[None], multimask_output, return_logits,
+            boxes, None if masks is None else masks[None], multimask_output, return_logits, hq_token_only,
         )
         return masks[0], iou[0], low[0]
 
@@ -161,6 +173,7 @@ class SamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """B prompts on the current image in one call, coordinates in the original image.
 
@@ -178,7 +191,7 @@ class SamPredictor:
         if boxes is not None:
             boxes = self.transform.apply_boxes(boxes, self.original_size)
             validate.check_float32(boxes, "box (scaled to the model input)")
-        out = self.predict_jax(coords, labels, boxes, masks, multimask_output, return_logits)
+        out = self.predict_jax(coords, labels, boxes, masks, multimask_output, return_logits, hq_token_only)
         return tuple(np.asarray(a) for a in out)
 
     def predict_jax(
@@ -189,18 +202,21 @@ class SamPredictor:
         mask_input=None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool = False,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """The official `predict_torch`: B prompts with coordinates already in the resized-input
         frame (see `self.transform`); returns device arrays (B, C, H, W), (B, C), (B, C, 4h, 4w)."""
         self._require_image()
         B = validate.batch_size(point_coords, boxes, mask_input)
         prompts = pad_prompts(point_coords, point_labels, boxes, mask_input, B, self._mask_size)
-        params, features = self._leaves, self.features
+        params, features, hq = self._leaves, self.features, self.hq_features
         if self.mesh is not None and B > 1:  # prompts split over the devices, image and model replicated
             n = self.mesh.size
             prompts = Prompts(*(None if a is None else jax.device_put(pad_batch(a, n), batch_sharding(self.mesh, a.ndim)) for a in prompts))
-            params, features = self._replicated_params(), jax.device_put(features, replicated(self.mesh))
-        low_res, iou = self._decode(params, features, prompts, multimask_output=multimask_output)
+            params, (features, hq) = self._replicated_params(), jax.device_put((features, hq), replicated(self.mesh))
+        hq_token_only = bool(hq_token_only) and hq is not None  # one compilation for models without an HQ token
+        low_res, iou = self._decode(params, features, prompts, hq_features=hq, multimask_output=multimask_output,
+                                    hq_token_only=hq_token_only)
         low_res, iou = low_res[:B], iou[:B]
         threshold = None if return_logits else self.model.mask_threshold
         masks = upscale_masks_jit(low_res, self.model.config, self.input_size, self.original_size, threshold)

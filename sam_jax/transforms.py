@@ -34,16 +34,20 @@ class ResizeLongestSide:
     def __init__(self, target_length: int) -> None:
         self.target_length = target_length
 
+    def output_size(self, oldh: int, oldw: int) -> tuple[int, int]:
+        """(h, w) of an (oldh, oldw) image once resized."""
+        return get_preprocess_shape(oldh, oldw, self.target_length)
+
     # ------------------------------------------------------------------ host (NumPy)
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (h, w, 3) uint8 with max(h, w) == target_length."""
-        h, w = get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
+        h, w = self.output_size(image.shape[0], image.shape[1])
         return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
 
     def apply_coords(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
         """(..., 2) xy pixels in the original image -> float64 xy pixels in the resized image."""
         old_h, old_w = original_size
-        new_h, new_w = get_preprocess_shape(old_h, old_w, self.target_length)
+        new_h, new_w = self.output_size(old_h, old_w)
         coords = np.array(coords, dtype=float)
         coords[..., 0] = coords[..., 0] * (new_w / old_w)
         coords[..., 1] = coords[..., 1] * (new_h / old_h)
@@ -58,7 +62,7 @@ class ResizeLongestSide:
     def apply_image_jax(self, image: jax.Array) -> jax.Array:
         """(B, C, H, W) images -> (B, C, h, w) float32 with max(h, w) == target_length: the
         official `apply_image_torch` (torch's bilinear, antialiased, align_corners=False)."""
-        h, w = get_preprocess_shape(image.shape[2], image.shape[3], self.target_length)
+        h, w = self.output_size(image.shape[2], image.shape[3])
         rows = jnp.asarray(antialiased_linear_weights(image.shape[2], h))
         cols = jnp.asarray(antialiased_linear_weights(image.shape[3], w))
         hi = jax.lax.Precision.HIGHEST  # float32 products on every backend
@@ -68,7 +72,7 @@ class ResizeLongestSide:
     def apply_coords_jax(self, coords, original_size: tuple[int, int]) -> jax.Array:
         """(..., 2) xy pixels in the original image -> float32 xy in the resized image (as torch)."""
         old_h, old_w = original_size
-        new_h, new_w = get_preprocess_shape(old_h, old_w, self.target_length)
+        new_h, new_w = self.output_size(old_h, old_w)
         coords = jnp.asarray(coords, jnp.float32)
         return coords * jnp.asarray([new_w / old_w, new_h / old_h], jnp.float32)
 
@@ -80,3 +84,17 @@ class ResizeLongestSide:
     apply_image_torch = apply_image_jax
     apply_coords_torch = apply_coords_jax
     apply_boxes_torch = apply_boxes_jax
+
+
+class ResizeSquare(ResizeLongestSide):
+    """MedSAM's geometry: every image resized to the full target_length square (its aspect ratio
+    not kept), coordinates scaled per axis to match. The same methods as ResizeLongestSide."""
+
+    def output_size(self, oldh: int, oldw: int) -> tuple[int, int]:
+        return self.target_length, self.target_length
+
+
+def transform_for(config) -> ResizeLongestSide:
+    """The resize of a model's preprocessing profile (`SamConfig.preprocess`): MedSAM's square, or
+    the official longest side (LiteMedSAM's too)."""
+    return (ResizeSquare if config.preprocess == "medsam" else ResizeLongestSide)(config.image_size)

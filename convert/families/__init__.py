@@ -4,18 +4,19 @@ the model does not use (`DROPPED`), how to recognise its files (`detect`) and th
 its tensor shapes determine (`infer`). Adding a family is adding a module here and its entry
 below; `keys.py` and the pipeline read these tables and nothing else.
 
-    image encoders   vit (the official ImageEncoderViT)
-    mask decoders    sam (the official MaskDecoder; the prompt encoder, shared by all, with it)
+    image encoders   vit (the official ImageEncoderViT), tiny_vit (MobileSAM's and LiteMedSAM's TinyViT)
+    mask decoders    sam (the official MaskDecoder; the prompt encoder, shared by all, with it),
+                     hq (HQ-SAM's MaskDecoderHQ)
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from . import sam, vit
+from . import hq, sam, tiny_vit, vit
 
-ENCODERS: dict[str, ModuleType] = {"vit": vit}
-DECODERS: dict[str, ModuleType] = {"sam": sam}
+ENCODERS: dict[str, ModuleType] = {"vit": vit, "tiny_vit": tiny_vit}
+DECODERS: dict[str, ModuleType] = {"sam": sam, "hq": hq}
 FAMILIES: tuple[ModuleType, ...] = (*ENCODERS.values(), *DECODERS.values())
 
 

@@ -8,7 +8,7 @@ import argparse
 
 import jax
 
-from ..config import MODEL_TYPES
+from ..config import FAMILY_TYPES, MODEL_TYPES
 from ..numerics import DTYPES, PRECISIONS
 from ..parallel import initialize
 from ..parallel.devices import as_device, platform_devices
@@ -28,7 +28,7 @@ CHECKPOINT_HELP = (
 def add_checkpoint_arguments(p: argparse.ArgumentParser, help: str = CHECKPOINT_HELP) -> None:
     """--checkpoint, --model-type and --image-size: which model to load, at which input size."""
     p.add_argument("--checkpoint", help=help)
-    p.add_argument("--model-type", choices=MODEL_TYPES,
+    p.add_argument("--model-type", choices=MODEL_TYPES + FAMILY_TYPES,
                    help="check the checkpoint against this model type (default: read or inferred from it); "
                         "without --checkpoint, load its official weights")
     p.add_argument("--image-size", type=image_size, default=None, metavar="N",

@@ -10,11 +10,11 @@ predictor's functions are the core API and are re-exported here:
 """
 
 from .predictor import (
-    Prompts, bind_model, bucket, decode_prompts, decode_prompts_jit, embed_images, embed_images_jit, upscale_masks,
-    upscale_masks_jit,
+    ImageFeatures, Prompts, bind_model, bucket, decode_prompts, decode_prompts_jit, embed_images, embed_images_jit,
+    image_features, image_features_jit, upscale_masks, upscale_masks_jit,
 )
 
 __all__ = [
-    "Prompts", "bind_model", "bucket", "decode_prompts", "decode_prompts_jit", "embed_images", "embed_images_jit",
-    "upscale_masks", "upscale_masks_jit",
+    "ImageFeatures", "Prompts", "bind_model", "bucket", "decode_prompts", "decode_prompts_jit", "embed_images",
+    "embed_images_jit", "image_features", "image_features_jit", "upscale_masks", "upscale_masks_jit",
 ]

@@ -47,21 +47,33 @@ def bucket(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def embed_images(graphdef: nnx.GraphDef, params: nnx.State, images: jax.Array, input_sizes: jax.Array) -> jax.Array:
-    """Image embeddings of a batch.
+class ImageFeatures(NamedTuple):
+    """What the decoder needs of a batch of images: the embeddings (B, C, h, w), and for an
+    HQ-SAM decoder its per-image HQ features (B, 4h, 4w, C/8) (None for every other model)."""
+
+    embeddings: jax.Array
+    hq_features: jax.Array | None = None
+
+
+def image_features(graphdef: nnx.GraphDef, params: nnx.State, images: jax.Array, input_sizes: jax.Array) -> ImageFeatures:
+    """The `ImageFeatures` of a batch.
 
     images: (B, S, S, 3) uint8 (or float) RGB, each resized image in the top-left corner, S the
         model's image_size; input_sizes: (B, 2) int (h, w) of each resized image.
-    Returns (B, C, S/16, S/16) float32.
     """
     model = nnx.merge(graphdef, params)
-    S = model.config.image_size
-    x = preprocess(model.config, jnp.transpose(images, (0, 3, 1, 2)))
-    # The official code pads after normalising: zero outside each image's resized region.
-    rows = jnp.arange(S)[None, :, None] < input_sizes[:, 0, None, None]
-    cols = jnp.arange(S)[None, None, :] < input_sizes[:, 1, None, None]
-    x = jnp.where((rows & cols)[:, None], x, 0.0)
-    return model.image_encoder(x)
+    # Normalised as the model's preprocessing profile says, zero outside each resized region.
+    x = preprocess(model.config, jnp.transpose(images, (0, 3, 1, 2)), input_sizes)
+    if model.config.decoder != "hq":
+        return ImageFeatures(model.image_encoder(x))
+    embeddings, early = model.image_encoder.with_early_features(x)
+    return ImageFeatures(embeddings, model.mask_decoder.hq_features(embeddings, early))
+
+
+def embed_images(graphdef: nnx.GraphDef, params: nnx.State, images: jax.Array, input_sizes: jax.Array) -> jax.Array:
+    """Image embeddings of a batch: (B, C, S/16, S/16) float32 (see `image_features` for the
+    arguments, and for what an HQ-SAM decoder needs besides)."""
+    return image_features(graphdef, params, images, input_sizes).embeddings
 
 
 def decode_prompts(
@@ -70,16 +82,26 @@ def decode_prompts(
     image_embeddings: jax.Array,
     prompts: Prompts,
     multimask_output: bool,
+    hq_features: jax.Array | None = None,
+    hq_token_only: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Low-resolution mask logits for B prompts.
 
     image_embeddings: (1 or B, C, h, w). Without mask inputs the image keys are shared by all
     prompts up to the first image-to-token attention (computed once). Returns logits
     (B, M, 4h, 4w) and IoU predictions (B, M), M = num_multimask_outputs if multimask_output else 1.
+    With an HQ-SAM decoder, hq_features ((1 or B, 4h, 4w, C/8), from `image_features`) is
+    required and M = 1: sam-hq's output (the best SAM mask plus the HQ mask, or the HQ mask alone
+    with hq_token_only, static).
     """
     model = nnx.merge(graphdef, params)
     pe = model.prompt_encoder
     sparse, dense, token_mask = pe.embed(*prompts)
+    if model.config.decoder == "hq":
+        if hq_features is None:
+            raise ValueError("an HQ-SAM decoder needs the image's hq_features (functional.image_features)")
+        return model.mask_decoder.decode(image_embeddings, pe.get_dense_pe(), sparse, dense, hq_features, multimask_output,
+                                         hq_token_only, token_mask)
     return model.mask_decoder(image_embeddings, pe.get_dense_pe(), sparse, dense, multimask_output, token_mask=token_mask)
 
 
@@ -96,8 +118,9 @@ def upscale_masks(
     return masks if mask_threshold is None else masks > mask_threshold
 
 
+image_features_jit = jax.jit(image_features, static_argnames="graphdef")
 embed_images_jit = jax.jit(embed_images, static_argnames="graphdef")
-decode_prompts_jit = jax.jit(decode_prompts, static_argnames=("graphdef", "multimask_output"))
+decode_prompts_jit = jax.jit(decode_prompts, static_argnames=("graphdef", "multimask_output", "hq_token_only"))
 upscale_masks_jit = jax.jit(upscale_masks, static_argnames=("config", "input_size", "original_size", "mask_threshold"))
 
 

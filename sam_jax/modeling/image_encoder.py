@@ -68,17 +68,18 @@ class ImageEncoderViT(nnx.Module):
     @traced_with_numerics
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, 3, S, S) normalised, padded images -> (B, out_chans, S/16, S/16) image embeddings."""
-        x = self.patch_embed(jnp.transpose(x, (0, 2, 3, 1)))
-        if self.pos_embed is not None:
-            x = x + self.pos_embed[...]
-        for blk in self.blocks:
-            x = nnx.remat(Block.__call__)(blk, x) if self.remat else blk(x)
-        return jnp.transpose(self.neck(x), (0, 3, 1, 2))
+        return self._forward(x)[0]
 
     @traced_with_numerics
     def with_early_features(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(B, 3, S, S) -> (embeddings (B, out_chans, g, g), early (B, g, g, embed_dim)): early is
         the output of the first global-attention block (HQ-SAM's `interm_embeddings[0]`)."""
+        embeddings, early = self._forward(x)
+        if early is None:
+            raise ValueError("no global-attention block: the encoder has no early feature")
+        return embeddings, early
+
+    def _forward(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
         x = self.patch_embed(jnp.transpose(x, (0, 2, 3, 1)))
         if self.pos_embed is not None:
             x = x + self.pos_embed[...]
@@ -87,8 +88,6 @@ class ImageEncoderViT(nnx.Module):
             x = nnx.remat(Block.__call__)(blk, x) if self.remat else blk(x)
             if early is None and blk.window_size == 0:
                 early = x
-        if early is None:
-            raise ValueError("no global-attention block: the encoder has no early feature")
         return jnp.transpose(self.neck(x), (0, 3, 1, 2)), early
 
 

@@ -1,5 +1,7 @@
 """The SAM model: encoders and decoder together, with the official pre- and postprocessing as
-pure functions (the official `modeling/sam.py`)."""
+pure functions (the official `modeling/sam.py`). The config's family picks the parts: the image
+encoder (ViT, or MobileSAM's TinyViT), the mask decoder (SAM's, or HQ-SAM's) and the
+preprocessing profile (the official one, LiteMedSAM's or MedSAM's)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from ..parallel.devices import as_sharding
 from ..resample import interpolate_bilinear
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import ConvTranspose2x2, MaskDecoder
+from .mask_decoder_hq import MaskDecoderHQ
 from .prompt_encoder import PromptEncoder
+from .tiny_vit_sam import TinyViT
 from .transformer import TwoWayTransformer
 
 
@@ -27,22 +31,7 @@ class Sam(nnx.Module):
         self.config = c
         # How the model computes; its submodules hold the same settings (see `with_numerics`).
         self.numerics = Numerics()
-        self.image_encoder = ImageEncoderViT(
-            img_size=c.image_size,
-            patch_size=c.patch_size,
-            in_chans=c.in_chans,
-            embed_dim=c.encoder_embed_dim,
-            depth=c.encoder_depth,
-            num_heads=c.encoder_num_heads,
-            mlp_ratio=c.mlp_ratio,
-            out_chans=c.prompt_embed_dim,
-            qkv_bias=c.qkv_bias,
-            use_abs_pos=c.use_abs_pos,
-            use_rel_pos=c.use_rel_pos,
-            window_size=c.window_size,
-            global_attn_indexes=c.encoder_global_attn_indexes,
-            rngs=rngs,
-        )
+        self.image_encoder = image_encoder(c, rngs)
         grid = (c.image_embedding_size, c.image_embedding_size)
         self.prompt_encoder = PromptEncoder(
             c.prompt_embed_dim, grid, (c.image_size, c.image_size), c.mask_in_chans, rngs=rngs
@@ -51,14 +40,9 @@ class Sam(nnx.Module):
             c.decoder_depth, c.prompt_embed_dim, c.decoder_num_heads, c.decoder_mlp_dim,
             c.attention_downsample_rate, rngs=rngs,
         )
-        self.mask_decoder = MaskDecoder(
-            transformer_dim=c.prompt_embed_dim,
-            transformer=transformer,
-            num_multimask_outputs=c.num_multimask_outputs,
-            iou_head_depth=c.iou_head_depth,
-            iou_head_hidden_dim=c.iou_head_hidden_dim,
-            rngs=rngs,
-        )
+        decoder = dict(transformer_dim=c.prompt_embed_dim, transformer=transformer, num_multimask_outputs=c.num_multimask_outputs,
+                       iou_head_depth=c.iou_head_depth, iou_head_hidden_dim=c.iou_head_hidden_dim, rngs=rngs)
+        self.mask_decoder = MaskDecoderHQ(vit_dim=c.early_feature_dim, **decoder) if c.decoder == "hq" else MaskDecoder(**decoder)
 
     @property
     def mask_threshold(self) -> float:
@@ -88,18 +72,25 @@ class Sam(nnx.Module):
         super().train(**attributes) if mode else super().eval(**attributes)
         return self
 
-    def __call__(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, jax.Array]]:
+    def __call__(self, batched_input: list[dict[str, Any]], multimask_output: bool,
+                 hq_token_only: bool = False) -> list[dict[str, jax.Array]]:
         """The official end-to-end forward over a list of images with prompts (eager, for parity and
         convenience; the predictor's jitted functions are the fast path). Each dict holds `image`
         (3, H, W) already resized to the input size, `original_size` (H, W), and optionally
-        `point_coords` (B, N, 2), `point_labels` (B, N), `boxes` (B, 4), `mask_inputs` (B, 1, 4h, 4w)."""
+        `point_coords` (B, N, 2), `point_labels` (B, N), `boxes` (B, 4), `mask_inputs` (B, 1, 4h, 4w).
+        hq_token_only: with an HQ decoder, the HQ mask alone (sam-hq's argument; else ignored)."""
         images = jnp.stack([preprocess(self.config, x["image"]) for x in batched_input])
-        image_embeddings = self.image_encoder(images)
+        hq = self.config.decoder == "hq"
+        image_embeddings, early = self.image_encoder.with_early_features(images) if hq else (self.image_encoder(images), None)
         outputs = []
-        for record, emb in zip(batched_input, image_embeddings):
+        for i, (record, emb) in enumerate(zip(batched_input, image_embeddings)):
             points = (record["point_coords"], record["point_labels"]) if "point_coords" in record else None
             sparse, dense = self.prompt_encoder(points, record.get("boxes"), record.get("mask_inputs"))
-            low_res, iou = self.mask_decoder(emb[None], self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)
+            pe = self.prompt_encoder.get_dense_pe()
+            if hq:
+                low_res, iou = self.mask_decoder(emb[None], pe, sparse, dense, multimask_output, hq_token_only, early[i:i + 1])
+            else:
+                low_res, iou = self.mask_decoder(emb[None], pe, sparse, dense, multimask_output)
             masks = postprocess_masks(self.config, low_res, tuple(record["image"].shape[-2:]), tuple(record["original_size"]))
             outputs.append({"masks": masks > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low_res})
         return outputs
@@ -128,15 +119,53 @@ def with_numerics(model: Sam, *, dtype=None, precision: str | None = None, atten
     return new
 
 
-def preprocess(config: SamConfig, x: jax.Array) -> jax.Array:
-    """(..., 3, H, W) RGB pixel values (H, W <= image_size) -> normalised and zero-padded to
-    (..., 3, image_size, image_size), as the official `Sam.preprocess`."""
-    mean = jnp.asarray(config.pixel_mean, jnp.float32)[:, None, None]
-    std = jnp.asarray(config.pixel_std, jnp.float32)[:, None, None]
-    x = (x.astype(jnp.float32) - mean) / std
+def preprocess(config: SamConfig, x: jax.Array, input_sizes: jax.Array | None = None) -> jax.Array:
+    """(..., 3, H, W) RGB pixel values 0..255 of resized images (H, W <= image_size) -> the
+    encoder's (..., 3, image_size, image_size) input, as `config.preprocess` says:
+
+    official      (x - pixel_mean) / pixel_std, then zero padding (the official `Sam.preprocess`)
+    lite_medsam   min-max to [0, 1] over all the resized image's pixels, then zero padding
+                  (LiteMedSAM's inference: `(x - min) / clip(max - min, 1e-8)`)
+    medsam        the same min-max (MedSAM's images are resized to the full square: no padding)
+
+    input_sizes (B, 2): when x (B, 3, S, S) is already padded, each image's (h, w); statistics
+    ignore the padding, which is zero in the result."""
+    x = x.astype(jnp.float32)
     h, w = x.shape[-2:]
+    if input_sizes is None:
+        valid = jnp.ones((h, w), bool)
+    else:
+        rows = jnp.arange(h)[None, :, None] < input_sizes[:, 0, None, None]
+        cols = jnp.arange(w)[None, None, :] < input_sizes[:, 1, None, None]
+        valid = (rows & cols)[:, None]  # (B, 1, H, W)
+    if config.preprocess == "official":
+        mean = jnp.asarray(config.pixel_mean, jnp.float32)[:, None, None]
+        std = jnp.asarray(config.pixel_std, jnp.float32)[:, None, None]
+        x = (x - mean) / std
+    else:
+        axes = (-3, -2, -1)
+        lo = jnp.min(jnp.where(valid, x, jnp.inf), axis=axes, keepdims=True)
+        hi = jnp.max(jnp.where(valid, x, -jnp.inf), axis=axes, keepdims=True)
+        x = (x - lo) / jnp.maximum(hi - lo, 1e-8)
+    x = jnp.where(valid, x, 0.0)
     pad = [(0, 0)] * (x.ndim - 2) + [(0, config.image_size - h), (0, config.image_size - w)]
     return jnp.pad(x, pad)
+
+
+def image_encoder(config: SamConfig, rngs: nnx.Rngs) -> ImageEncoderViT | TinyViT:
+    """The image encoder `config.encoder` names, built from the config's fields."""
+    c = config
+    if c.encoder == "tiny_vit":
+        return TinyViT(img_size=c.image_size, in_chans=c.in_chans, embed_dims=c.tiny_vit_embed_dims, depths=c.tiny_vit_depths,
+                       num_heads=c.tiny_vit_num_heads, window_sizes=c.tiny_vit_window_sizes, mlp_ratio=c.mlp_ratio,
+                       mbconv_expand_ratio=c.tiny_vit_mbconv_expand_ratio, local_conv_size=c.tiny_vit_local_conv_size,
+                       out_chans=c.prompt_embed_dim, stem_downsample=c.patch_size == 16, rngs=rngs)
+    return ImageEncoderViT(
+        img_size=c.image_size, patch_size=c.patch_size, in_chans=c.in_chans, embed_dim=c.encoder_embed_dim,
+        depth=c.encoder_depth, num_heads=c.encoder_num_heads, mlp_ratio=c.mlp_ratio, out_chans=c.prompt_embed_dim,
+        qkv_bias=c.qkv_bias, use_abs_pos=c.use_abs_pos, use_rel_pos=c.use_rel_pos, window_size=c.window_size,
+        global_attn_indexes=c.encoder_global_attn_indexes, rngs=rngs,
+    )
 
 
 def postprocess_masks(
@@ -148,7 +177,12 @@ def postprocess_masks(
     """(..., 4h, 4w) low-resolution mask logits -> (..., H, W) logits at the original image size.
 
     Upsamples to the square model input, crops the padding to `input_size` (the resized image),
-    and resamples to `original_size`, each with torch's bilinear interpolation (no antialias)."""
+    and resamples to `original_size`, each with torch's bilinear interpolation (no antialias),
+    as the official `postprocess_masks` (LiteMedSAM's inference is the same: its low-res masks are
+    at the input size). MedSAM's inference resamples the low-res logits to the original size in
+    one step (its images fill the square: there is no padding to crop)."""
+    if config.preprocess == "medsam":
+        return interpolate_bilinear(masks, tuple(original_size))
     masks = interpolate_bilinear(masks, (config.image_size, config.image_size))
     masks = masks[..., : input_size[0], : input_size[1]]
     return interpolate_bilinear(masks, tuple(original_size))

@@ -24,15 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..config import TINY_VIT_STRIDE_1_MERGE_DIMS
 from ..numerics import Numerics, traced_with_numerics
 from .common import GELU, LayerNorm2d, Sequential, gelu, layer_norm
 from .image_encoder import window_partition, window_unpartition
 
-# PatchMerging keeps the resolution (stride 1) when its output width is one of these: the official
-# code's way of leaving the last stage at the third stage's grid, written for its three published
-# widths (5M: 320, 11M: 448, 21M: 576). Kept as it is, so that any official configuration builds
-# the same network here.
-STRIDE_1_MERGE_DIMS = (320, 448, 576)
 
 
 def batch_norm(x: jax.Array, mean, var, scale, bias, eps: float) -> jax.Array:
@@ -106,10 +102,10 @@ class MBConv(nnx.Module):
 
 
 class PatchMerging(nnx.Module):
-    """1x1 conv, 3x3 depthwise conv (stride 2, or 1: see STRIDE_1_MERGE_DIMS), 1x1 conv."""
+    """1x1 conv, 3x3 depthwise conv (stride 2, or 1: see `config.TINY_VIT_STRIDE_1_MERGE_DIMS`), 1x1 conv."""
 
     def __init__(self, dim: int, out_dim: int, *, rngs: nnx.Rngs):
-        stride = 1 if out_dim in STRIDE_1_MERGE_DIMS else 2
+        stride = 1 if out_dim in TINY_VIT_STRIDE_1_MERGE_DIMS else 2
         self.conv1 = Conv2d_BN(dim, out_dim, 1, 1, 0, rngs=rngs)
         self.conv2 = Conv2d_BN(out_dim, out_dim, 3, stride, 1, groups=out_dim, rngs=rngs)
         self.conv3 = Conv2d_BN(out_dim, out_dim, 1, 1, 0, rngs=rngs)

@@ -53,8 +53,9 @@ def test_infer_config_from_shapes(name):
     expected = cfg.to_dict()
     for k, v in inferred.items():
         assert v == expected[k], k
-    # Everything but the decoder head count (not visible in any shape) and pixel statistics.
-    assert set(expected) - set(inferred) == {"decoder_num_heads", "pixel_mean", "pixel_std", "mask_threshold"}
+    # Everything but the decoder head count (not visible in any shape), pixel statistics and the
+    # preprocessing profile (MedSAM's weights are shaped as SAM's).
+    assert set(expected) - set(inferred) == {"decoder_num_heads", "pixel_mean", "pixel_std", "mask_threshold", "preprocess"}
 
 
 def _official_shapes(model):

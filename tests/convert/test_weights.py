@@ -166,7 +166,9 @@ def test_published_table():
         assert sam_jax.get_config(w.model_type).encoder_depth > 0
     assert len({w.sha256 for w in weights.OFFICIAL.values()}) == 3
     for name in weights.known_names():
-        assert weights.source(name).model_type in ("vit_b", "vit_l", "vit_h"), name
+        src = weights.source(name)
+        assert src.model_type in ("vit_b", "vit_l", "vit_h") or src.family is not None, name
+        assert sam_jax.get_config(src.model_type)  # every name has its shipped config
     assert weights.source("default") == weights.source("vit_h") == weights.source("sam_vit_h_4b8939.pth")
     assert weights.official_url(weights.OFFICIAL["sam_vit_b_01ec64.pth"]) == \
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
@@ -174,6 +176,22 @@ def test_published_table():
         sam_jax.load("vit_x")
     assert "vit_x" in str(e.value) and "vit_b" in str(e.value) and "facebook/sam-vit-base" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_family_table():
+    """Every family name has one source (a URL, a Hugging Face file or a package's asset), a
+    SHA-256, where it was published and a license; EdgeSAM (non-commercial) is not offered."""
+    assert set(weights.FAMILY) == {"vit_t", "sam_hq_vit_b", "sam_hq_vit_l", "sam_hq_vit_h", "sam_hq_vit_tiny", "medsam_vit_b",
+                                   "slimsam_50", "slimsam_77", "lite_medsam"}
+    for name, w in weights.FAMILY.items():
+        assert sum(x is not None for x in (w.url, w.repo_id, w.package)) == 1, name
+        assert re.fullmatch(r"[0-9a-f]{64}", w.sha256) and w.published and w.license.startswith("Apache-2.0"), name
+        assert sam_jax.get_config(w.model_type) == sam_jax.get_config(name)
+    assert len({w.sha256 for w in weights.FAMILY.values()}) == len(weights.FAMILY)
+    for alias, name in [("mobile_sam", "vit_t"), ("sam_hq_vit_h.pth", "sam_hq_vit_h"), ("wanglab/medsam-vit-base", "medsam_vit_b"),
+                        ("nielsr/slimsam-77-uniform", "slimsam_77")]:
+        assert weights.source(alias) == weights.source(name)
+    assert not any("edge" in n.lower() for n in weights.known_names())
 
 
 def test_cache_layout(monkeypatch, tmp_path):
