@@ -2,10 +2,10 @@
 PyTorch modules, on a small configuration: 160 px images, 16 px patches (a 10x10 grid) with 4x4
 windows (padded to 12x12), 5 encoder heads, global attention in blocks 1 and 3.
 
-Weights: sam-hq's modules' random init with every tensor perturbed (`helpers.perturb`), loaded
-into ours by the converter's rule for SAM's encoder (`sam_jax.convert.keys`) and the test-local
-one for the HQ decoder (`family_keys`). The decoder is fed the reference's own image embeddings,
-early feature and prompt embeddings, so each comparison sees one module's error only.
+Weights: sam-hq's modules' random init with every tensor perturbed (`reference.official.perturb`),
+loaded into ours by the converter's key mapping (`reference.family_keys`). The decoder is fed the
+reference's own image embeddings, early feature and prompt embeddings, so each comparison sees
+one module's error only.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from flax import nnx
 from tests.reference.family_keys import load_official
 from tests.reference.compare import assert_close
 from tests.reference.official import perturb
-from sam_jax.convert import keys
 from sam_jax.modeling.image_encoder import ImageEncoderViT
 from sam_jax.modeling.mask_decoder_hq import MaskDecoderHQ
 from sam_jax.modeling.transformer import TwoWayTransformer
@@ -48,15 +47,10 @@ def models():
     perturb(ref.eval())
     center_iou_bias(ref)
 
-    def encoder_path(key):  # the converter's rule for SAM's encoder, without its module prefix
-        path, perm = keys.param_path(f"image_encoder.{key}")
-        return path[1:], perm
-
-    encoder = load_official(lambda: ImageEncoderViT(**ENC, rngs=nnx.Rngs(0)), ref.image_encoder.state_dict(),
-                            encoder_path)
+    encoder = load_official(lambda: ImageEncoderViT(**ENC, rngs=nnx.Rngs(0)), ref.image_encoder.state_dict(), "image_encoder")
     decoder = load_official(
         lambda: MaskDecoderHQ(transformer=TwoWayTransformer(**TRANSFORMER, rngs=nnx.Rngs(0)), **DEC, rngs=nnx.Rngs(0)),
-        ref.mask_decoder.state_dict())
+        ref.mask_decoder.state_dict(), "mask_decoder")
     return ref, encoder, decoder
 
 

@@ -2,7 +2,8 @@
 sam-hq's (its early feature for the HQ decoder) and LiteMedSAM's (1x1 stem, with its real weights).
 
 Weights: the torch module's random init with every parameter and BatchNorm statistic perturbed
-(`reference.official.perturb`), loaded into ours by the test-local key mapping (`family_keys`). The official
+(`reference.official.perturb`), loaded into ours by the converter's key mapping
+(`reference.family_keys`). The official
 forward views the last stage (and sam-hq's early feature) as 64x64, i.e. only runs at 1024 px
 (256 for LiteMedSAM); at other sizes the reference is its `forward_features` with those views
 taken at the grid the layers produce (`forward_any_size`), its modules otherwise unchanged.
@@ -34,7 +35,7 @@ def official(cls, img_size: int, seed: int = 0) -> torch.nn.Module:
 
 def ours_like(state_dict, img_size: int, stem_downsample: bool = True) -> TinyViT:
     return load_official(lambda: TinyViT(img_size=img_size, stem_downsample=stem_downsample, **VIT_T, rngs=nnx.Rngs(0)),
-                         state_dict)
+                         state_dict, "image_encoder")
 
 
 # One compiled function per input shape and stem, shared by every model of that structure.
