@@ -48,6 +48,15 @@ class Sam(nnx.Module):
     def mask_threshold(self) -> float:
         return self.config.mask_threshold
 
+    def preprocess(self, x: jax.Array) -> jax.Array:
+        """The official `Sam.preprocess`, by the model's profile: (..., 3, h, w) resized pixels
+        0..255 -> (..., 3, S, S) encoder input (see the module function `preprocess`)."""
+        return preprocess(self.config, x)
+
+    def postprocess_masks(self, masks: jax.Array, input_size: tuple[int, int], original_size: tuple[int, int]) -> jax.Array:
+        """The official `Sam.postprocess_masks` (see the module function)."""
+        return postprocess_masks(self.config, jnp.asarray(masks, jnp.float32), input_size, original_size)
+
     @property
     def device(self) -> jax.Device:
         """The first device holding the parameters (as torch's `module.device` in the official notebooks)."""
