@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+import torch
 from flax import nnx
 
 import sam_jax
@@ -349,4 +350,55 @@ def test_hugging_face_id(tiny, server, tmp_path, monkeypatch):
     monkeypatch.setitem(weights.HF_IDS, "test/other", "test_tiny")
     with pytest.raises(DownloadError, match="cannot download test/other from the Hugging Face Hub") as e:
         sam_jax.load("test/other")
+    assert "\n" not in str(e.value)
+
+
+def test_family_url_entry(tiny, server, tmp_path, monkeypatch):
+    """A family entry published at a URL: fetched through the mirror (SAM_JAX_WEIGHTS_URL holds
+    files by name), verified, converted with the entry's config, the download removed; by its
+    other names too."""
+    body = tiny.pth.read_bytes()
+    w = weights.FamilyWeights("test_tiny", "tiny_family.pt", hashlib.sha256(body).hexdigest(), len(body), "test", "Apache-2.0",
+                              url="https://example.org/weights/tiny_family.pt")
+    server.files["/tiny_family.pt"] = body
+    monkeypatch.setitem(weights.FAMILY, "tiny_family", w)
+    monkeypatch.setitem(weights.FAMILY_ALIASES, "tiny_family.pt", "tiny_family")
+    monkeypatch.setenv("SAM_JAX_WEIGHTS_URL", server.url)
+    monkeypatch.setenv("SAM_JAX_CACHE", str(tmp_path / "cache"))
+    _assert_same_params(sam_jax.load("tiny_family.pt"), tiny.model)
+    assert [r[1] for r in server.requests if r[0] == "GET"] == ["/tiny_family.pt"]
+    files = _cache_files(tmp_path)
+    assert "checkpoints/tiny_family/config.json" in files
+    assert not any(f.startswith("downloads/") for f in files)  # converted, then removed
+    # A changed file on the server: refused, deleted (it is sam-jax's own download), one line.
+    monkeypatch.setitem(weights.FAMILY, "tiny_family", w._replace(sha256="0" * 64))
+    monkeypatch.setenv("SAM_JAX_CACHE", str(tmp_path / "cache2"))
+    with pytest.raises(DownloadError, match="SHA256") as e:
+        sam_jax.load("tiny_family")
+    assert "\n" not in str(e.value) and not list((tmp_path / "cache2" / "downloads").glob("*.pt"))
+
+
+def test_family_hub_entry(tiny, server, tmp_path, monkeypatch):
+    """A family entry in a Hugging Face repository under another file name (MedSAM's repository
+    holds pytorch_model.bin): fetched from HF_ENDPOINT, verified against the recorded digest, read
+    with the entry's config; a file whose digest differs is refused in one line."""
+    import huggingface_hub.constants
+
+    hf = official_to_hf(read_state_dict(tiny.pth))
+    torch.save({k: torch.from_numpy(np.array(v, order="C")) for k, v in hf.items()}, tmp_path / "pytorch_model.bin")
+    body = (tmp_path / "pytorch_model.bin").read_bytes()
+    server.files["/test/family-tiny/resolve/main/pytorch_model.bin"] = body
+    w = weights.FamilyWeights("test_tiny", "pytorch_model.bin", hashlib.sha256(body).hexdigest(), None, "test", "Apache-2.0",
+                              repo_id="test/family-tiny")
+    monkeypatch.setitem(weights.FAMILY, "family_tiny", w)
+    monkeypatch.setitem(weights.FAMILY_ALIASES, "test/family-tiny", "family_tiny")
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("SAM_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    _assert_same_params(sam_jax.load("test/family-tiny"), tiny.model)
+    assert any(r[1].endswith("/resolve/main/pytorch_model.bin") for r in server.requests)
+    monkeypatch.setitem(weights.FAMILY, "family_tiny", w._replace(sha256="1" * 64))
+    monkeypatch.setenv("SAM_JAX_CACHE", str(tmp_path / "cache2"))
+    with pytest.raises(DownloadError, match="differs from the published") as e:
+        sam_jax.load("family_tiny")
     assert "\n" not in str(e.value)
