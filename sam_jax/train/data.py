@@ -19,7 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..io.images import read_image
-from ..transforms import ResizeLongestSide, get_preprocess_shape
+from ..transforms import ResizeLongestSide
 
 MAX_AREA_FRACTION = 0.9  # masks covering more of the image are dropped (the paper does)
 
@@ -173,19 +173,22 @@ def _sa1b_segmentations(path: Path, indexes: tuple) -> list:
 
 
 # ---------------------------------------------------------------------------- preparation
-def prepare(image: np.ndarray | None, masks: np.ndarray, image_size: int, objects: int, rng: np.random.Generator,
-            original_size: tuple[int, int] | None = None) -> dict:
+def prepare(image: np.ndarray | None, masks: np.ndarray, image_size: int | ResizeLongestSide, objects: int,
+            rng: np.random.Generator, original_size: tuple[int, int] | None = None) -> dict:
     """One example in the model-input frame: the image resized with the model's transform and
     zero-padded to (S, S, 3) (omitted when `image` is None, e.g. with cached embeddings), masks
     (objects, S, S) bool resized the same way, valid (objects,) and input_size (2,). Masks over
-    90% of the image are dropped; with more than `objects` left, a random subset is kept."""
+    90% of the image are dropped; with more than `objects` left, a random subset is kept.
+    image_size: S for the official resize (longest side), or the model's transform
+    (`transforms.transform_for(config)`: MedSAM's square)."""
+    transform = ResizeLongestSide(image_size) if isinstance(image_size, int) else image_size
+    image_size = transform.target_length
     H, W = masks.shape[1:] if original_size is None else original_size
     area = masks.sum(axis=(1, 2))
     masks = masks[area <= MAX_AREA_FRACTION * H * W]
     if len(masks) > objects:
         masks = masks[np.sort(rng.choice(len(masks), objects, replace=False))]
-    transform = ResizeLongestSide(image_size)
-    h, w = get_preprocess_shape(H, W, image_size)
+    h, w = transform.output_size(H, W)
     out_masks = np.zeros((objects, image_size, image_size), bool)
     for k, m in enumerate(masks):
         out_masks[k, :h, :w] = transform.apply_image(m.astype(np.uint8) * 255) >= 128
@@ -201,7 +204,8 @@ class Prepare(grain.transforms.RandomMap):
     """Grain transform: a dataset index -> a prepared example (see `prepare`). With `embeddings`
     ((N, C, h, w), indexed like the source) the image is not read: its cached embedding is used."""
 
-    def __init__(self, source: MaskDataset, image_size: int, objects: int, embeddings: np.ndarray | None = None):
+    def __init__(self, source: MaskDataset, image_size: int | ResizeLongestSide, objects: int,
+                 embeddings: np.ndarray | None = None):
         self.source, self.image_size, self.objects, self.embeddings = source, image_size, objects, embeddings
 
     def random_map(self, index, rng: np.random.Generator) -> dict:
@@ -240,7 +244,7 @@ def blank_example(image_size: int, objects: int, embedding_shape: tuple[int, ...
     return out
 
 
-def training_dataset(source: MaskDataset, image_size: int, objects: int, batch_size: int, seed: int,
+def training_dataset(source: MaskDataset, image_size: int | ResizeLongestSide, objects: int, batch_size: int, seed: int,
                      embeddings: np.ndarray | None = None, rows: tuple[int, ...] | None = None, start: int = 0,
                      num_threads: int = 2) -> grain.IterDataset:
     """Endless batches of `batch_size` (the global batch, over all processes) from one stream of
@@ -249,11 +253,12 @@ def training_dataset(source: MaskDataset, image_size: int, objects: int, batch_s
     any number of devices and processes. This process reads only the `rows` of each batch that its
     devices hold (default all of them; rows >= `batch_size` are blank padding, so that a batch
     splits evenly over the devices). `start`: the first batch, so that a run resumed at step k
-    continues exactly, on any number of processes."""
+    continues exactly, on any number of processes. image_size: as `prepare` takes it."""
     stream = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
     stream = stream.random_map(Prepare(source, image_size, objects, embeddings))
     rows = tuple(range(batch_size)) if rows is None else tuple(rows)
-    blank = blank_example(image_size, objects, None if embeddings is None else embeddings.shape[1:])
+    S = image_size if isinstance(image_size, int) else image_size.target_length
+    blank = blank_example(S, objects, None if embeddings is None else embeddings.shape[1:])
     ds = grain.MapDataset.range(len(stream)).map(Rows(stream, batch_size, rows, blank, start))
     ds = ds.batch(len(rows), drop_remainder=True)
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * len(rows)))

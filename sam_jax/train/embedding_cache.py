@@ -17,6 +17,7 @@ from ..io.outputs import atomic_file
 from ..modeling import Sam
 from ..parallel import process_share
 from ..runtime.progress import Progress
+from ..transforms import transform_for
 from .data import MaskDataset, prepare
 from .run_folder import barrier
 from .trainable import prepare_model
@@ -38,7 +39,7 @@ def embedding_cache(model: Sam, dataset: MaskDataset, path: Path, dtype: str, qu
 
     def embed(i: int) -> np.ndarray:
         e = dataset.entries[i]
-        ex = prepare(dataset.image(i), np.zeros((0, 1, 1), bool), cfg.image_size, 1, np.random.default_rng(0), (e.height, e.width))
+        ex = prepare(dataset.image(i), np.zeros((0, 1, 1), bool), transform_for(cfg), 1, np.random.default_rng(0), (e.height, e.width))
         progress.step(e.image.name)
         return np.asarray(embed_images_jit(graphdef, params, jnp.asarray(ex["image"][None]), jnp.asarray(ex["input_size"][None])))[0]
 

@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-NO_DECAY_LEAVES = ("bias", "scale")  # biases, and the scales of every layer norm (nnx.LayerNorm)
+# Biases, the scales of every norm (nnx.LayerNorm, TinyViT's BatchNorm) and TinyViT's attention
+# biases (its `no_weight_decay_keywords`).
+NO_DECAY_LEAVES = ("bias", "scale", "attention_biases")
 
 
 SCHEDULES = ("step", "cosine", "constant")
@@ -95,20 +97,27 @@ def decay_steps(s: OptimizerSettings) -> list[int]:
     return [int(round(b * s.total_steps)) for b in s.decay_boundaries]
 
 
-def layer_id(path: tuple, depth: int) -> int:
+def layer_id(path: tuple, depth: int, stage_depths: tuple[int, ...] = ()) -> int:
     """ViTDet's layer index of a parameter: 0 for the patch and position embeddings, i + 1 for
-    encoder block i, depth + 1 for everything after the blocks (neck, prompt encoder, decoder)."""
+    encoder block i, depth + 1 for everything after the blocks (neck, prompt encoder, decoder).
+    A TinyViT's blocks (stage_depths: its blocks per stage) are numbered in order across the
+    stages, and a stage's patch merging takes its last block's index (TinyViT's own
+    `set_layer_lr_decay`)."""
     if path[0] == "image_encoder":
         if path[1] in ("patch_embed", "pos_embed"):
             return 0
         if path[1] == "blocks":
             return int(path[2]) + 1
+        if path[1] == "layers":
+            stage = int(path[2])
+            before = sum(stage_depths[:stage])
+            return before + (int(path[4]) + 1 if path[3] == "blocks" else stage_depths[stage])
     return depth + 1
 
 
-def layer_decay_table(params: nnx.State, depth: int, decay: float) -> nnx.State:
+def layer_decay_table(params: nnx.State, depth: int, decay: float, stage_depths: tuple[int, ...] = ()) -> nnx.State:
     """Learning-rate multipliers, a tree like `params`: decay ** (depth + 1 - layer_id)."""
-    return _map_paths(lambda p, v: decay ** (depth + 1 - layer_id(p, depth)), params)
+    return _map_paths(lambda p, v: decay ** (depth + 1 - layer_id(p, depth, stage_depths)), params)
 
 
 def weight_decay_mask(params: nnx.State) -> nnx.State:
@@ -116,9 +125,11 @@ def weight_decay_mask(params: nnx.State) -> nnx.State:
     return _map_paths(lambda p, v: p[-1] not in NO_DECAY_LEAVES, params)
 
 
-def make_optimizer(settings: OptimizerSettings, params: nnx.State, depth: int) -> optax.GradientTransformation:
+def make_optimizer(settings: OptimizerSettings, params: nnx.State, depth: int,
+                   stage_depths: tuple[int, ...] = ()) -> optax.GradientTransformation:
     """The optax chain for the trainable `params` (an nnx.State) of a model whose image encoder
-    has `depth` blocks. Equivalent to torch's AdamW with one parameter group per (layer, decay)."""
+    has `depth` blocks (a TinyViT: `stage_depths` per stage). Equivalent to torch's AdamW with one
+    parameter group per (layer, decay)."""
     settings = settings.resolve()
     parts = []
     if settings.clip_norm:
@@ -129,7 +140,7 @@ def make_optimizer(settings: OptimizerSettings, params: nnx.State, depth: int) -
         optax.scale_by_schedule(lambda step: -learning_rate(step, settings)),
     ]
     if settings.layer_decay != 1.0:
-        parts.append(scale_by_tree(layer_decay_table(params, depth, settings.layer_decay)))
+        parts.append(scale_by_tree(layer_decay_table(params, depth, settings.layer_decay, stage_depths)))
     return optax.chain(*parts)
 
 

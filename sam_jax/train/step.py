@@ -41,7 +41,15 @@ class StepSettings(NamedTuple):
     prompts: PromptSettings = PromptSettings()
     loss: LossSettings = LossSettings()
     optimizer: OptimizerSettings = OptimizerSettings(schedule="constant")
-    encoder_depth: int = 12  # for the layer-wise learning-rate decay
+    encoder_depth: int = 12  # blocks of the image encoder, for the layer-wise learning-rate decay
+    encoder_stage_depths: tuple[int, ...] = ()  # a TinyViT's blocks per stage (a ViT: none)
+
+
+def encoder_layers(config) -> tuple[int, tuple[int, ...]]:
+    """(encoder_depth, encoder_stage_depths) of a model config, as StepSettings takes them."""
+    if config.encoder == "tiny_vit":
+        return sum(config.tiny_vit_depths), tuple(config.tiny_vit_depths)
+    return config.encoder_depth, ()
 
 
 def train_step(
@@ -59,7 +67,7 @@ def train_step(
     key = jax.random.fold_in(state.rng, state.step)
     grad_fn = jax.value_and_grad(batch_loss, has_aux=True)
     (loss, (out, valid)), grads = grad_fn(state.params, graphdef, fixed, batch, key, settings)
-    optimizer = make_optimizer(settings.optimizer, state.params, settings.encoder_depth)
+    optimizer = make_optimizer(settings.optimizer, state.params, settings.encoder_depth, settings.encoder_stage_depths)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new = TrainState(state.step + 1, params, opt_state, state.rng)
@@ -80,7 +88,7 @@ def train_step(
 def init_state(trainable: nnx.State, settings: StepSettings, seed: int) -> TrainState:
     """Step 0. The parameters are copied: the step donates its state, and the model they came from keeps its own."""
     trainable = jax.tree.map(jnp.copy, trainable)
-    optimizer = make_optimizer(settings.optimizer, trainable, settings.encoder_depth)
+    optimizer = make_optimizer(settings.optimizer, trainable, settings.encoder_depth, settings.encoder_stage_depths)
     return TrainState(jnp.zeros((), jnp.int32), trainable, optimizer.init(trainable), jax.random.PRNGKey(seed))
 
 

@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 from ..modeling import Sam
 from ..parallel import fsdp_shardings, make_mesh, place
 from ..runtime.progress import Progress
+from ..transforms import transform_for
 from .config import TrainConfig
 from .data import MaskDataset, training_dataset
 from .embedding_cache import embedding_cache
@@ -34,7 +35,7 @@ from .evaluate import evaluate
 from .rollout import Batch
 from .run_folder import RunFolder, barrier, run_record
 from .sharding import global_batch, padded_size, process_rows, state_shardings
-from .step import StepSettings, TrainState, init_state, train_step_jit
+from .step import StepSettings, TrainState, encoder_layers, init_state, train_step_jit
 from .trainable import encoder_frozen, prepare_model, split_trainable
 
 
@@ -55,7 +56,10 @@ class Trainer:
         self.folder.prepare(self.record, resume, overwrite)
         view = prepare_model(model, config.dtype, config.remat)
         self.graphdef, trainable, self.fixed = split_trainable(view, config.freeze)
-        self.settings = StepSettings(config.prompts, config.loss, config.optimizer_settings, model.config.encoder_depth)
+        if model.config.decoder == "hq":
+            raise ValueError("fine-tuning an HQ-SAM decoder is not supported (its HQ output has no IoU head to supervise): "
+                             "fine-tune a SAM, MobileSAM, MedSAM or LiteMedSAM checkpoint")
+        self.settings = StepSettings(config.prompts, config.loss, config.optimizer_settings, *encoder_layers(model.config))
         self.embeddings = None
         if config.cache_embeddings and encoder_frozen(config.freeze, model):
             self.embeddings = embedding_cache(model, train_data, self.output / "embeddings.npy", config.dtype, self.quiet)
@@ -74,7 +78,7 @@ class Trainer:
         needs no checkpoint of its own and a run resumes on any number of processes."""
         c = self.config
         rows = None if self.mesh is None else process_rows(self.mesh, self.rows)
-        self.dataset = training_dataset(self.train_data, self.base.config.image_size, c.objects_per_image, c.batch_size,
+        self.dataset = training_dataset(self.train_data, transform_for(self.base.config), c.objects_per_image, c.batch_size,
                                         c.seed, self.embeddings, rows, start=step)
         self.iterator = iter(self.dataset)
 
