@@ -36,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-dir", help="folder of the COCO file_names (default: the JSON's folder)")
     p.add_argument("--prompt", choices=PROMPTS, default="point",
                    help="box: the annotation's bbox; point: one click at the object's centre (the pixel farthest from "
-                        "its boundary); clicks: --clicks rounds, each next click at the centre of the larger error "
-                        "(default: point)")
+                        "its boundary); clicks: --clicks rounds, each next click at the centre of the deeper error region, "
+                        "positive in a miss, negative in a false alarm (default: point)")
     p.add_argument("--clicks", type=positive_int, default=None, metavar="N",
                    help="rounds of --prompt clicks, mIoU reported after each (default 3)")
     p.add_argument("--select", choices=SELECTIONS, default="score",
@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="evaluate the first N images (in the file's order) with all their objects (default: all)")
     p.add_argument("--output", metavar="DIR", help="write results.json and per_object.csv into this folder")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
-                   help="objects of an image predicted together: memory against speed, same results (default 32)")
+                   help="objects of an image predicted together: memory against speed (default 32)")
     common.add_overwrite_argument(p, "results in --output made by other work (only sam-jax eval's own results)")
     common.add_runtime_arguments(p)
     common.add_distributed_arguments(p)

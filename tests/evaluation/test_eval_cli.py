@@ -141,3 +141,30 @@ def test_two_processes_write_what_one_writes(tiny, eval_set, one_device, tmp_pat
         assert code == 0, stderr[-2000:]
     assert "mIoU" in runs[0][1] and "sam-jax eval" not in runs[1][1]  # process 0 reports
     assert _files(out) == _files(one_device)
+
+
+def test_an_sa1b_folder_evaluates_as_the_same_coco_file(tiny, eval_set, one_device, tmp_path):
+    """The COCO set's images and masks as SA-1B pairs (the polygon rasterised): the same objects, the same IoUs."""
+    import shutil
+
+    from sam_jax.io.coco import read_annotations
+    from sam_jax.io.rle import coco_encode_rle, mask_to_rle
+
+    coco = read_annotations(eval_set)
+    folder = tmp_path / "sa1b"
+    folder.mkdir()
+    for i, e in enumerate(coco.images):
+        shutil.copy(e.file, folder / e.file.name)
+        rle = lambda m: coco_encode_rle(mask_to_rle(m[None])[0])
+        listed = [{"id": a.id, "segmentation": rle(m), "bbox": list(a.bbox), "area": int(m.sum())}
+                  for a, m in zip(e.annotations, coco.masks(i))]
+        listed.append({"id": 5, "segmentation": {"size": [1, 1], "counts": "1"}})  # the wrong size: skipped
+        info = {"image_id": e.id, "width": e.width, "height": e.height, "file_name": e.file.name}
+        (folder / f"{e.file.stem}.json").write_text(json.dumps({"image": info, "annotations": listed}))
+    result = evaluate_to_folder(ModelSpec(str(tiny.model_dir)), folder, tmp_path / "out", prompt="clicks", clicks=2,
+                                select="oracle", devices=jax.devices()[:1], quiet=True)
+    assert result.results["data"]["kind"] == "sa1b" and result.results["skipped"] == {"crowd": 0, "invalid": 2}
+    rows = lambda p: [(r["annotation_id"], r["image_id"], r["iou"], r["clicks"]) for r in csv.DictReader(p.open())]
+    assert rows(tmp_path / "out" / "per_object.csv") == rows(one_device / "per_object.csv")
+    with pytest.raises(ValueError, match="--image-dir applies to a COCO JSON"):
+        read_annotations(folder, image_dir=folder)
