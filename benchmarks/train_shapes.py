@@ -35,8 +35,7 @@ def run_seed(seed: int, steps: int, work: Path, train_json: Path, val_json: Path
 
     from sam_jax import build_sam_from_config, load
     from sam_jax.convert import folder as checkpoint_folder
-    from sam_jax.train.data import open_dataset
-    from sam_jax.train.evaluate import disk_baseline, evaluate
+    from sam_jax.evaluation import disk_baseline, evaluate
 
     init = work / f"init{seed}"
     model = build_sam_from_config("shapes_tiny", seed=seed)
@@ -48,13 +47,16 @@ def run_seed(seed: int, steps: int, work: Path, train_json: Path, val_json: Path
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
     rates = [json.loads(l)["examples_per_s"] for l in (out / "metrics.jsonl").read_text().splitlines() if "examples_per_s" in l]
-    val = open_dataset(val_json)
-    untrained = evaluate(model, val, 100, clicks=1)
-    trained = evaluate(load(out), val, 100, clicks=3)
-    disk, radius = disk_baseline(val, 64, 100)
+    # sam-jax eval's protocols: the centre click and 3 clicks (score selection), the box.
+    untrained = evaluate(model, val_json, prompt="point", limit=100)
+    result = load(out)
+    trained = evaluate(result, val_json, prompt="clicks", clicks=3, limit=100)
+    box = evaluate(result, val_json, prompt="box", limit=100)
+    disk, radius = disk_baseline(val_json, limit=100)
+    first = [o.ious[0] for o in trained.objects], [o.predicted_ious[0] for o in trained.objects]
     return {
-        "seed": seed, "steps": steps, "miou_untrained": untrained.miou(1), "miou_1click": trained.miou(1), "miou_3clicks": trained.miou(3),
-        "miou_box": float(trained.box_iou.mean()), "iou_corr": float(np.corrcoef(trained.iou[:, 0], trained.predicted_iou[:, 0])[0, 1]),
+        "seed": seed, "steps": steps, "miou_untrained": untrained.miou(), "miou_1click": trained.miou(1), "miou_3clicks": trained.miou(3),
+        "miou_box": box.miou(), "iou_corr": float(np.corrcoef(*first)[0, 1]),
         "disk_miou": disk, "disk_radius": radius, "examples_per_s": float(np.median(rates[1:] or rates)), "wall_s": wall, "output": out,
     }
 

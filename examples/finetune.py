@@ -22,7 +22,7 @@ from PIL import Image
 import sam_jax
 from sam_jax import assets
 from sam_jax.train.data import open_dataset
-from sam_jax.train.evaluate import evaluate
+from sam_jax.evaluation import evaluate
 from sam_jax.train.config import TrainConfig
 from sam_jax.train.trainer import Trainer
 from sam_jax.train.optim import OptimizerSettings
@@ -63,9 +63,10 @@ def main() -> None:
         optimizer=OptimizerSettings(learning_rate=args.lr, schedule="cosine", warmup_steps=min(20, args.steps // 10),
                                     weight_decay=0.05, clip_norm=1.0),
     )
-    before = evaluate(model, source, 20).miou(1)
+    # One click at each object's centre, the output of best predicted IoU: `sam-jax eval --prompt point --limit 20`.
+    before = evaluate(model, data, prompt="point", limit=20).miou()
     trained = Trainer(model, source, config, out, overwrite=args.overwrite).run()
-    after = evaluate(trained, source, 20).miou(1)
+    after = evaluate(trained, data, prompt="point", limit=20).miou()
     print(f"one-click mIoU on 20 training images: {before:.3f} before, {after:.3f} after; the model is in {out}")
 
     # One held-out image, one centre click, before and after.

@@ -34,7 +34,8 @@ D = defaults()  # every default of a run, from the library's settings (`sam_jax.
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_checkpoint_arguments(p, help="the model to start from: " + common.CHECKPOINT_HELP)
     p.add_argument("--train-data", required=True, help="a COCO instances JSON, or a folder of SA-1B image/JSON pairs")
-    p.add_argument("--val-data", help="validation data, same kinds (mIoU from a centre click, three clicks and the box)")
+    p.add_argument("--val-data", help="validation data, same kinds (mIoU after 1 and 3 clicks and from the box, as `sam-jax eval` "
+                                      "computes them; crowd annotations skipped)")
     p.add_argument("--image-dir", help="folder of the COCO file_names (default: the JSON's folder)")
     p.add_argument("--output", required=True, help="output folder: the trained checkpoint, training state and metrics")
     g = p.add_argument_group("schedule")

@@ -11,7 +11,6 @@
     sharding.py         where the state and the batch live on a (data, fsdp) mesh
     trainable.py        compute dtype, remat and the trainable/frozen split
     run_folder.py       the output folder: record, metrics, Orbax state, the final model
-    trainer.py          Trainer: the loop
-    evaluate.py         validation mIoU
+    trainer.py          Trainer: the loop, and validation by `sam_jax.evaluation` (the code of `sam-jax eval`)
     synthetic_shapes.py a generated COCO data set of shapes (notebooks, tests, benchmarks)
 """

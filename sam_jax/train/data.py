@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 import grain
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from ..io.coco import check_segmentation, decode_segmentation as decode  # noqa: F401 (both named here before io.coco)
 from ..io.images import read_image
 from ..transforms import ResizeLongestSide
 
@@ -35,11 +35,13 @@ class Entry(NamedTuple):
 class MaskDataset:
     """Random-access masks of images (Grain's data-source protocol): entry i -> (image, masks (n, H, W) bool)."""
 
-    def __init__(self, entries: list[Entry], name: str, skipped: list[str]):
+    def __init__(self, entries: list[Entry], name: str, skipped: list[str], image_dir: Path | None = None):
+        """name: the COCO JSON or SA-1B folder read; image_dir: where a COCO file's images are (None:
+        beside it); together they let `sam_jax.io.coco.read_annotations` read the same data for evaluation."""
         if not entries:
             reason = f" ({len(skipped)} annotations skipped, first: {skipped[0]})" if skipped else ""
             raise ValueError(f"{name}: no image with a usable annotation{reason}")
-        self.entries, self.name, self.skipped = entries, name, skipped
+        self.entries, self.name, self.skipped, self.image_dir = entries, name, skipped, image_dir
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -89,7 +91,7 @@ def coco_dataset(path: str | Path, image_dir: str | Path | None = None) -> MaskD
         if not file.is_file():
             raise ValueError(f"{path}: image not found: {file}" + ("" if image_dir else " (file names are relative to the JSON's folder; see --image-dir)"))
         entries.append(Entry(file, im["height"], im["width"], tuple(segs)))
-    return MaskDataset(entries, str(path), skipped)
+    return MaskDataset(entries, str(path), skipped, None if image_dir is None else Path(image_dir))
 
 
 def sa1b_dataset(folder: str | Path) -> MaskDataset:
@@ -129,35 +131,6 @@ def open_dataset(path: str | Path, image_dir: str | Path | None = None) -> MaskD
             raise ValueError("--image-dir applies to a COCO JSON, not to an SA-1B folder")
         return sa1b_dataset(path)
     return coco_dataset(path, image_dir)
-
-
-def check_segmentation(seg, height: int, width: int) -> str | None:
-    """Why `seg` (a COCO polygon list or RLE) cannot be an (height, width) mask, or None."""
-    if isinstance(seg, dict):
-        if "size" not in seg or "counts" not in seg:
-            return "an RLE needs 'size' and 'counts'"
-        if list(seg["size"]) != [height, width]:
-            return f"mask size {list(seg['size'])} differs from the image's {[height, width]}"
-        try:
-            rle = mask_utils.frPyObjects(seg, height, width) if isinstance(seg["counts"], list) else seg
-            area = mask_utils.area(rle)
-        except Exception as e:  # pycocotools raises several kinds on corrupt counts
-            return f"RLE does not decode ({e})"
-        return None if area > 0 else "empty mask"
-    if isinstance(seg, list) and seg and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in seg):
-        return None
-    return "segmentation is neither an RLE nor a list of polygons"
-
-
-def decode(seg, height: int, width: int) -> np.ndarray:
-    """(height, width) uint8 mask of a checked COCO segmentation."""
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg["counts"], list):
-        rle = mask_utils.frPyObjects(seg, height, width)
-    else:
-        rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
-    return mask_utils.decode(rle)
 
 
 def _read_json(path: Path):

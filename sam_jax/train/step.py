@@ -61,7 +61,12 @@ def train_step(
     mesh: Mesh | None = None,
 ) -> tuple[TrainState, dict]:
     """One optimizer step. Returns the new state and scalar metrics (loss and its parts, gradient
-    norm, learning rate, object count, mean IoU after the first and the last round)."""
+    norm, learning rate, object count, and iou_first / iou_last: the mean IoU, against the
+    training targets at the model's input size, of the supervised output (the candidate with the
+    lowest loss, as SAM trains) after the first prompt (a random click or a noisy box) and after
+    the last round of the simulated interaction. They follow training; they are not the mIoU a
+    user gets, which takes the output of best predicted IoU on fixed prompts: validation's,
+    `sam_jax.evaluation`)."""
     if mesh is not None:
         batch = jax.lax.with_sharding_constraint(batch, batch_shardings(batch, mesh))
     key = jax.random.fold_in(state.rng, state.step)

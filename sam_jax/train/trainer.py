@@ -24,6 +24,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from ..evaluation import Protocol, evaluate_protocols
+from ..io.coco import AnnotationSet, read_annotations
 from ..modeling import Sam
 from ..parallel import fsdp_shardings, make_mesh, place
 from ..runtime.progress import Progress
@@ -31,7 +33,6 @@ from ..transforms import transform_for
 from .config import TrainConfig
 from .data import MaskDataset, training_dataset
 from .embedding_cache import embedding_cache
-from .evaluate import evaluate
 from .rollout import Batch
 from .run_folder import RunFolder, barrier, run_record
 from .sharding import global_batch, padded_size, process_rows, state_shardings
@@ -39,18 +40,24 @@ from .step import StepSettings, TrainState, encoder_layers, init_state, train_st
 from .trainable import encoder_frozen, prepare_model, split_trainable
 
 
+VALIDATION = (Protocol("clicks", "score", 3), Protocol("box", "score", 1))  # what `validate` reports
+
+
 class Trainer:
     def __init__(self, model: Sam, train_data: MaskDataset, config: TrainConfig, output: str | os.PathLike,
-                 val_data: MaskDataset | None = None, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-                 mesh: Mesh | None = None):
+                 val_data: MaskDataset | AnnotationSet | None = None, resume: bool = False, overwrite: bool = False,
+                 quiet: bool = False, mesh: Mesh | None = None):
         """`mesh`: a (data, fsdp) mesh (`parallel.make_mesh`) to train on; None: the model's device
-        (in a multi-process run: every device of every process, on the data axis)."""
+        (in a multi-process run: every device of every process, on the data axis). `val_data`: a
+        data set of `open_dataset` or an `AnnotationSet` of `sam_jax.io.coco`, validated as
+        `sam-jax eval` evaluates it (see `validate`)."""
         self.primary = jax.process_index() == 0
         self.config, self.quiet = config, quiet or not self.primary
         self.folder = RunFolder(output, config.keep_checkpoints)
         self.output = self.folder.path
         self.mesh = mesh if mesh is not None or jax.process_count() == 1 else make_mesh()
         self.train_data, self.val_data = train_data, val_data
+        self.val_set = validation_set(val_data) if val_data is not None and self.primary else None
         self.base = model
         self.record = run_record(config, model, train_data)
         self.folder.prepare(self.record, resume, overwrite)
@@ -133,7 +140,7 @@ class Trainer:
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 rate = seen / (time.perf_counter() - t0)
                 self.log({"step": step, **{k: round(v, 6) for k, v in m.items()}, "examples_per_s": round(rate, 2)})
-                progress.step(f"step {step} loss {m['loss']:.4f} IoU {m['iou_last']:.3f} {rate:.1f} ex/s")
+                progress.step(f"step {step} loss {m['loss']:.4f} train IoU {m['iou_last']:.3f} {rate:.1f} ex/s")
                 progress.done = step
                 t0, seen = time.perf_counter(), 0
             if c.checkpoint_every and step % c.checkpoint_every == 0 and step < c.steps:
@@ -161,14 +168,23 @@ class Trainer:
         return nnx.merge(graphdef, params, fixed)
 
     def validate(self, step: int, model: Sam) -> dict | None:
-        """Validation mIoU of `model` (the trained one, `self.model()`), logged; by process 0 alone."""
+        """Validation mIoU of `model` (the trained one, `self.model()`) on the first `val_images`
+        images, logged; by process 0 alone. The code and protocols of `sam-jax eval`: 1 and 3
+        clicks (`--prompt clicks --clicks 3 --select score`; one click is `--prompt point`) and the
+        box (`--prompt box --select score`), the output with the best predicted IoU each time."""
         if not self.primary:
             return None
-        result = evaluate(model, self.val_data, self.config.val_images, clicks=3)
-        record = {"step": step, "val_miou_1click": round(result.miou(1), 6), "val_miou_3clicks": round(result.miou(3), 6),
-                  "val_miou_box": round(float(result.box_iou.mean()), 6)}
+        clicks, box = evaluate_protocols(model, self.val_set, VALIDATION, limit=self.config.val_images)
+        record = {"step": step, "val_miou_1click": round(clicks.miou(1), 6), "val_miou_3clicks": round(clicks.miou(3), 6),
+                  "val_miou_box": round(box.miou(), 6), "val_objects": clicks.summary["count"]}
         self.log(record)
         if not self.quiet:
             print(f"sam-jax train: step {step}: validation mIoU {record['val_miou_1click']:.4f} (1 click), "
                   f"{record['val_miou_3clicks']:.4f} (3 clicks), {record['val_miou_box']:.4f} (box)", flush=True)
         return record
+
+
+def validation_set(data: MaskDataset | AnnotationSet) -> AnnotationSet:
+    """Validation data as `sam-jax eval` reads it (annotation ids, areas and boxes kept, crowd
+    annotations skipped): a training data set is read again from its file or folder."""
+    return data if isinstance(data, AnnotationSet) else read_annotations(data.name, data.image_dir)

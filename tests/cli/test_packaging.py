@@ -25,6 +25,7 @@ def test_wheel_contents_and_installed_cli(tmp_path):
     assert "sam_jax/configs/vit_h.json" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)  # the Apache-2.0 text ships
     assert "sam_jax/assets/shapes_tiny/config.json" in names and "sam_jax/train/trainer.py" in names
+    assert "sam_jax/evaluation/run.py" in names and "sam_jax/io/coco.py" in names
     assert any(n.startswith("sam_jax/assets/shapes_tiny/params/") for n in names)
 
     assert "sam_jax/demo/web/index.html" in names and "sam_jax/demo/web/package-lock.json" in names
