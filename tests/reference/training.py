@@ -33,16 +33,23 @@ def actual_iou(logits, targets):
     return (pred & gt).sum(dim=(-2, -1)).float() / (pred | gt).sum(dim=(-2, -1)).float().clamp(min=1.0)
 
 
-def loss_terms(logits, iou_pred, targets, candidates=None, wf=20.0, wd=1.0, l1=False, all_iou=False, alpha=0.25, gamma=2.0):
-    """Per object: focal, dice, iou term and the supervised index (loops over objects, plainly)."""
+def loss_terms(logits, iou_pred, targets, candidates=None, wf=20.0, wd=1.0, l1=False, all_iou=False, alpha=0.25, gamma=2.0,
+               sizes=None):
+    """Per object: focal, dice, iou term and the supervised index (loops over objects, plainly).
+    sizes (P, 2): each object's image (h, w) at the top left of the padded square; the terms are
+    computed on that crop alone (None: the whole square)."""
     P, M = iou_pred.shape
     if candidates is None:
         candidates = torch.ones(P, M, dtype=torch.bool, device=logits.device)
     out = {"focal": [], "dice": [], "iou": [], "best": []}
     for i in range(P):
-        t = targets[i].expand_as(logits[i])
-        f, d = focal(logits[i], t, alpha, gamma), dice(logits[i], t)
-        a = actual_iou(logits[i], t).detach()
+        lg, t = logits[i], targets[i]
+        if sizes is not None:
+            h, w = int(sizes[i][0]), int(sizes[i][1])
+            lg, t = lg[:, :h, :w], t[:h, :w]
+        t = t.expand_as(lg)
+        f, d = focal(lg, t, alpha, gamma), dice(lg, t)
+        a = actual_iou(lg, t).detach()
         e = (iou_pred[i] - a).abs() if l1 else (iou_pred[i] - a) ** 2
         idx = [m for m in range(M) if candidates[i, m]]
         combo = [float((wf * f[m] + wd * d[m]).detach()) for m in idx]
@@ -140,7 +147,7 @@ def rollout(official, embeddings, gt, valid, input_sizes, is_box, box_noise, fir
             ious.append(iou[0])
         terms = {"focal": [], "dice": [], "iou": []}
         for i in range(P):
-            ti = loss_terms(ups[i][None], ious[i][None], gt[i : i + 1].float())
+            ti = loss_terms(ups[i][None], ious[i][None], gt[i : i + 1].float(), sizes=input_sizes[i : i + 1])
             for k in terms:
                 terms[k].append(ti[k][0])
         total = total + total_loss({k: torch.stack(v) for k, v in terms.items()}, valid, num_objects)

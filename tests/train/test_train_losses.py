@@ -27,24 +27,31 @@ def _case(P=5, M=3, H=12, W=10, seed=0):
     return logits, iou, targets, valid
 
 
-def _ours(logits, iou, targets, valid, candidates=None, settings=LossSettings(), num=None):
+def _region(sizes, H, W):
+    """(P, 2) (h, w) -> (P, H, W) bool, the top-left h x w of each object's square."""
+    return (np.arange(H)[None, :, None] < sizes[:, 0, None, None]) & (np.arange(W)[None, None, :] < sizes[:, 1, None, None])
+
+
+def _ours(logits, iou, targets, valid, candidates=None, settings=LossSettings(), num=None, sizes=None):
     num = valid.sum() if num is None else num
+    region = None if sizes is None else jnp.asarray(_region(sizes, *targets.shape[1:]))
 
     def f(lg, io):
-        terms = mask_terms(lg, io, jnp.asarray(targets), None if candidates is None else jnp.asarray(candidates), settings)
+        terms = mask_terms(lg, io, jnp.asarray(targets), None if candidates is None else jnp.asarray(candidates), settings, region)
         return reduce_terms(terms, jnp.asarray(valid), jnp.asarray(num), settings)[0], terms
 
     (loss, terms), (gl, gi) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(jnp.asarray(logits), jnp.asarray(iou))
     return float(loss), terms, np.asarray(gl), np.asarray(gi)
 
 
-def _theirs(logits, iou, targets, valid, candidates=None, settings=LossSettings(), num=None):
+def _theirs(logits, iou, targets, valid, candidates=None, settings=LossSettings(), num=None, sizes=None):
     num = valid.sum() if num is None else num
     lg = torch.tensor(logits, requires_grad=True)
     io = torch.tensor(iou, requires_grad=True)
     with torch.enable_grad():
         terms = ref.loss_terms(lg, io, torch.tensor(targets), None if candidates is None else torch.tensor(candidates),
-                               settings.focal_weight, settings.dice_weight, settings.iou_loss == "l1", settings.supervise_all_iou)
+                               settings.focal_weight, settings.dice_weight, settings.iou_loss == "l1", settings.supervise_all_iou,
+                               sizes=sizes)
         loss = ref.total_loss(terms, torch.tensor(valid), num, settings.focal_weight, settings.dice_weight, settings.iou_weight)
         loss.backward()
     return float(loss), terms, lg.grad.numpy(), io.grad.numpy()
@@ -74,6 +81,30 @@ def test_focal_matches_torchvision():
 @pytest.mark.parametrize("settings", [LossSettings(), LossSettings(iou_loss="l1", supervise_all_iou=True)], ids=["mse", "l1_all"])
 def test_loss_and_gradients(M, settings):
     _compare(*_case(M=M), settings=settings)
+
+
+def test_loss_over_the_image_not_its_padding():
+    """A 2:1 image fills half of the padded square: the terms are those of its own pixels (the
+    reference crops them out), so the focal term keeps its weight against the dice (20:1, not
+    10:1), and nothing the padding holds changes the loss or receives a gradient."""
+    logits, iou, targets, valid = _case(P=4, H=12, W=12)
+    sizes = np.array([[6, 12], [12, 6], [12, 12], [5, 7]])  # 2:1 landscape, 1:2 portrait, square, odd
+    region = _region(sizes, 12, 12)
+    targets = targets * region
+    loss, terms = _compare(logits, iou, targets, valid, sizes=sizes)
+    # The landscape object's terms equal those of its crop, computed without any padding.
+    crop = _ours(logits[:1, :, :6, :], iou[:1], targets[:1, :6, :], valid[:1])[1]
+    for k in ("focal", "dice", "iou"):
+        assert np.isclose(float(getattr(terms, k)[0]), float(getattr(crop, k)[0]), rtol=1e-6), k
+    # Whatever the padding holds: the same loss, and no gradient there.
+    noisy = np.where(region[:, None], logits, 40.0 * np.sign(np.random.default_rng(1).normal(size=logits.shape)))
+    loss2, _, gl, _ = _ours(noisy.astype(np.float32), iou, targets, valid, sizes=sizes)
+    assert np.isclose(loss, loss2, rtol=1e-6) and not gl[~np.broadcast_to(region[:, None], gl.shape)].any()
+    # Averaged over the whole square (the padding predicted as confident background, costing
+    # nothing), the 2:1 image's focal term would be half as large: weight 10, not 20, against the dice.
+    background = np.where(region[:, None], logits, -40.0).astype(np.float32)
+    whole = _ours(background[:1], iou[:1], targets[:1], valid[:1])[1]
+    assert np.isclose(float(whole.focal[0]), 0.5 * float(terms.focal[0]), rtol=1e-4)
 
 
 def test_candidates_and_padded_objects():
