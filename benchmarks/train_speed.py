@@ -76,7 +76,7 @@ def run_official(cfg, b, steps: int, settings) -> float:
     opt = torch.optim.AdamW(official.parameters(), lr=1e-4, eps=1e-8, weight_decay=0.1)
     t = lambda a: torch.tensor(np.asarray(a), device=dev)
     noise = rollout_noise(jax.random.PRNGKey(0), P, S, settings.prompts)
-    step_noise = [t(click_noise(k, P, S)) for k in noise.step_keys]
+    step_noise = [t(click_noise(k, S)) for k in noise.step_keys]
     gt = t(b["masks"].reshape(P, S, S))
     sizes = t(np.repeat(b["input_size"], K, axis=0))
     valid = t(b["valid"].reshape(P))

@@ -53,24 +53,36 @@ class RolloutNoise(NamedTuple):
     box: jax.Array  # (P, 4) `box_noise`
     first_point: jax.Array  # (P, S, S) uniform: the first click
     mask_only: jax.Array  # (T - 1, P) bool: `mask_only_schedule`
-    step_keys: jax.Array  # (T - 1, 2) keys of the later rounds' click noise (`click_noise`)
+    step_keys: jax.Array  # (T - 1, P, 2) each object's key of each later round's click noise (`click_noise`)
 
 
-def rollout_noise(key: jax.Array, num_objects: int, size: int, settings: PromptSettings) -> RolloutNoise:
-    P = num_objects
-    k_box, k_first, k_point, k_sched, k_steps = jax.random.split(key, 5)
-    return RolloutNoise(
-        jax.random.uniform(k_first, (P,)) < settings.box_probability,
-        box_noise(k_box, (P,), settings),
-        click_noise(k_point, P, size),
-        mask_only_schedule(k_sched, P, settings),
-        jax.random.split(k_steps, settings.num_steps - 1),
-    )
+def object_keys(key: jax.Array, num_objects: int, offset: jax.Array | int = 0) -> jax.Array:
+    """(P, 2) keys of objects offset .. offset + P - 1 of a step whose key is `key`. Each object's
+    draws depend on its position alone, so a blank padding row or a split of the batch into
+    micro-batches (`StepSettings.grad_accum`) changes no other object's prompts."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(num_objects))
 
 
-def click_noise(key: jax.Array, num_objects: int, size: int) -> jax.Array:
-    """(P, S, S) uniform noise of one round's clicks (drawn inside the scan, one round at a time)."""
-    return jax.random.uniform(key, (num_objects, size, size))
+def rollout_noise(key: jax.Array, num_objects: int, size: int, settings: PromptSettings, offset: jax.Array | int = 0) -> RolloutNoise:
+    """The noise of objects offset .. offset + num_objects - 1 of a step (see `object_keys`)."""
+
+    def one(k):
+        k_box, k_first, k_point, k_sched, k_steps = jax.random.split(k, 5)
+        return RolloutNoise(
+            jax.random.uniform(k_first) < settings.box_probability,
+            box_noise(k_box, (), settings),
+            jax.random.uniform(k_point, (size, size)),
+            mask_only_schedule(k_sched, 1, settings)[:, 0],
+            jax.random.split(k_steps, settings.num_steps - 1),
+        )
+
+    return jax.vmap(one, out_axes=RolloutNoise(0, 0, 0, 1, 1))(object_keys(key, num_objects, offset))
+
+
+def click_noise(keys: jax.Array, size: int) -> jax.Array:
+    """(P, S, S) uniform noise of one round's clicks from the objects' keys (P, 2) of that round
+    (drawn inside the scan, one round at a time)."""
+    return jax.vmap(lambda k: jax.random.uniform(k, (size, size)))(keys)
 
 
 def rollout_loss(model, image_embeddings, gt, valid, input_sizes, num_objects, noise: RolloutNoise, settings):
@@ -92,7 +104,7 @@ def rollout_loss(model, image_embeddings, gt, valid, input_sizes, num_objects, n
         multi = jnp.arange(M1)[None, :] > 0
         candidates = jnp.where(has_one_point[:, None], multi, ~multi)
         up = upsample_logits(logits, S).astype(jnp.float32)
-        terms = mask_terms(up, iou.astype(jnp.float32), gt, candidates, ls)
+        terms = mask_terms(up, iou.astype(jnp.float32), gt, candidates, ls, inside)
         loss, parts = reduce_terms(terms, valid, num_objects, ls)
         chosen = jnp.argmax(jnp.where(candidates, iou, -jnp.inf), axis=1)  # fed back: best predicted IoU
         take = lambda x: jnp.take_along_axis(x, chosen[:, None, None, None], axis=1)
@@ -112,7 +124,7 @@ def rollout_loss(model, image_embeddings, gt, valid, input_sizes, num_objects, n
     def round_(carry, xs):
         coords, labels, n_points, feedback, pred = carry
         key_t, mask_only = xs
-        point, label = sample_points(gt, pred, click_noise(key_t, P, S), inside)
+        point, label = sample_points(gt, pred, click_noise(key_t, S), inside)
         slot = (jnp.arange(N)[None, :] == n_points[:, None]) & ~mask_only[:, None]
         coords = jnp.where(slot[..., None], point[:, None], coords)
         labels = jnp.where(slot, label[:, None], labels)
@@ -133,9 +145,10 @@ def rollout_loss(model, image_embeddings, gt, valid, input_sizes, num_objects, n
     return loss, Rollout(parts, iou_first, iou_last, coords, labels, box, is_box)
 
 
-def batch_loss(trainable, graphdef, fixed, batch: Batch, key, settings):
+def batch_loss(trainable, graphdef, fixed, batch: Batch, key, settings, offset: jax.Array | int = 0):
     """(loss, (Rollout, valid)) of a batch: embed the images (unless given), then the rollout for
-    every (image, slot) object."""
+    every (image, slot) object; `offset`: the position of its first object in the step's (a
+    micro-batch's objects continue the numbering of the ones before it, `rollout_noise`)."""
     model = nnx.merge(graphdef, trainable, fixed)
     if batch.embeddings is None:
         full_graphdef, full_state = nnx.split(model)
@@ -146,7 +159,7 @@ def batch_loss(trainable, graphdef, fixed, batch: Batch, key, settings):
     S = batch.masks.shape[-1]
     per_object = lambda x: jnp.repeat(x, K, axis=0)
     valid = batch.valid.reshape(B * K)
-    noise = rollout_noise(key, B * K, S, settings.prompts)
+    noise = rollout_noise(key, B * K, S, settings.prompts, offset)
     loss, out = rollout_loss(
         model, per_object(embeddings), batch.masks.reshape(B * K, S, S).astype(bool), valid,
         per_object(batch.input_sizes), jnp.sum(valid), noise, settings,

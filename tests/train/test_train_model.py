@@ -63,7 +63,7 @@ def test_rollout_loss_and_gradients_match_official(tiny):
 
     official = tiny.official
     official.zero_grad(set_to_none=True)
-    step_noise = [torch.tensor(np.asarray(click_noise(k, P, S))) for k in noise.step_keys]
+    step_noise = [torch.tensor(np.asarray(click_noise(k, S))) for k in noise.step_keys]
     t = lambda a: torch.tensor(np.asarray(a))
     with torch.enable_grad():
         x = torch.stack([official.preprocess(t(images[b, : sizes[b, 0], : sizes[b, 1]]).permute(2, 0, 1).float()) for b in range(B)])
