@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from .. import __version__
-from . import amg, convert, demo, embed, eval, export_onnx, export_stablehlo, train
+from . import amg, convert, demo, embed, eval, export_onnx, export_stablehlo, train, train_export
 
 COMMANDS = {  # name -> (module with add_arguments and run, help)
     "convert": (convert, "convert an official .pth (or HF .safetensors) checkpoint to a sam-jax checkpoint"),
@@ -16,6 +16,7 @@ COMMANDS = {  # name -> (module with add_arguments and run, help)
     "export-stablehlo": (export_stablehlo, "export the image encoder as a jax.export (StableHLO) artifact that runs without sam-jax"),
     "embed": (embed, "write an image's embedding (.npy) for the ONNX decoder"),
     "train": (train, "fine-tune a checkpoint on COCO or SA-1B masks (prompt simulation, AdamW)"),
+    "train-export": (train_export, "write the model of a saved training step as a checkpoint folder (LoRA merged)"),
     "eval": (eval, "mIoU of a checkpoint on COCO or SA-1B masks by the SAM papers' protocols (box, point, clicks)"),
     "demo": (demo, "interactive web demo: embeddings on the server, the ONNX decoder in the browser"),
 }

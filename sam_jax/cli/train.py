@@ -4,12 +4,16 @@
     sam-jax train ... --freeze image_encoder            # decoder only, on cached image embeddings
     sam-jax train ... --resume                          # continue an interrupted run exactly
     sam-jax train ... --fsdp 4                          # parameters and AdamW state split over 4 devices
+    sam-jax train ... --val-data val.json --val-every 200 --patience 5   # best/ by validation, early stop
+    sam-jax train ... --lora-rank 8 --grad-accum 4      # LoRA on the encoder's attention, 4 batches per step
 
 Every device of the platform is used (the batch split over them); in a multi-process run (see
 --coordinator-address) every device of every process, each process running the same command.
 
-The output folder is a checkpoint `sam_jax.load` reads once training ends (see train/run_folder.py for
-what else it holds: the training state, metrics.jsonl, the run's record).
+The output folder is a checkpoint `sam_jax.load` reads once training ends (the last model; best/
+holds the best by validation; see train/run_folder.py for what else it holds: the training state,
+metrics.jsonl, TensorBoard events, the run's record). `sam-jax train-export` writes the model of
+any saved step.
 """
 
 from __future__ import annotations
@@ -20,8 +24,12 @@ import jax
 from jax.sharding import Mesh
 
 from ..parallel import make_mesh
+from ..train.augment import KINDS as AUGMENT_KINDS
+from ..train.augment import AugmentSettings
 from ..train.config import BOX_NOISE, IOU_LOSSES, TrainConfig, defaults
 from ..train.data import open_dataset
+from ..train.lora import TARGETS as LORA_TARGETS
+from ..train.lora import LoraSettings
 from ..train.losses import LossSettings
 from ..train.optim import SCHEDULES, OptimizerSettings
 from ..train.prompts import PromptSettings
@@ -60,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--freeze", action="append", default=[], metavar="PART",
                    help="image_encoder, prompt_encoder, mask_decoder, or a regex over parameter paths (repeatable)")
     g.add_argument("--no-embedding-cache", action="store_true", help="with a frozen encoder, embed images at every step anyway")
+    g.add_argument("--grad-accum", type=int, default=D["grad_accum"], metavar="N",
+                   help="micro-batches of --batch-size images per optimizer step (optax.MultiSteps: one step of N * "
+                        f"--batch-size images in the memory of one micro-batch; default {D['grad_accum']})")
     g.add_argument("--seed", type=int, default=D["seed"],
                    help=f"the data order, the objects and every prompt drawn (default {D['seed']})")
     g = p.add_argument_group("prompt simulation and loss")
@@ -74,13 +85,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iou-loss", choices=IOU_LOSSES, default=D["iou_loss"],
                    help=f"loss of the IoU head: mse (the paper's) or l1 (SAM 2.1's) (default {D['iou_loss']})")
     g.add_argument("--supervise-all-iou", action="store_true", help="IoU head loss on every candidate output")
+    g = p.add_argument_group("LoRA on the image encoder's attention (its other weights frozen; merged on export)")
+    g.add_argument("--lora-rank", type=int, default=D["lora_rank"], metavar="R", help="rank of the factors (default 0: no LoRA)")
+    g.add_argument("--lora-scale", type=float, default=D["lora_scale"],
+                   help=f"the update is scale * x A B (PEFT's lora_alpha / r; default {D['lora_scale']:g})")
+    g.add_argument("--lora-targets", type=_names(LORA_TARGETS), default=D["lora_targets"], metavar="qkv,proj",
+                   help=f"the attention layers that get factors (default {','.join(D['lora_targets'])})")
+    g = p.add_argument_group("augmentation (off by default; seeded, so a resumed run sees the same images)")
+    g.add_argument("--augment", type=_names(AUGMENT_KINDS), default=(), metavar="hflip,vflip,rot90",
+                   help="flips (each with probability 1/2) and rotations by a multiple of 90 degrees")
+    g.add_argument("--scale-jitter", type=float, default=D["scale_jitter"], metavar="MAX",
+                   help="zoom into a random window, by a factor log-uniform in [1, MAX] (default 1: none)")
+    g.add_argument("--crop-size", type=int, default=D["crop_size"], metavar="N",
+                   help="images larger than N pixels on a side: a random N x N window at full resolution (default 0: none)")
+    g.add_argument("--color-jitter", type=float, default=D["color_jitter"], metavar="C",
+                   help="brightness, contrast and saturation times a factor in [1 - C, 1 + C] (default 0: none)")
     g = p.add_argument_group("run")
     common.add_numerics_arguments(g)
     g.add_argument("--remat", action="store_true", help="recompute encoder activations in the backward pass (less memory)")
     g.add_argument("--log-every", type=int, default=D["log_every"], help=f"steps between metrics lines (default {D['log_every']})")
     g.add_argument("--val-every", type=int, default=D["val_every"], help="validate every N steps (default: at the end only)")
     g.add_argument("--val-images", type=int, default=D["val_images"],
-                   help=f"validation images used (default {D['val_images']})")
+                   help="validate on the first N images, a fixed sample (default 0: all of them)")
+    g.add_argument("--patience", type=int, default=D["patience"],
+                   help="stop after N validations without a better one-click mIoU (default 0: never); best/ keeps the best")
     g.add_argument("--checkpoint-every", type=int, default=D["checkpoint_every"],
                    help=f"save the training state every N steps (default {D['checkpoint_every']})")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last saved state")
@@ -99,13 +127,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, objects_per_image=args.objects_per_image, seed=args.seed,
         dtype=args.dtype, remat=args.remat, freeze=tuple(args.freeze), cache_embeddings=not args.no_embedding_cache,
-        log_every=args.log_every, val_every=args.val_every, val_images=args.val_images, checkpoint_every=args.checkpoint_every,
+        grad_accum=args.grad_accum, log_every=args.log_every, val_every=args.val_every, val_images=args.val_images,
+        patience=args.patience, checkpoint_every=args.checkpoint_every,
         prompts=PromptSettings(correction_points=args.correction_points, mask_only_steps=args.mask_only_steps,
                                box_noise=args.box_noise, grad_through_masks=args.grad_through_masks),
         loss=LossSettings(iou_loss=args.iou_loss, supervise_all_iou=args.supervise_all_iou),
         optimizer=OptimizerSettings(learning_rate=args.lr, schedule=args.schedule, warmup_steps=args.warmup_steps,
                                     weight_decay=args.weight_decay, clip_norm=args.clip_norm, layer_decay=args.layer_decay),
+        lora=LoraSettings(rank=args.lora_rank, scale=args.lora_scale, targets=args.lora_targets),
+        augment=AugmentSettings(**{k: k in args.augment for k in AUGMENT_KINDS}, scale_jitter=args.scale_jitter,
+                                crop_size=args.crop_size, color_jitter=args.color_jitter),
     )
+
+
+def _names(allowed: tuple[str, ...]):
+    """A comma-separated subset of `allowed`, as a tuple (argparse's one-line error otherwise)."""
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(n for n in text.split(",") if n)
+        wrong = [n for n in names if n not in allowed]
+        if wrong or not names:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(allowed)}, got {text!r}")
+        return names
+    return parse
 
 
 def training_mesh(args: argparse.Namespace) -> Mesh | None:

@@ -175,17 +175,23 @@ def prepare(image: np.ndarray | None, masks: np.ndarray, image_size: int | Resiz
 
 class Prepare(grain.transforms.RandomMap):
     """Grain transform: a dataset index -> a prepared example (see `prepare`). With `embeddings`
-    ((N, C, h, w), indexed like the source) the image is not read: its cached embedding is used."""
+    ((N, C, h, w), indexed like the source) the image is not read: its cached embedding is used.
+    `augment`: (image, masks, rng) -> (image, masks) before the preparation (`augment.augment`)."""
 
     def __init__(self, source: MaskDataset, image_size: int | ResizeLongestSide, objects: int,
-                 embeddings: np.ndarray | None = None):
+                 embeddings: np.ndarray | None = None, augment=None):
         self.source, self.image_size, self.objects, self.embeddings = source, image_size, objects, embeddings
+        self.augment = augment
 
     def random_map(self, index, rng: np.random.Generator) -> dict:
         index = int(index)
         e = self.source.entries[index]
         image = None if self.embeddings is not None else self.source.image(index)
-        out = prepare(image, self.source.masks(index), self.image_size, self.objects, rng, (e.height, e.width))
+        masks, size = self.source.masks(index), (e.height, e.width)
+        if self.augment is not None and image is not None:
+            image, masks = self.augment(image, masks, rng)
+            size = image.shape[:2]
+        out = prepare(image, masks, self.image_size, self.objects, rng, size)
         if self.embeddings is not None:
             out["embedding"] = np.asarray(self.embeddings[index])
         return out
@@ -219,16 +225,16 @@ def blank_example(image_size: int, objects: int, embedding_shape: tuple[int, ...
 
 def training_dataset(source: MaskDataset, image_size: int | ResizeLongestSide, objects: int, batch_size: int, seed: int,
                      embeddings: np.ndarray | None = None, rows: tuple[int, ...] | None = None, start: int = 0,
-                     num_threads: int = 2) -> grain.IterDataset:
+                     num_threads: int = 2, augment=None) -> grain.IterDataset:
     """Endless batches of `batch_size` (the global batch, over all processes) from one stream of
     examples: every image once per epoch, reshuffled each epoch, each example's random choices
     seeded by its position. The stream depends only on `seed`, so a run gives the same batches on
     any number of devices and processes. This process reads only the `rows` of each batch that its
     devices hold (default all of them; rows >= `batch_size` are blank padding, so that a batch
     splits evenly over the devices). `start`: the first batch, so that a run resumed at step k
-    continues exactly, on any number of processes. image_size: as `prepare` takes it."""
+    continues exactly, on any number of processes. image_size: as `prepare` takes it; augment: as `Prepare` takes it."""
     stream = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
-    stream = stream.random_map(Prepare(source, image_size, objects, embeddings))
+    stream = stream.random_map(Prepare(source, image_size, objects, embeddings, augment))
     rows = tuple(range(batch_size)) if rows is None else tuple(rows)
     S = image_size if isinstance(image_size, int) else image_size.target_length
     blank = blank_example(S, objects, None if embeddings is None else embeddings.shape[1:])

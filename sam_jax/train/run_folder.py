@@ -6,9 +6,12 @@ its metrics, the Orbax training state and the final model.
     state/              Orbax CheckpointManager: parameters, optimizer state, step, RNG (the data
                         position follows from the step)
     metrics.jsonl       one line per logged step (loss, its parts, lr, examples/s) and per validation
+    events.out.tfevents.sam-jax  the same numbers for TensorBoard (`events.py`; `tensorboard --logdir`)
     embeddings.npy      cached image embeddings (frozen encoder only; `embedding_cache`)
-    config.json, params/  the trained model, written last (config.json completes it): the folder is
-                        then a checkpoint `sam_jax.load` reads
+    best/               the model of the best validation one-click mIoU so far (a checkpoint folder:
+                        config.json, params/, record.json with its step and mIoU), with validation data
+    config.json, params/, record.json  the last model, written last (config.json completes it): the
+                        folder is then a checkpoint `sam_jax.load` reads
 
 In a multi-process run every process opens the same folder (a shared file system, as Orbax's
 multi-process checkpoints need); the files are written by process 0 alone, the state by all.
@@ -33,11 +36,16 @@ from ..io.outputs import atomic_file, partial_path
 from ..modeling import Sam
 from .config import TrainConfig
 from .data import MaskDataset
+from .events import EventWriter, metric_scalars
 
 RECORD_FORMAT = "sam-jax-train/1"
+MODEL_FORMAT = "sam-jax-train-model/1"  # the record.json of a model a run writes
 RECORD_FILE = "train_record.json"
 METRICS_FILE = "metrics.jsonl"
-OWN_ENTRIES = (RECORD_FILE, "state", METRICS_FILE, "embeddings.npy", folder.PARAMS_DIR, folder.CONFIG_FILE)
+EVENTS_FILE = "events.out.tfevents.sam-jax"
+BEST_DIR = "best"
+OWN_ENTRIES = (RECORD_FILE, "state", METRICS_FILE, EVENTS_FILE, "embeddings.npy", BEST_DIR, folder.PARAMS_DIR,
+               folder.CONFIG_FILE, folder.RECORD_FILE)
 
 
 def params_digest(state: nnx.State) -> str:
@@ -79,6 +87,7 @@ class RunFolder:
         self.path = Path(path).absolute()
         self.primary = jax.process_index() == 0
         self.keep_checkpoints = keep_checkpoints
+        self.events = EventWriter(self.path / EVENTS_FILE)
 
     def prepare(self, record: dict, resume: bool, overwrite: bool) -> None:
         """Checks the folder for this run: a resume needs the same record; an earlier run is
@@ -104,21 +113,30 @@ class RunFolder:
             with atomic_file(record_file) as tmp:
                 tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
             (out / METRICS_FILE).touch()
+            self.events.start()
         barrier("sam-jax train: output prepared")
 
     # ------------------------------------------------------------------------- metrics
     def log(self, record: dict) -> None:
-        """One line of metrics.jsonl (process 0)."""
+        """One line of metrics.jsonl and its TensorBoard events (process 0)."""
         if self.primary:
             with open(self.path / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            self.events.scalars(record["step"], metric_scalars(record))
+
+    def metrics(self) -> list[dict]:
+        """Every line of metrics.jsonl, in order."""
+        return [json.loads(l) for l in (self.path / METRICS_FILE).read_text().splitlines() if l]
 
     def drop_metrics_after(self, step: int) -> None:
-        """Forgets the lines logged after `step` (an interrupted run's, when resuming from `step`)."""
+        """Forgets the lines logged after `step` (an interrupted run's, when resuming from `step`);
+        the event file is written again from the lines kept."""
         if self.primary:
-            log = self.path / METRICS_FILE
-            lines = [l for l in log.read_text().splitlines() if l and json.loads(l)["step"] <= step]
-            log.write_text("".join(l + "\n" for l in lines))
+            kept = [r for r in self.metrics() if r["step"] <= step]
+            (self.path / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))
+            self.events.start()
+            for r in kept:
+                self.events.scalars(r["step"], metric_scalars(r))
 
     # ------------------------------------------------------------------------- training state
     def state_manager(self) -> ocp.CheckpointManager:
@@ -128,22 +146,36 @@ class RunFolder:
             item_handlers={"train": ocp.StandardCheckpointHandler()},
         )
 
-    # ------------------------------------------------------------------------- the model
-    def write_model(self, model: Sam) -> None:
-        """config.json + params/ into the folder (process 0); config.json last, so the folder reads
-        as a checkpoint only once the parameters are complete."""
+    # ------------------------------------------------------------------------- the models
+    def write_model(self, model: Sam, record: dict | None = None) -> None:
+        """The last model: config.json + params/ + record.json into the folder (process 0);
+        config.json last, so the folder reads as a checkpoint only once the parameters are complete."""
         if not self.primary:
             return
         out = self.path
         tmp = partial_path(out / "model")
-        params = {path: np.asarray(v.get_value()) for path, v in nnx.to_flat_state(nnx.state(model))}
         try:
-            folder.save(tmp, model.config, params)
-            for name in (folder.CONFIG_FILE, folder.PARAMS_DIR):
+            folder.save(tmp, model.config, flat_params(model), record=record)
+            for name in (folder.CONFIG_FILE, folder.PARAMS_DIR, folder.RECORD_FILE):
                 p = out / name
                 if p.exists():
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
-            (tmp / folder.PARAMS_DIR).rename(out / folder.PARAMS_DIR)
-            (tmp / folder.CONFIG_FILE).rename(out / folder.CONFIG_FILE)
+            for name in (folder.PARAMS_DIR, folder.RECORD_FILE, folder.CONFIG_FILE):
+                (tmp / name).rename(out / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def write_best(self, model: Sam, record: dict) -> None:
+        """best/: a checkpoint folder, replaced whole (process 0)."""
+        if self.primary:
+            folder.save(self.path / BEST_DIR, model.config, flat_params(model), overwrite=True, record=record)
+
+
+def model_record(run_record: dict, step: int, **extra) -> dict:
+    """What a model written by a run states: the run's record (by digest) and the step."""
+    digest = hashlib.sha256(json.dumps(run_record, sort_keys=True).encode()).hexdigest()
+    return {"format": MODEL_FORMAT, "train_record_sha256": digest, "step": step, **extra}
+
+
+def flat_params(model: Sam) -> dict[tuple, np.ndarray]:
+    return {path: np.asarray(v.get_value()) for path, v in nnx.to_flat_state(nnx.state(model))}

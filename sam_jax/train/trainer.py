@@ -6,6 +6,10 @@ uninterrupted one would have.
     trainer = Trainer(sam_jax.load("vit_b"), open_dataset("train.json"), TrainConfig(steps=500), "runs/ft")
     model = trainer.run()
 
+Model selection: with validation data the run validates every `val_every` steps and at the end,
+keeps the model of the best one-click mIoU in `best/` and stops early after `patience`
+validations without a better one. Steps are optimizer steps (`grad_accum` batches each).
+
 Many devices and processes (`mesh`, see `sharding.py`): every process runs the same Trainer over
 one global mesh. The batches are the same whatever the number of devices or processes (each
 process loads only its rows of every batch); the training state is a set of global arrays, which
@@ -14,8 +18,11 @@ Orbax saves and restores from every process at once.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,17 +37,38 @@ from ..modeling import Sam
 from ..parallel import fsdp_shardings, make_mesh, place
 from ..runtime.progress import Progress
 from ..transforms import transform_for
+from .augment import augment
 from .config import TrainConfig
 from .data import MaskDataset, training_dataset
 from .embedding_cache import embedding_cache
+from .lora import LORA_BASE, add_lora, merge_lora
 from .rollout import Batch
-from .run_folder import RunFolder, barrier, run_record
+from .run_folder import RunFolder, barrier, model_record, run_record
 from .sharding import global_batch, padded_size, process_rows, state_shardings
 from .step import StepSettings, TrainState, encoder_layers, init_state, train_step_jit
 from .trainable import encoder_frozen, prepare_model, split_trainable
 
 
 VALIDATION = (Protocol("clicks", "score", 3), Protocol("box", "score", 1))  # what `validate` reports
+SELECTION = "val_miou_1click"  # what the best model is best at: `sam-jax eval --prompt point --select score`
+
+
+class Selection(NamedTuple):
+    """Model selection over a run's validations: the best so far (ties keep the earlier) and how
+    many validations since have not beaten it."""
+
+    best_step: int | None = None
+    best: float = -math.inf
+    since_best: int = 0
+
+    def update(self, step: int, value: float) -> "Selection":
+        if value > self.best:
+            return Selection(step, value, 0)
+        return self._replace(since_best=self.since_best + 1)
+
+    def exhausted(self, patience: int) -> bool:
+        """True once `patience` (> 0) validations in a row have not beaten the best."""
+        return patience > 0 and self.since_best >= patience
 
 
 class Trainer:
@@ -53,6 +81,11 @@ class Trainer:
         `sam-jax eval` evaluates it (see `validate`)."""
         self.primary = jax.process_index() == 0
         self.config, self.quiet = config, quiet or not self.primary
+        if model.config.decoder == "hq":
+            raise ValueError("fine-tuning an HQ-SAM decoder is not supported (its HQ output has no IoU head to supervise): "
+                             "fine-tune a SAM, MobileSAM, MedSAM or LiteMedSAM checkpoint")
+        if config.patience and val_data is None:
+            raise ValueError("patience (early stopping) needs validation data (--val-data)")
         self.folder = RunFolder(output, config.keep_checkpoints)
         self.output = self.folder.path
         self.mesh = mesh if mesh is not None or jax.process_count() == 1 else make_mesh()
@@ -61,15 +94,19 @@ class Trainer:
         self.base = model
         self.record = run_record(config, model, train_data)
         self.folder.prepare(self.record, resume, overwrite)
-        view = prepare_model(model, config.dtype, config.remat)
-        self.graphdef, trainable, self.fixed = split_trainable(view, config.freeze)
-        if model.config.decoder == "hq":
-            raise ValueError("fine-tuning an HQ-SAM decoder is not supported (its HQ output has no IoU head to supervise): "
-                             "fine-tune a SAM, MobileSAM, MedSAM or LiteMedSAM checkpoint")
-        self.settings = StepSettings(config.prompts, config.loss, config.optimizer_settings, *encoder_layers(model.config))
+        # LoRA: the factors train, the rest of the encoder is frozen; `model()` merges them.
+        self.view = add_lora(model, config.lora, config.seed)
+        self.freeze = config.freeze + ((LORA_BASE,) if config.lora.rank else ())
+        self.graphdef, trainable, self.fixed = split_trainable(prepare_model(self.view, config.dtype, config.remat), self.freeze)
+        self.settings = StepSettings(config.prompts, config.loss, config.optimizer_settings, *encoder_layers(model.config),
+                                     grad_accum=config.grad_accum, batch_size=config.batch_size)
         self.embeddings = None
-        if config.cache_embeddings and encoder_frozen(config.freeze, model):
-            self.embeddings = embedding_cache(model, train_data, self.output / "embeddings.npy", config.dtype, self.quiet)
+        if config.cache_embeddings and encoder_frozen(self.freeze, self.view):
+            if config.augment.active:
+                if not self.quiet:
+                    print("sam-jax train: augmentation changes the images: they are embedded at every step (no embedding cache)")
+            else:
+                self.embeddings = embedding_cache(model, train_data, self.output / "embeddings.npy", config.dtype, self.quiet)
         self.rows = padded_size(config.batch_size, self.mesh)  # the global batch, padded to split evenly
         self._data_from(0)
         self.state = init_state(trainable, self.settings, config.seed)
@@ -77,22 +114,31 @@ class Trainer:
             self.state = place(self.state, state_shardings(self.state, self.mesh))
             self.fixed = place(self.fixed, fsdp_shardings(self.fixed, self.mesh))
         self.manager = self.folder.state_manager()
+        self.selection, self.stopped, self.validated = Selection(), False, None
         if resume and self.manager.latest_step() is not None:
             self._restore(self.manager.latest_step())
 
-    def _data_from(self, step: int) -> None:
-        """The batches from `step` on. They depend on the seed and the step alone, so the data
-        needs no checkpoint of its own and a run resumes on any number of processes."""
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken (each of `grad_accum` batches)."""
+        return int(self.state.step) // self.config.grad_accum
+
+    def _data_from(self, batch: int) -> None:
+        """The batches from number `batch` on. They depend on the seed and their number alone, so
+        the data needs no checkpoint of its own and a run resumes on any number of processes."""
         c = self.config
         rows = None if self.mesh is None else process_rows(self.mesh, self.rows)
         self.dataset = training_dataset(self.train_data, transform_for(self.base.config), c.objects_per_image, c.batch_size,
-                                        c.seed, self.embeddings, rows, start=step)
+                                        c.seed, self.embeddings, rows, start=batch,
+                                        augment=functools.partial(augment, settings=c.augment) if c.augment.active else None)
         self.iterator = iter(self.dataset)
 
     # ------------------------------------------------------------------------- state
     def _save(self) -> None:
-        step = int(self.state.step)
-        self.manager.save(step, args=ocp.args.Composite(train=ocp.args.StandardSave(self._pure(self.state))))
+        """The training state, under its optimizer step (what `export_step` takes)."""
+        if self.step in self.manager.all_steps():  # saved already (an early stop at a checkpoint step)
+            return
+        self.manager.save(self.step, args=ocp.args.Composite(train=ocp.args.StandardSave(self._pure(self.state))))
         self.manager.wait_until_finished()
 
     def _restore(self, step: int) -> None:
@@ -104,6 +150,15 @@ class Trainer:
         self.state = TrainState(pure["step"], params, opt_state, pure["rng"])
         self._data_from(int(self.state.step))
         self.folder.drop_metrics_after(step)  # logged after the checkpoint: the interrupted run's
+        # The selection so far, from the validations logged up to here (read by every process,
+        # so that all of them agree on what comes next).
+        for record in self.folder.metrics():
+            if record["step"] > step:
+                continue
+            if SELECTION in record:
+                self.selection = self.selection.update(record["step"], record[SELECTION])
+                self.validated = record["step"]
+            self.stopped = self.stopped or bool(record.get("early_stop"))
 
     @staticmethod
     def _pure(state: TrainState) -> dict:
@@ -123,19 +178,28 @@ class Trainer:
     def log(self, record: dict) -> None:
         self.folder.log(record)
 
+    def _optimizer_step(self) -> dict:
+        """`grad_accum` batches through the compiled step; their metrics averaged (objects summed)."""
+        total = None
+        for _ in range(self.config.grad_accum):
+            self.state, metrics = train_step_jit(self.graphdef, self.state, self.fixed, self._batch(), settings=self.settings,
+                                                 mesh=self.mesh)
+            total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
+        n = self.config.grad_accum
+        return {k: v if k == "objects" else v / n for k, v in total.items()}
+
     def run(self, stop_after: int | None = None) -> Sam | None:
-        """Trains to `config.steps`, then writes the model into the output folder and returns it.
-        `stop_after`: save the state at that step and return None (an interruption, for tests)."""
+        """Trains to `config.steps` (or an early stop), then writes the last model into the output
+        folder and returns it. `stop_after`: save the state at that step and return None (an
+        interruption, for tests)."""
         c = self.config
-        start = int(self.state.step)
         progress = Progress(c.steps, "sam-jax train", self.quiet)
-        progress.done = start
+        progress.done = self.step
         t0, seen = time.perf_counter(), 0
-        while int(self.state.step) < c.steps:
-            batch = self._batch()
-            self.state, metrics = train_step_jit(self.graphdef, self.state, self.fixed, batch, settings=self.settings, mesh=self.mesh)
-            step = int(self.state.step)
-            seen += c.batch_size
+        while self.step < c.steps and not self.stopped:
+            metrics = self._optimizer_step()
+            step = self.step
+            seen += c.batch_size * c.grad_accum
             if step % c.log_every == 0 or step == c.steps:
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 rate = seen / (time.perf_counter() - t0)
@@ -153,34 +217,50 @@ class Trainer:
         progress.close()
         self._save()
         model = self.model()
-        if self.val_data is not None:
-            self.validate(int(self.state.step), model)
-        self.folder.write_model(model)
+        if self.val_data is not None and self.validated != self.step:
+            self.validate(self.step, model)
+        self.folder.write_model(model, model_record(self.record, self.step))
         barrier("sam-jax train: model written")
         return model
 
     def model(self) -> Sam:
-        """The trained model (float32, no remat): the base with the trained parameters."""
-        graphdef, _, fixed = split_trainable(self.base, self.config.freeze)
+        """The trained model (float32, no remat): the base with the trained parameters, LoRA
+        factors merged into plain weights (an ordinary SAM)."""
+        graphdef, _, fixed = split_trainable(self.view, self.freeze)
         params = self.state.params
         if self.mesh is not None:  # global arrays, perhaps split over processes: each process gets the whole
             params = jax.tree.map(jnp.asarray, multihost_utils.process_allgather(params, tiled=True))
-        return nnx.merge(graphdef, params, fixed)
+        model = nnx.merge(graphdef, params, fixed)
+        return merge_lora(model) if self.config.lora.rank else model
 
     def validate(self, step: int, model: Sam) -> dict | None:
         """Validation mIoU of `model` (the trained one, `self.model()`) on the first `val_images`
-        images, logged; by process 0 alone. The code and protocols of `sam-jax eval`: 1 and 3
+        images (0: all), logged; by process 0 alone. The code and protocols of `sam-jax eval`: 1 and 3
         clicks (`--prompt clicks --clicks 3 --select score`; one click is `--prompt point`) and the
-        box (`--prompt box --select score`), the output with the best predicted IoU each time."""
-        if not self.primary:
-            return None
-        clicks, box = evaluate_protocols(model, self.val_set, VALIDATION, limit=self.config.val_images)
-        record = {"step": step, "val_miou_1click": round(clicks.miou(1), 6), "val_miou_3clicks": round(clicks.miou(3), 6),
-                  "val_miou_box": round(box.miou(), 6), "val_objects": clicks.summary["count"]}
-        self.log(record)
-        if not self.quiet:
-            print(f"sam-jax train: step {step}: validation mIoU {record['val_miou_1click']:.4f} (1 click), "
-                  f"{record['val_miou_3clicks']:.4f} (3 clicks), {record['val_miou_box']:.4f} (box)", flush=True)
+        box (`--prompt box --select score`), the output with the best predicted IoU each time. The
+        best one-click mIoU so far puts the model in best/; `patience` worse ones stop the run."""
+        self.validated = step
+        record = None
+        if self.primary:
+            clicks, box = evaluate_protocols(model, self.val_set, VALIDATION, limit=self.config.val_images or None)
+            record = {"step": step, "val_miou_1click": round(clicks.miou(1), 6), "val_miou_3clicks": round(clicks.miou(3), 6),
+                      "val_miou_box": round(box.miou(), 6), "val_objects": clicks.summary["count"]}
+            self.log(record)
+            self.selection = s = self.selection.update(step, record[SELECTION])
+            if s.best_step == step:
+                self.folder.write_best(model, model_record(self.record, step, **{SELECTION: record[SELECTION]}))
+            if not self.quiet:
+                print(f"sam-jax train: step {step}: validation mIoU {record['val_miou_1click']:.4f} (1 click), "
+                      f"{record['val_miou_3clicks']:.4f} (3 clicks), {record['val_miou_box']:.4f} (box); "
+                      f"best {s.best:.4f} at step {s.best_step}", flush=True)
+            if s.exhausted(self.config.patience) and step < self.config.steps:
+                self.stopped = True
+                self.log({"step": step, "early_stop": True})
+                if not self.quiet:
+                    print(f"sam-jax train: stopping early: {s.since_best} validations without a better one-click "
+                          f"mIoU than step {s.best_step}'s", flush=True)
+        if jax.process_count() > 1:  # every process stops with process 0
+            self.stopped = bool(multihost_utils.broadcast_one_to_all(self.stopped))
         return record
 
 
