@@ -153,3 +153,17 @@ def rollout(official, embeddings, gt, valid, input_sizes, is_box, box_noise, fir
         total = total + total_loss({k: torch.stack(v) for k, v in terms.items()}, valid, num_objects)
         pred = torch.stack(preds)
     return total, clicks
+
+
+# ------------------------------------------------------------------------------------ LoRA
+class LoraLinear(torch.nn.Module):
+    """`base(x) + scale * (x A) B` with A (in, r) and B (r, out): the LoRA update of a frozen
+    nn.Linear, written from the paper's formula."""
+
+    def __init__(self, base: torch.nn.Linear, a: torch.Tensor, b: torch.Tensor, scale: float):
+        super().__init__()
+        self.base, self.scale = base, scale
+        self.lora_a, self.lora_b = torch.nn.Parameter(a), torch.nn.Parameter(b)
+
+    def forward(self, x):
+        return self.base(x) + self.scale * (x @ self.lora_a) @ self.lora_b
