@@ -95,6 +95,11 @@ def test_rollout_loss_and_gradients_match_official(tiny):
             # Zero in exact arithmetic (softmax ignores a constant added to all of a query's
             # logits): both sides are rounding noise, tiny against the whole gradient.
             assert max(np.linalg.norm(ours), np.linalg.norm(rg)) <= 1e-6 * total, key
+        elif key.startswith("prompt_encoder.mask_downscaling.0.") and cfg.mask_in_chans // 4 == 2:
+            # This convolution feeds a LayerNorm over test_tiny's two channels, whose output is
+            # their sign times the scale: its input gradient is eps-sized and set by rounding on
+            # both sides (measured 2e-3 of this small gradient, 5e-7 of the whole).
+            assert np.linalg.norm(ours - rg) <= 1e-6 * total, key
         elif not rg.any():  # an output never supervised: no gradient leaks into it on our side either
             assert not ours.any(), key
         else:

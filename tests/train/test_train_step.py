@@ -113,6 +113,9 @@ def test_grad_through_masks(tiny):
             if key.endswith("k_proj.bias") or not theirs.any():  # rounding noise; never supervised (see test_train_model)
                 assert np.linalg.norm(ours) <= 1e-6 * total, key
                 continue
+            if key.startswith("prompt_encoder.mask_downscaling.0."):  # rounding-set on both sides (see test_train_model)
+                assert np.linalg.norm(ours - theirs) <= 1e-6 * total, key
+                continue
             err = np.linalg.norm(ours - theirs) / np.linalg.norm(theirs)
             assert err <= 1e-4, f"gradient of {key}: relative error {err:.2e}"
     # The fed-back mask carries gradient only when on: the round after a mask-only step sees the
