@@ -2,6 +2,7 @@
 
     config.py           TrainConfig: every setting, defaults once, derived fields, checks
     data.py             COCO and SA-1B data sets, per-example preparation, the Grain pipeline
+    augment.py          flips, 90-degree rotations, zoom, crops and colour jitter of an image and its masks
     embedding_cache.py  image embeddings computed once for a frozen encoder
     prompts.py          prompt simulation (points, noisy boxes, correction clicks)
     rollout.py          the simulated interaction and its loss, per batch
@@ -10,7 +11,11 @@
     step.py             the compiled training step
     sharding.py         where the state and the batch live on a (data, fsdp) mesh
     trainable.py        compute dtype, remat and the trainable/frozen split
-    run_folder.py       the output folder: record, metrics, Orbax state, the final model
-    trainer.py          Trainer: the loop, and validation by `sam_jax.evaluation` (the code of `sam-jax eval`)
+    lora.py             LoRA factors on the image encoder's attention, merged into plain weights
+    run_folder.py       the output folder: record, metrics, Orbax state, the best and the last model
+    events.py           TensorBoard event files, written without TensorBoard
+    trainer.py          Trainer: the loop, validation by `sam_jax.evaluation` (the code of `sam-jax eval`),
+                        model selection and early stopping
+    export.py           the model of any saved training state, as a checkpoint folder
     synthetic_shapes.py a generated COCO data set of shapes (notebooks, tests, benchmarks)
 """

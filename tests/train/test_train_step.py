@@ -1,7 +1,8 @@
 """The training step's options: gradient accumulation (N micro-batches of B images update the
 parameters as one batch of N * B, over several AdamW steps) and --grad-through-masks (the
-gradient flows through the fed-back mask logits into the earlier rounds exactly as the PyTorch
-transcription's un-detached feedback, and does not when off)."""
+gradient flows through the fed-back mask logits into the earlier rounds exactly as through the
+PyTorch transcription's un-detached feedback; off, the default, test_train_model matches the
+detached one)."""
 
 from __future__ import annotations
 
@@ -71,12 +72,13 @@ def test_grad_accum_equals_one_big_batch(tiny):
     assert moved > 0.8 * len(start)
 
 
-def _rollout_grads(tiny, through: bool):
-    """Gradients of the prompt encoder and mask decoder: ours and the transcription's."""
+def _rollout_grads(tiny):
+    """Gradients of the prompt encoder and mask decoder: {the transcription's grad_through_masks:
+    {official key: (ours with --grad-through-masks, the transcription's)}}."""
     cfg = tiny.config
     batch = _batch(cfg, 2, 2, seed=7)
     P, S = 4, cfg.image_size
-    settings = StepSettings(PromptSettings(correction_points=1, mask_only_steps=1, grad_through_masks=through))
+    settings = StepSettings(PromptSettings(correction_points=1, mask_only_steps=1, grad_through_masks=True))
     noise = rollout_noise(jax.random.PRNGKey(1), P, S, settings.prompts)
     noise = noise._replace(is_box=jnp.array([False, True, False, True]))
     graphdef, trainable, fixed = split_trainable(tiny.model, ("image_encoder",))
@@ -88,38 +90,41 @@ def _rollout_grads(tiny, through: bool):
         return rollout_loss(nnx.merge(graphdef, params, fixed), emb, gt, valid, sizes, jnp.sum(valid), noise, settings)[0]
 
     grads = jax.jit(jax.grad(loss))(trainable)
-    official = tiny.official
-    official.zero_grad(set_to_none=True)
-    t = lambda a: torch.tensor(np.asarray(a))
-    with torch.enable_grad():
-        total, _ = ref.rollout(official, t(emb), t(gt), t(valid), t(sizes), t(noise.is_box), t(noise.box), t(noise.first_point),
-                               t(noise.mask_only), [t(click_noise(k, S)) for k in noise.step_keys], P, grad_through_masks=through)
-        total.backward()
-    named = dict(official.named_parameters())
     out = {}
-    for path, g in nnx.to_flat_state(grads):
-        key, perm = official_key(path)
-        rg = named[key].grad
-        rg = np.zeros_like(np.asarray(g.get_value())) if rg is None else rg.numpy()
-        out[key] = (np.asarray(g.get_value()), rg if perm is None else rg.transpose(np.argsort(perm)))
+    for flag in (True, False):
+        official = tiny.official
+        official.zero_grad(set_to_none=True)
+        t = lambda a: torch.tensor(np.asarray(a))
+        with torch.enable_grad():
+            total, _ = ref.rollout(official, t(emb), t(gt), t(valid), t(sizes), t(noise.is_box), t(noise.box), t(noise.first_point),
+                                   t(noise.mask_only), [t(click_noise(k, S)) for k in noise.step_keys], P, grad_through_masks=flag)
+            total.backward()
+        named = dict(official.named_parameters())
+        for path, g in nnx.to_flat_state(grads):
+            key, perm = official_key(path)
+            rg = named[key].grad
+            rg = np.zeros_like(np.asarray(g.get_value())) if rg is None else rg.numpy()
+            out.setdefault(flag, {})[key] = (np.asarray(g.get_value()), rg if perm is None else rg.transpose(np.argsort(perm)))
     return out
 
 
 def test_grad_through_masks(tiny):
-    on, off = _rollout_grads(tiny, True), _rollout_grads(tiny, False)
+    """Ours with --grad-through-masks against the transcription with the feedback un-detached
+    (test_train_model compares the default, detached, on a whole interaction) and detached."""
+    grads = _rollout_grads(tiny)
+    on, detached = grads[True], grads[False]
     total = np.sqrt(sum(float((r**2).sum()) for _, r in on.values()))
-    for grads in (on, off):
-        for key, (ours, theirs) in grads.items():
-            if key.endswith("k_proj.bias") or not theirs.any():  # rounding noise; never supervised (see test_train_model)
-                assert np.linalg.norm(ours) <= 1e-6 * total, key
-                continue
-            if key.startswith("prompt_encoder.mask_downscaling.0."):  # rounding-set on both sides (see test_train_model)
-                assert np.linalg.norm(ours - theirs) <= 1e-6 * total, key
-                continue
-            err = np.linalg.norm(ours - theirs) / np.linalg.norm(theirs)
-            assert err <= 1e-4, f"gradient of {key}: relative error {err:.2e}"
-    # The fed-back mask carries gradient only when on: the round after a mask-only step sees the
-    # earlier rounds' outputs through it, and every decoder weight's gradient changes.
-    moved = [k for k in on if k.startswith("mask_decoder.transformer") and
-             np.linalg.norm(on[k][1] - off[k][1]) > 1e-3 * np.linalg.norm(off[k][1])]
+    for key, (ours, theirs) in on.items():
+        if key.endswith("k_proj.bias") or not theirs.any():  # rounding noise; never supervised (see test_train_model)
+            assert np.linalg.norm(ours) <= 1e-6 * total, key
+            continue
+        if key.startswith("prompt_encoder.mask_downscaling.0."):  # rounding-set on both sides (see test_train_model)
+            assert np.linalg.norm(ours - theirs) <= 1e-6 * total, key
+            continue
+        err = np.linalg.norm(ours - theirs) / np.linalg.norm(theirs)
+        assert err <= 1e-4, f"gradient of {key}: relative error {err:.2e}"
+    # The fed-back mask carries gradient: the round after a mask-only step sees the earlier
+    # rounds' outputs through it, so the decoder's gradients are not the detached ones.
+    moved = [k for k, (ours, _) in on.items() if k.startswith("mask_decoder.transformer") and
+             np.linalg.norm(ours - detached[k][1]) > 1e-3 * np.linalg.norm(detached[k][1])]
     assert len(moved) > 10
