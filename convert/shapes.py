@@ -32,6 +32,38 @@ def _parameter_shapes(config: SamConfig) -> tuple[tuple[tuple, jax.ShapeDtypeStr
     return tuple((p, jax.ShapeDtypeStruct(v.shape, v.dtype)) for p, v in nnx.to_flat_state(nnx.state(abstract_model(config))))
 
 
+def repeat_counts(config: SamConfig) -> dict[tuple, tuple[str, int]]:
+    """{path of a list of layers: (the config field that sizes it, its length)}: what a config
+    claims about a checkpoint's structure, known without building the model."""
+    counts = {
+        ("mask_decoder", "transformer", "layers"): ("decoder_depth", config.decoder_depth),
+        ("mask_decoder", "output_hypernetworks_mlps"): ("num_multimask_outputs + 1", config.num_multimask_outputs + 1),
+        ("mask_decoder", "iou_prediction_head", "layers"): ("iou_head_depth", config.iou_head_depth),
+    }
+    if config.encoder == "vit":
+        counts[("image_encoder", "blocks")] = ("encoder_depth", config.encoder_depth)
+    else:
+        counts[("image_encoder", "layers")] = ("the number of tiny_vit_depths", len(config.tiny_vit_depths))
+        for i, depth in enumerate(config.tiny_vit_depths):
+            counts[("image_encoder", "layers", i, "blocks")] = (f"tiny_vit_depths[{i}]", depth)
+    return counts
+
+
+def check_structure(config: SamConfig, stored: dict[tuple, object]) -> None:
+    """ConversionError in one line when the stored parameter paths hold another number of layers
+    than `config` claims (encoder blocks, decoder layers, output heads): checked before the model
+    is built, which for a hostile depth would not end."""
+    found: dict[tuple, set[int]] = {}
+    for path in stored:
+        for i, key in enumerate(path):
+            if isinstance(key, int):
+                found.setdefault(tuple(path[:i]), set()).add(key)
+    wrong = [f"{field} is {n} but the parameters hold {len(found.get(prefix, ()))} {'.'.join(map(str, prefix))}"
+             for prefix, (field, n) in repeat_counts(config).items() if len(found.get(prefix, ())) != n]
+    if wrong:
+        raise ConversionError("; ".join(wrong))
+
+
 def check_params(config: SamConfig, params: dict[tuple, object]) -> None:
     """Raises ConversionError naming, by official key, every parameter of the model `config`
     builds that `params` lacks, every entry it has that the model does not, and every shape that
