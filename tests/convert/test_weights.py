@@ -143,7 +143,7 @@ def entry(tiny, server, tmp_path, monkeypatch):
     prefix as suffix) on the local server, as the model name "test_tiny"."""
     body = tiny.pth.read_bytes()
     w = weights.OfficialWeights("test_tiny", f"sam_test_tiny_{hashlib.md5(body).hexdigest()[:6]}.pth",
-                                hashlib.sha256(body).hexdigest())
+                                hashlib.sha256(body).hexdigest(), len(body))
     server.files[f"/{w.file}"] = body
     monkeypatch.setitem(weights.OFFICIAL, w.file, w)
     monkeypatch.setitem(weights.ALIASES, "test_tiny", w.file)
@@ -165,6 +165,7 @@ def test_published_table():
         assert re.fullmatch(rf"sam_{w.model_type}_[0-9a-f]{{6}}\.pth", file), file
         assert re.fullmatch(r"[0-9a-f]{64}", w.sha256), file
         assert sam_jax.get_config(w.model_type).encoder_depth > 0
+        assert w.size > 4 * 90e6, file  # the download cap: at least the float32 bytes of 90 M parameters
     assert len({w.sha256 for w in weights.OFFICIAL.values()}) == 3
     for name in weights.known_names():
         src = weights.source(name)
@@ -186,6 +187,7 @@ def test_family_table():
                                    "slimsam_50", "slimsam_77", "lite_medsam"}
     for name, w in weights.FAMILY.items():
         assert sum(x is not None for x in (w.url, w.repo_id, w.package)) == 1, name
+        assert w.url is None or w.size, name  # every file sam-jax downloads itself has a cap
         assert re.fullmatch(r"[0-9a-f]{64}", w.sha256) and w.published and w.license.startswith("Apache-2.0"), name
         assert sam_jax.get_config(w.model_type) == sam_jax.get_config(name)
     assert len({w.sha256 for w in weights.FAMILY.values()}) == len(weights.FAMILY)
