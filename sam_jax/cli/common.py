@@ -12,6 +12,7 @@ from ..config import FAMILY_TYPES, MODEL_TYPES
 from ..numerics import DTYPES, PRECISIONS
 from ..parallel import initialize
 from ..parallel.devices import as_device, platform_devices
+from ..parallel.rendezvous import JOIN_TIMEOUT_SECONDS
 from ..runners.model import ModelSpec
 from ..runtime.compilation_cache import ENV as CACHE_ENV
 from ..runtime.compilation_cache import default_cache_path, set_compilation_cache
@@ -69,6 +70,9 @@ def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
                    help="how many processes take part (default: $JAX_NUM_PROCESSES)")
     g.add_argument("--process-id", type=int, default=None, metavar="I",
                    help="this process's index, 0..N-1 (default: $JAX_PROCESS_ID)")
+    g.add_argument("--join-timeout", type=float, default=JOIN_TIMEOUT_SECONDS, metavar="SECONDS",
+                   help="how long the processes wait for each other at the coordinator before stopping with the "
+                        f"missing ones named (default: {JOIN_TIMEOUT_SECONDS:.0f})")
     g.add_argument("--auto-distributed", action="store_true",
                    help="join the multi-process run that JAX detects from the environment (Cloud TPU pod slices, "
                         "Slurm, Open MPI) instead of the three flags above")
@@ -111,7 +115,8 @@ def join_processes(args: argparse.Namespace) -> tuple[int, int]:
     """Joins the multi-process run that add_distributed_arguments' flags (or the environment) ask
     for; returns (this process's index, the process count): (0, 1), touching nothing, when there
     is none. Call it before anything else touches JAX."""
-    if not initialize(args.coordinator_address, args.num_processes, args.process_id, auto=args.auto_distributed):
+    if not initialize(args.coordinator_address, args.num_processes, args.process_id, auto=args.auto_distributed,
+                      timeout=args.join_timeout, quiet=getattr(args, "quiet", False)):
         return 0, 1
     return jax.process_index(), jax.process_count()
 
