@@ -53,6 +53,7 @@ def check_float32(a: np.ndarray, name: str) -> None:
 
 
 POINT_LABELS = (-1, 0, 1, 2, 3)
+MAX_MASK_LOGIT = 1e4
 
 
 def check_points(coords, labels, batch: int | None) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
@@ -108,6 +109,12 @@ def check_mask_input(mask_input, size: int, batch: int | None) -> np.ndarray | N
     if not np.issubdtype(mask_input.dtype, np.floating):
         raise ValueError(f"mask_input must be float logits, got dtype {mask_input.dtype}")
     check_float32(mask_input, "mask_input")
+    # Logits this large saturate the mask encoder's convolutions and LayerNorms into NaN scores
+    # and empty masks, silently; a previous predict's low-res logits stay within a few hundred.
+    peak = float(np.abs(mask_input).max(initial=0.0))
+    if peak > MAX_MASK_LOGIT:
+        raise ValueError(f"mask_input holds logits up to {peak:.3g} in magnitude, beyond the {MAX_MASK_LOGIT:g} the "
+                         "model can use; pass the low-res logits of a previous predict (or clip them)")
     return mask_input.astype(np.float32)
 
 
