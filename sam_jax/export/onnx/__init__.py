@@ -44,7 +44,7 @@ from ...modeling import Sam
 from ...modeling.prompt_encoder import IGNORE_LABEL, prompt_tokens
 from ...predictor import SamPredictor
 from ...io.outputs import atomic_file
-from ...transforms import ResizeLongestSide
+from ...transforms import transform_for
 from .decoder_onnx import export_onnx
 from .encoder_onnx import export_encoder_onnx
 from .files import EMBEDDING_OUTPUT, ONNX_HINT, ONNX_OUTPUT, check_export_output, is_embedding_npy, is_own_onnx, quantize_onnx
@@ -109,7 +109,7 @@ def onnx_inputs(
     if box is not None and np.size(box) != 4:
         raise ValueError(f"box must hold 4 numbers (x0, y0, x1, y1), got shape {np.shape(box)}")
     # To the resized-input frame in float64 first, as the official predictor: prompt_tokens' float32 is the one rounding.
-    transform = ResizeLongestSide(model.config.image_size)
+    transform = transform_for(model.config)  # MedSAM's square resize, else the official longest side
     coords = transform.apply_coords(coords, tuple(original_size))
     boxes = np.zeros((1, 4)) if box is None else transform.apply_boxes(np.asarray(box, np.float64), tuple(original_size))
     tokens, token_labels = prompt_tokens(coords[None], labels[None], boxes, np.array([box is not None]))

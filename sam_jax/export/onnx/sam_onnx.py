@@ -197,7 +197,7 @@ def forward(g: GraphBuilder, onnx_model: SamOnnxModel) -> list[tuple[str, str]]:
     if flags.return_single_mask:
         num_points = g.op("Gather", g.op("Shape", "point_coords"), g.ints(1), axis=0)
         masks, scores = select_masks(g, masks, scores, num_points, model.mask_decoder.num_mask_tokens)
-    upscaled_masks = mask_postprocessing(g, masks, "orig_im_size", onnx_model.img_size)
+    upscaled_masks = mask_postprocessing(g, masks, "orig_im_size", onnx_model.img_size, model.config.preprocess)
     outputs = [upscaled_masks, scores]
     if flags.return_extra_metrics:
         areas = g.reduce("ReduceSum", g.cast(g.op("Greater", upscaled_masks, g.const(threshold)), np.int64), [2, 3], 0)
@@ -228,8 +228,12 @@ def resize_longest_image_size(g: GraphBuilder, input_image_size: str, longest_si
     return g.cast(g.op("Floor", g.op("Add", g.op("Mul", scale, input_image_size), g.const(0.5))), np.int64)
 
 
-def mask_postprocessing(g: GraphBuilder, masks: str, orig_im_size: str, img_size: int) -> str:
-    """(1, M, 4h, 4w) -> (1, M, H, W): upsample to img_size, crop to the resized image, upsample to orig_im_size."""
+def mask_postprocessing(g: GraphBuilder, masks: str, orig_im_size: str, img_size: int, preprocess: str = "official") -> str:
+    """(1, M, 4h, 4w) -> (1, M, H, W): upsample to img_size, crop to the resized image, upsample to
+    orig_im_size. MedSAM's images fill the square (`preprocess` "medsam"): one resize to orig_im_size,
+    as its inference (`sam_jax.modeling.sam.postprocess_masks`)."""
+    if preprocess == "medsam":
+        return g.resize(masks, g.op("Concat", g.slice(g.op("Shape", masks), [0], [2], [0]), g.cast(orig_im_size, np.int64), axis=0))
     masks = g.resize(masks, g.op("Concat", g.slice(g.op("Shape", masks), [0], [2], [0]), g.ints([img_size, img_size]), axis=0))
     prepadded_size = resize_longest_image_size(g, orig_im_size, img_size)
     masks = g.slice(masks, [0, 0], prepadded_size, [2, 3])

@@ -144,7 +144,7 @@ def forward(g: GraphBuilder, onnx_model: SamOnnxModel) -> list[tuple[str, str]]:
         masks_sam = g.slice(masks, [0], [1], [1])
     masks_hq = g.slice(masks, [T], [T + 1], [1])
     masks = masks_hq if flags.hq_token_only else g.op("Add", masks_sam, masks_hq)
-    upscaled_masks = mask_postprocessing(g, masks, "orig_im_size", onnx_model.img_size)
+    upscaled_masks = mask_postprocessing(g, masks, "orig_im_size", onnx_model.img_size, model.config.preprocess)
     outputs = [upscaled_masks, scores]
     if flags.return_extra_metrics:
         areas = g.reduce("ReduceSum", g.cast(g.op("Greater", upscaled_masks, g.const(threshold)), np.int64), [2, 3], 0)
