@@ -233,8 +233,10 @@ def _images(n, size, seed, unit=False):
 def test_encoder_exports(family, tiny, hq, lite, tmp_path):
     """The ONNX encoder (onnxruntime) and the jax.export artifact (deserialized) against the
     family's torch encoder: image_embeddings, and for HQ-SAM interm_embeddings (1, B, g, g, D),
-    sam-hq's stack holding the early feature its decoder reads. Batch 2 (1 for LiteMedSAM's real
-    encoder at 256 px, on inputs in [0, 1] as its min-max preprocessing makes them)."""
+    sam-hq's stack holding the early feature its decoder reads. Batch 2; LiteMedSAM's real encoder
+    at 256 px on one input in [0, 1] (as its min-max preprocessing makes them), in ONNX only: the
+    artifact is the JAX encoder whose real-weights parity `test_lite_medsam` holds, and compiling
+    it at 256 px would double this file's time."""
     if family == "sam_hq_vit":
         official, model = hq.official, hq.model
     elif family == "lite_medsam":
@@ -252,15 +254,20 @@ def test_encoder_exports(family, tiny, hq, lite, tmp_path):
     assert [o.name for o in sess.get_outputs()] == names
     meta = {p.key: p.value for p in onnx.load(tmp_path / "encoder.onnx").metadata_props}
     assert meta["preprocess"] == cfg.preprocess and meta["encoder"] == cfg.encoder
+    assert ("min-max" in meta["image_input"]) == (cfg.preprocess == "lite_medsam")
+    outputs = sess.run(None, {"image": x})
+    for name, o, r in zip(names, outputs, ref, strict=True):
+        print(f"{family} onnx {name}: relative error {assert_close(o, r, tol=1e-4, what=f'{family} onnx {name}'):.2g}")
+    if family == "lite_medsam":
+        return
     artifact = export_encoder_stablehlo(model, tmp_path / "artifact")
     signature = json.loads((artifact / "signature.json").read_text())
     assert [k for k in signature if k.endswith("_embeddings")] == names
     assert signature["interm_embeddings" if cfg.decoder == "hq" else "image_embeddings"]["shape"][-1] == ref[-1].shape[-1]
-    assert ("min-max" in signature["image"]["preprocessing"]) == (cfg.preprocess == "lite_medsam")
+    assert signature["image"]["preprocessing"].startswith("the image resized so that its longest side is S")
     run = run_encoder_stablehlo(artifact)(x)
-    for name, o_onnx, o_jax, r in zip(names, sess.run(None, {"image": x}), run if cfg.decoder == "hq" else [run], ref, strict=True):
-        assert_close(o_onnx, r, tol=1e-4, what=f"{family} onnx {name}")
-        assert_close(o_jax, r, tol=1e-4, what=f"{family} jax.export {name}")
+    for name, o, r in zip(names, run if cfg.decoder == "hq" else [run], ref, strict=True):
+        print(f"{family} jax.export {name}: relative error {assert_close(o, r, tol=1e-4, what=f'{family} jax.export {name}'):.2g}")
 
 
 def test_hq_encoder_feeds_hq_decoder(hq, tmp_path):
@@ -295,23 +302,19 @@ def test_medsam_decoder_resizes_in_one_step(tiny, tmp_path):
     from mobile_sam.utils.onnx import SamOnnxModel as FamilyOnnxModel
 
     from sam_jax.build_sam import model_from_params
-    from sam_jax.export.onnx import SamOnnxModel
 
     official, model = tiny("mobile_sam")
     params = {path: np.asarray(var[...]) for path, var in nnx.to_flat_state(nnx.state(model))}
     medsam = model_from_params(dataclasses.replace(model.config, preprocess="medsam"), params)
     sess = _session(export_onnx(medsam, tmp_path / "medsam.onnx"))
     feeds = [_sam_feed(medsam.config, *p, seed=50 + i) for i, p in enumerate(PROMPTS)]
-    ours, ref, jax_out = [], [], []
+    ours, ref = [], []
     for f in feeds:
         with torch.no_grad():
             _, scores, low_res = FamilyOnnxModel(official, False)(**{k: torch.from_numpy(v) for k, v in f.items()})
         size = tuple(int(v) for v in f["orig_im_size"])
         ref.append([F.interpolate(low_res, size, mode="bilinear", align_corners=False).numpy(), scores.numpy(), low_res.numpy()])
         ours.append(sess.run(None, f))
-        jax_out.append(SamOnnxModel(medsam, False)(**f))
-    names = ["masks", "iou_predictions", "low_res_masks"]
-    _compare(ours, ref, names, "MedSAM profile: onnx vs one-step resize", tol=1e-4)
-    _compare(jax_out, ref, names, "MedSAM profile: jax vs one-step resize", tol=1e-4)
+    _compare(ours, ref, ["masks", "iou_predictions", "low_res_masks"], "MedSAM profile: onnx vs one-step resize", tol=1e-4)
     feed = onnx_inputs(medsam, feeds[0]["image_embeddings"], (100, 200), box=np.array([10.0, 20.0, 150.0, 80.0]))
     np.testing.assert_allclose(feed["point_coords"][0], [[12.8, 51.2], [192.0, 204.8]], rtol=1e-6)  # x * 256/200, y * 256/100
