@@ -36,6 +36,8 @@ def build_encoder_graph(model: Sam, opset: int):
         embeddings, early = image_encoder_vit(g, model.image_encoder, "image", cfg.image_embedding_size)
     values = [embeddings]
     if cfg.decoder == "hq":  # sam-hq's stack of early features, holding the one its decoder reads
+        if early is None:
+            raise ValueError("no global-attention block: the encoder has no early feature for the HQ decoder")
         values.append(g.unsqueeze(early, [0]))
     return g.to_model(
         inputs=[("image", np.float32, ["batch", cfg.in_chans, cfg.image_size, cfg.image_size], image_input(cfg))],

@@ -68,8 +68,18 @@ class SamOnnxModel:
         self.model = model
         self.mask_decoder = model.mask_decoder
         self.img_size = model.config.image_size
-        self.flags = HQOnnxFlags(bool(hq_token_only), bool(multimask_output), bool(use_stability_score),
-                                 bool(return_extra_metrics))
+        self.hq_token_only = bool(hq_token_only)
+        self.multimask_output = bool(multimask_output)
+        self.use_stability_score = bool(use_stability_score)
+        self.return_extra_metrics = bool(return_extra_metrics)
+
+    @property
+    def stability_score_offset(self) -> float:
+        return STABILITY_SCORE_OFFSET
+
+    @property
+    def flags(self) -> HQOnnxFlags:
+        return HQOnnxFlags(self.hq_token_only, self.multimask_output, self.use_stability_score, self.return_extra_metrics)
 
     def __call__(self, image_embeddings, interm_embeddings, point_coords, point_labels, mask_input, has_mask_input,
                  orig_im_size) -> tuple[np.ndarray, ...]:
