@@ -16,8 +16,18 @@ from .keys import ConversionError, official_key, official_shape
 
 
 def abstract_model(config: SamConfig) -> Sam:
-    """The model's structure with shape-only variables: no memory allocated, no random init."""
-    return nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
+    """The model's structure with shape-only variables: no memory allocated, no random init (a
+    new copy each call: callers fill its variables)."""
+    return nnx.merge(*_abstract_model(config), copy=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_model(config: SamConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    # Tracing the model's construction takes seconds (most of it in flax asking each traced RNG
+    # counter for its sharding, which a tracer answers with a costly error message); a load
+    # needs the structure twice (the shape check and the restore), and a session often loads
+    # the same configuration again.
+    return nnx.split(nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0))))
 
 
 def parameter_shapes(config: SamConfig) -> dict[tuple, jax.ShapeDtypeStruct]:
@@ -25,11 +35,8 @@ def parameter_shapes(config: SamConfig) -> dict[tuple, jax.ShapeDtypeStruct]:
     return dict(_parameter_shapes(config))
 
 
-@functools.lru_cache(maxsize=8)
 def _parameter_shapes(config: SamConfig) -> tuple[tuple[tuple, jax.ShapeDtypeStruct], ...]:
-    # Tracing the model's construction takes seconds; a load needs the shapes twice (the check
-    # and the restore), and a session often loads the same configuration again.
-    return tuple((p, jax.ShapeDtypeStruct(v.shape, v.dtype)) for p, v in nnx.to_flat_state(nnx.state(abstract_model(config))))
+    return tuple((p, jax.ShapeDtypeStruct(v.shape, v.dtype)) for p, v in nnx.to_flat_state(_abstract_model(config)[1]))
 
 
 def repeat_counts(config: SamConfig) -> dict[tuple, tuple[str, int]]:
