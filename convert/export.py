@@ -187,7 +187,7 @@ def read_record(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
-            record = read_metadata(path) or {}
+            record = {k: v for k, v in (read_metadata(path) or {}).items() if k != "format"}  # "format": safetensors' own
         else:
             with zipfile.ZipFile(path) as zf:
                 record = json.loads(zf.comment or b"{}")
