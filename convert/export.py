@@ -115,6 +115,9 @@ def _check_request(output, format: str | None, layout: str) -> str:
     if format is not None and format not in FORMATS:
         raise ValueError(f"unknown format {format!r:.40}: choose {' or '.join(FORMATS)}")
     if layout == "transformers":
+        if Path(output).suffix in (".safetensors", ".pth", ".pt", ".bin"):
+            raise ValueError(f"a transformers export is a folder (config.json and the weights): {Path(output).name} "
+                             "names a file; choose a folder name, or --layout official for one file")
         return format or "safetensors"
     # The readers (ours, transformers') tell the formats apart by the suffix.
     named = "safetensors" if Path(output).suffix == ".safetensors" else "pth"
