@@ -92,7 +92,9 @@ def export_checkpoint(
     format or layout, an output that is the input, and an existing output unless `overwrite`, and
     then only one that sam-jax export-pth wrote."""
     format = _check_request(output, format, layout)
-    inputs = [source] if Path(source).exists() else []
+    path = Path(source)
+    # A folder's files are inputs too (a Hugging Face folder's weights may be an earlier export).
+    inputs = [path, *path.iterdir()] if path.is_dir() else [path] if path.exists() else []
     _check_output(output, layout, overwrite, inputs)
     say(f"reading {source}", quiet)
     config, params, _ = read(source, model_type, image_size=image_size, quiet=quiet)
@@ -119,7 +121,7 @@ def _check_request(output, format: str | None, layout: str) -> str:
             raise ValueError(f"a transformers export is a folder (config.json and the weights): {Path(output).name} "
                              "names a file; choose a folder name, or --layout official for one file")
         return format or "safetensors"
-    # The readers (ours, transformers') tell the formats apart by the suffix.
+    # Readers (sam-jax's among them) tell the two formats apart by the suffix.
     named = "safetensors" if Path(output).suffix == ".safetensors" else "pth"
     if format is not None and format != named:
         raise ValueError(f"--format {format} does not match the output's name {Path(output).name}: "

@@ -370,6 +370,8 @@ def test_outputs_are_atomic_own_and_reproducible(tmp_path, capsys, monkeypatch):
     export_ = ["export-pth", "--checkpoint", str(SHAPES_TINY), "--quiet", "--output"]
     assert cli(export_ + [str(out)]) == 0
     first = out.read_bytes()
+    hf = work / "hf"  # a transformers folder whose weights are an earlier export: still an input
+    assert cli(export_ + [str(hf), "--layout", "transformers"]) == 0
     before = _snapshot(work)
     _refused(capsys, export_ + [str(out)], "already exists", "--overwrite")
     _refused(capsys, export_ + [str(work / "notes.txt"), "--overwrite"], "not a file written by sam-jax export-pth")
@@ -378,6 +380,9 @@ def test_outputs_are_atomic_own_and_reproducible(tmp_path, capsys, monkeypatch):
     _refused(capsys, export_ + [str(work / "x.pth"), "--format", "safetensors"], "does not match the output's name")
     _refused(capsys, export_ + [str(work / "notes.txt" / "x.pth")], "notes.txt is not a folder")
     _refused(capsys, ["export-pth", "--checkpoint", str(out), "--output", str(out), "--overwrite"], "is the input")
+    _refused(capsys, ["export-pth", "--checkpoint", str(hf), "--output", str(hf / "model.safetensors"), "--overwrite"],
+             "is the input")
+    _refused(capsys, export_ + [str(work / "t.safetensors"), "--layout", "transformers"], "a transformers export is a folder")
     assert _snapshot(work) == before  # refusals touch nothing
 
     # The same model gives the same bytes; --overwrite replaces an export with another model's.
