@@ -125,8 +125,9 @@ def write_safetensors(state: Mapping[str, np.ndarray], path: str | os.PathLike, 
         dtype = arrays[key].dtype.newbyteorder("<")
         if dtype not in names:
             raise ValueError(f"{key}: dtype {arrays[key].dtype} has no safetensors name here (supported: {', '.join(_DTYPES)})")
-        header[key] = {"dtype": names[dtype], "shape": list(arrays[key].shape), "data_offsets": [offset, offset + arrays[key].nbytes]}
-        offset += arrays[key].nbytes
+        nbytes = arrays[key].nbytes
+        header[key] = {"dtype": names[dtype], "shape": list(arrays[key].shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     with open(path, "wb") as f:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import shutil
 import struct
 import zipfile
 from pathlib import Path
@@ -272,7 +273,8 @@ def test_transformers_layout(tmp_path):
     (mine,), embedding = _ours(model, rec, [{}])
     pixels = np.zeros((1, 3, SLIM_TINY.image_size, SLIM_TINY.image_size), np.float32)  # transformers' processor's output
     h, w = rec["image"].shape[1:]
-    pixels[0, :, :h, :w] = (rec["image"] - np.array(SLIM_TINY.pixel_mean)[:, None, None]) / np.array(SLIM_TINY.pixel_std)[:, None, None]
+    mean, std = (np.array(v, np.float32)[:, None, None] for v in (SLIM_TINY.pixel_mean, SLIM_TINY.pixel_std))
+    pixels[0, :, :h, :w] = (rec["image"] - mean) / std
     loaded = []
     for fmt in FORMATS:
         done = export.export_model(model, tmp_path / f"slim_{fmt}", layout="transformers", format=fmt, quiet=True)
@@ -385,9 +387,16 @@ def test_outputs_are_atomic_own_and_reproducible(tmp_path, capsys, monkeypatch):
     _refused(capsys, export_ + [str(work / "t.safetensors"), "--layout", "transformers"], "a transformers export is a folder")
     assert _snapshot(work) == before  # refusals touch nothing
 
-    # The same model gives the same bytes; --overwrite replaces an export with another model's.
+    # The same model gives the same bytes, also from a training run's folder (its model beside its
+    # records); --overwrite replaces an export with another model's.
     assert cli(export_ + [str(work / "again.pth")]) == 0
     assert (work / "again.pth").read_bytes() == first
+    run = tmp_path / "run"
+    shutil.copytree(SHAPES_TINY, run)
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    (run / "state").mkdir()
+    assert cli(["export-pth", "--checkpoint", str(run), "--output", str(run / "model.pth"), "--quiet"]) == 0
+    assert (run / "model.pth").read_bytes() == first
     assert cli(export_ + [str(out), "--overwrite", "--image-size", "128"]) == 0
     assert out.read_bytes() != first
     assert read(out, config=dataclasses.replace(get_config("shapes_tiny"), image_size=128)).config.image_size == 128
