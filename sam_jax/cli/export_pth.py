@@ -12,7 +12,7 @@ from . import common
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    common.add_checkpoint_arguments(p)
+    common.add_checkpoint_arguments(p, help=common.CHECKPOINT_HELP + "; a training run's --output folder holds its model too")
     p.add_argument("--output", required=True,
                    help="the file to write (written atomically); a folder with --layout transformers")
     # Checked by the library rather than by argparse choices, so that a wrong value is a one-line error.
