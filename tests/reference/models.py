@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 from flax import nnx
+
+from sam_jax import Sam, SamConfig
+from sam_jax.build_sam import model_from_params
+from sam_jax.convert.shapes import parameter_shapes
 
 
 def with_fresh_output_heads(model, seed: int = 7):
@@ -16,30 +21,26 @@ def with_fresh_output_heads(model, seed: int = 7):
     return fresh
 
 
-def random_model(config, seed: int = 0):
-    """A Sam of `config` with random values in every variable (none left at its constant init:
-    norms, BatchNorm statistics, attention biases and position tables all vary), drawn with NumPy
-    on a shape-only model: much faster than the initializers on CPU, for tests that compare the
-    model with itself (sharded, batched, exported)."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    from sam_jax.modeling import Sam
-
-    r = np.random.default_rng(seed)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0))))
-    flat = nnx.to_flat_state(state)
-    for path, var in flat:
-        name, shape = path[-1], var.shape
-        if name == "kernel":  # (..., fan_in, out): unit-variance outputs
-            value = r.normal(size=shape) / np.sqrt(np.prod(shape[:-1]))
-        elif name == "var":  # BatchNorm's running variance
-            value = np.exp(r.normal(0, 0.3, shape))
-        elif name == "scale":
-            value = 1 + r.normal(0, 0.1, shape)
-        elif name in ("bias", "mean", "pos_embed", "rel_pos_h", "rel_pos_w"):
-            value = r.normal(0, 0.1, shape)
-        else:  # embeddings, attention bias tables, the prompt encoder's Gaussian matrix
-            value = r.normal(0, 0.5, shape)
-        var.set_value(jnp.asarray(np.asarray(value, var.dtype)))  # cast on the host: no compilation per shape
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+def random_model(config: SamConfig, seed: int = 0) -> Sam:
+    """A model of `config` with random weights drawn on the host as a fine-tuned model's might be
+    (no zero biases, no unit norms, BatchNorm statistics away from 0 and 1; kernels scaled by
+    their fan-in, so that activations stay of order one), without JAX's random init (eager, it
+    compiles op by op: slow). For tests that compare a model with itself (sharded, batched,
+    exported) or give both sides the same weights."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for path, spec in parameter_shapes(config).items():
+        noise = rng.standard_normal(spec.shape)
+        leaf = path[-1]
+        if leaf == "kernel":
+            value = noise / np.sqrt(np.prod(spec.shape[:-1]))
+        elif leaf == "var":
+            value = np.exp(0.5 * noise)
+        elif leaf == "scale":
+            value = 1 + 0.1 * noise
+        elif leaf in ("embedding", "positional_encoding_gaussian_matrix"):
+            value = noise
+        else:  # biases, BatchNorm means, position tables, attention biases
+            value = 0.1 * noise
+        params[path] = value.astype(np.float32)
+    return model_from_params(config, params)
