@@ -182,6 +182,8 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
     """The converted checkpoint folder of a model name (see `weights`): from the cache, or
     downloaded, verified and converted into it once. Raises FileNotFoundError for an unknown name,
     `weights.DownloadError` (one line) when the download fails."""
+    if name in weights.BUNDLED:
+        return weights.BUNDLED[name]
     src = weights.source(name)
     target = weights.converted_path(src)
     if folder.is_checkpoint(target):

@@ -33,6 +33,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+from sam_jax.assets import SHAPES_TINY
 from sam_jax.runtime.paths import cache_dir
 from sam_jax.runtime.progress import say
 
@@ -40,7 +41,7 @@ from .download import CHUNK_BYTES, DownloadError, download
 
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/segment_anything"
 HF_FILE = "model.safetensors"
-HUB_HINT = 'pip install "sam-jax[hub]"'
+HUB_HINT = "pip install huggingface_hub (the [hub] extra)"
 
 
 class OfficialWeights(NamedTuple):
@@ -151,8 +152,13 @@ class WeightsSource(NamedTuple):
     family: FamilyWeights | None = None
 
 
+# Models shipped inside the package: a name, no download. shapes_tiny is the 2 MB SAM trained on
+# generated shapes (sam_jax/assets/README.md): seconds on a CPU, for trying the commands.
+BUNDLED = {"shapes_tiny": SHAPES_TINY}
+
+
 def known_names() -> list[str]:
-    return [*ALIASES, *OFFICIAL, *HF_IDS, *FAMILY, *FAMILY_ALIASES]
+    return [*BUNDLED, *ALIASES, *OFFICIAL, *HF_IDS, *FAMILY, *FAMILY_ALIASES]
 
 
 def source(name: str) -> WeightsSource:

@@ -168,6 +168,8 @@ def test_published_table():
         assert w.size > 4 * 90e6, file  # the download cap: at least the float32 bytes of 90 M parameters
     assert len({w.sha256 for w in weights.OFFICIAL.values()}) == 3
     for name in weights.known_names():
+        if name in weights.BUNDLED:
+            continue
         src = weights.source(name)
         assert src.model_type in ("vit_b", "vit_l", "vit_h") or src.family is not None, name
         assert sam_jax.get_config(src.model_type)  # every name has its shipped config
@@ -404,3 +406,14 @@ def test_family_hub_entry(tiny, server, tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match="differs from the published") as e:
         sam_jax.load("family_tiny")
     assert "\n" not in str(e.value)
+
+
+def test_the_shipped_tiny_model_has_a_name(monkeypatch, tmp_path):
+    """shapes_tiny: the model inside the package, by name, offline, nothing written to the cache."""
+    monkeypatch.setenv("SAM_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SAM_JAX_WEIGHTS_URL", "http://127.0.0.1:9")
+    assert fetch("shapes_tiny") == sam_jax.assets.SHAPES_TINY  # `import sam_jax` is enough for sam_jax.assets
+    assert sam_jax.load("shapes_tiny").config == sam_jax.load(sam_jax.assets.SHAPES_TINY).config
+    assert model_spec(build_parser().parse_args(["amg", "--checkpoint", "shapes_tiny", "--input", "i", "--output", "o"])).path() \
+        == sam_jax.assets.SHAPES_TINY
+    assert "shapes_tiny" in weights.known_names() and not (tmp_path / "cache").exists()

@@ -26,7 +26,7 @@ The graph is emitted from this model's parameters, one emitter per module of `sa
 (`builder`, `prompt_encoder`, `transformer`, `mask_decoder`, `mask_decoder_hq`, `image_encoder`,
 `tiny_vit_sam`, and `sam_onnx` / `sam_onnx_hq` for the SamOnnxModels' own steps; `decoder_onnx` and
 `encoder_onnx` assemble the files), not traced from torch, so writing it needs only `onnx` (and
-`onnxruntime` to run or quantize it): `pip install sam-jax[onnx]`. This package imports without them.
+`onnxruntime` to run or quantize it): `pip install onnx onnxruntime`. This package imports without them.
 
 Every writer here refuses an existing output unless `overwrite`, and then replaces only a file of
 its own kind written by sam-jax (`files`): an ONNX model whose producer is "sam-jax" (quantized

@@ -17,7 +17,7 @@ from ...io.outputs import atomic_file, check_output, remove_stale_partials
 PRODUCER = "sam-jax"  # the producer_name of every ONNX model written here
 ONNX_OUTPUT = "an ONNX model"
 EMBEDDING_OUTPUT = "an image embedding .npy"
-ONNX_HINT = "pip install sam-jax[onnx]"
+ONNX_HINT = "pip install onnx onnxruntime (the [onnx] extra)"  # works outside a clone too
 
 
 def require(module: str):
