@@ -11,8 +11,10 @@ can only deliver as their high bytes, are refused rather than read at 4 bits of 
 
 `to_uint8` (also what `SamPredictor.set_image` applies to an array of another dtype than uint8):
 over all pixels and channels, lo and hi are the 0.5th and 99.5th percentiles of the finite values
-(`np.percentile`, linear interpolation), and each value x becomes round(255 * clip((x - lo) / (hi -
-lo), 0, 1)); NaN becomes 0, +inf 255, -inf 0. When hi == lo (a flat image, or one value in 99% of
+(`np.percentile(..., method="inverted_cdf")`: the smallest value with at least that share of the
+values at or below it, so a greyscale image and its three-channel copy scale alike), and each value
+x becomes round(255 * clip((x - lo) / (hi - lo), 0, 1)) (NumPy's rint: halves to even); NaN
+becomes 0, +inf 255, -inf 0. When hi == lo (a flat image, or one value in 99% of
 the pixels) the extremes are used instead; when those are equal too, integers are scaled over
 their type's whole range and floats are clipped to [0, 1].
 
@@ -81,7 +83,7 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     finite = x[np.isfinite(x)]
     if finite.size == 0:
         raise ValueError("the image has no finite pixel value")
-    lo, hi = np.percentile(finite, PERCENTILES)
+    lo, hi = np.percentile(finite, PERCENTILES, method="inverted_cdf")
     if hi <= lo:
         lo, hi = finite.min(), finite.max()
     if hi <= lo:  # one value everywhere: keep its level within the type's range
