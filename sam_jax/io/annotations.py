@@ -8,7 +8,6 @@ outcomes together with `assemble`; `resolve` keeps image paths inside the data f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import numbers
@@ -139,7 +138,8 @@ class AnnotationSet:
             return out
         segs = [a.segmentation for a in annotations]
         if e.json is not None:  # read again, and checked again: the file may have changed since
-            listed = read_json(e.json).get("annotations")
+            data = read_json(e.json)
+            listed = data.get("annotations") if isinstance(data, dict) else None
             segs = [listed[a.index].get("segmentation") if isinstance(listed, list) and a.index < len(listed)
                     and isinstance(listed[a.index], dict) else None for a in annotations]
             for a, seg in zip(annotations, segs):
@@ -246,14 +246,6 @@ def read_json(path: Path, raw: bytes | None = None):
 def json_text(value) -> str:
     """Canonical JSON of a checked value (sorted keys, no spaces): what digests cover."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def digest(*parts: str | bytes) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode() if isinstance(p, str) else p)
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def label(a: dict, k: int) -> str:

@@ -78,7 +78,7 @@ def checking(prefix: str, quiet: bool = False, stream: TextIO | None = None) -> 
     def report(done: int, total: int) -> None:
         if not bar:
             bar.append(Progress(total, prefix, quiet, stream))
-        bar[0].advance(done - bar[0].done, f"{done}/{total} images")
+        bar[0].advance(done - bar[0].done, "images checked")
         if done == total:
             bar[0].close()
 

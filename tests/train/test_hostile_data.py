@@ -202,6 +202,22 @@ def test_images_outside_the_data_folder_only_when_allowed(tmp_path, shapes, caps
         open_dataset(images, labels=labels)
 
 
+def test_an_sa1b_file_changed_after_the_check_is_checked_again(tmp_path):
+    folder = tmp_path / "sa1b"
+    folder.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(folder / "a.png")
+    info = {"image_id": 1, "file_name": "a.png", "height": 64, "width": 64}
+    listed = [{"id": 1, "segmentation": rle(square(64, 64, 5, 5, 20))}, {"id": 2, "segmentation": rle(square(64, 64, 30, 30, 9))}]
+    (folder / "a.json").write_text(json.dumps({"image": info, "annotations": listed}))
+    data = open_dataset(folder)
+    assert data.masks(0).sum(axis=(1, 2)).tolist() == [400, 81]
+    listed[1]["segmentation"]["counts"] = "52"  # runs that sum short: uninitialised memory if decoded
+    (folder / "a.json").write_text(json.dumps({"image": info, "annotations": listed}))
+    assert data.masks(0, [0]).sum() == 400
+    with pytest.raises(ValueError, match="a.json: annotation 1 changed since it was checked: RLE runs sum to 7"):
+        data.masks(0)
+
+
 # ----------------------------------------------------------------------------- what training reads
 def test_crowd_skipped_by_default_kept_when_asked(tmp_path, shapes):
     data = json.loads(shapes.read_text())
