@@ -75,7 +75,7 @@ def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
                         "Slurm, Open MPI) instead of the three flags above")
 
 
-def add_data_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+def add_data_arguments(p: argparse.ArgumentParser):
     """--min-object-area, --allow-outside-data-dir and --loader-threads: how annotated data are
     read (`sam_jax.io.coco.DataOptions`); returns the group, for a command's own data flags."""
     g = p.add_argument_group("data (every image and annotation is checked at start-up; what cannot be used is "
