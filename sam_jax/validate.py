@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from .io.images import to_uint8
+
 
 class ImageNotSetError(RuntimeError, ValueError):
     """predict() before set_image(). A RuntimeError like the official one, and a ValueError."""
 
 
 def check_image(image, name: str = "image") -> np.ndarray:
-    """Returns the image as a C-contiguous (H, W, 3) uint8 array, or raises ValueError."""
+    """Returns the image as a C-contiguous (H, W, 3) uint8 array, or raises ValueError. Other
+    integer and floating-point dtypes (16-bit microscopy, floats) are scaled to uint8 by
+    `sam_jax.io.images.to_uint8` (percentile normalisation; see there)."""
     if not isinstance(image, np.ndarray):
         try:
             image = np.asarray(image)
@@ -32,10 +36,13 @@ def check_image(image, name: str = "image") -> np.ndarray:
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {image.shape}")
     if image.dtype != np.uint8:
-        raise ValueError(
-            f"{name} must have dtype uint8 (pixel values 0..255), got {image.dtype}; for floats in [0, 1] "
-            "use (img * 255).round().astype(np.uint8)"
-        )
+        if image.dtype == bool or image.dtype.kind not in "iuf":
+            raise ValueError(f"{name} must have dtype uint8 (pixel values 0..255), or another integer or float "
+                             f"dtype to normalise, got {image.dtype}")
+        try:
+            image = to_uint8(image)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
     return np.ascontiguousarray(image)
 
 

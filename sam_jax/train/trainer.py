@@ -46,11 +46,12 @@ VALIDATION = (Protocol("clicks", "score", 3), Protocol("box", "score", 1))  # wh
 class Trainer:
     def __init__(self, model: Sam, train_data: MaskDataset, config: TrainConfig, output: str | os.PathLike,
                  val_data: MaskDataset | AnnotationSet | None = None, resume: bool = False, overwrite: bool = False,
-                 quiet: bool = False, mesh: Mesh | None = None):
+                 quiet: bool = False, mesh: Mesh | None = None, allow_data_changes: bool = False):
         """`mesh`: a (data, fsdp) mesh (`parallel.make_mesh`) to train on; None: the model's device
         (in a multi-process run: every device of every process, on the data axis). `val_data`: a
         data set of `open_dataset` or an `AnnotationSet` of `sam_jax.io.coco`, validated as
-        `sam-jax eval` evaluates it (see `validate`)."""
+        `sam-jax eval` evaluates it (see `validate`). `allow_data_changes`: a resume may continue on
+        training data that differ from the run's (`RunFolder.prepare`)."""
         self.primary = jax.process_index() == 0
         self.config, self.quiet = config, quiet or not self.primary
         self.folder = RunFolder(output, config.keep_checkpoints)
@@ -60,7 +61,7 @@ class Trainer:
         self.val_set = validation_set(val_data) if val_data is not None and self.primary else None
         self.base = model
         self.record = run_record(config, model, train_data)
-        self.folder.prepare(self.record, resume, overwrite)
+        self.folder.prepare(self.record, resume, overwrite, train_data, allow_data_changes)
         view = prepare_model(model, config.dtype, config.remat)
         self.graphdef, trainable, self.fixed = split_trainable(view, config.freeze)
         if model.config.decoder == "hq":
