@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
+from flax import nnx
 
 from .functional import automatic_mask_generator as device_side
 from .functional import bind_model, bucket
@@ -26,7 +27,7 @@ from .masks import (
     box_xyxy_to_xywh, build_all_layer_point_grids, generate_crop_boxes, mask_boxes, remove_small_regions, uncrop_boxes_xyxy,
     uncrop_points,
 )
-from .modeling import Sam
+from .modeling import Sam, with_numerics
 from .predictor import SamPredictor
 from .validate import check_image
 
@@ -63,9 +64,16 @@ class SamAutomaticMaskGenerator:
         point_grids: list[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
+        *,
+        decoder_dtype: str | None = None,
     ) -> None:
         """Same arguments, defaults and meaning as the official generator. min_mask_region_area
-        needs no OpenCV here. Records are returned in the official order."""
+        needs no OpenCV here. Records are returned in the official order.
+
+        decoder_dtype: "float32" or "bfloat16" to decode the point prompts (most of the work)
+        in that compute dtype while the image encoder keeps the model's (None: the model's
+        throughout); logits, scores and every statistic stay float32 (docs/precision-and-speed.md
+        says how far bfloat16 masks are from float32's)."""
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids must be provided")
         if output_mode not in OUTPUT_MODES:
@@ -95,8 +103,11 @@ class SamAutomaticMaskGenerator:
             points_per_side, crop_n_layers, crop_n_points_downscale_factor
         )
         self.predictor = SamPredictor(model)
-        self._leaves, treedef = jax.tree.flatten(self.predictor.params)
-        self._decode_crop = bind_model(device_side.process_crop, self.predictor.graphdef, treedef, ("chunk", "tiles"))
+        # The decoding view shares the parameter arrays; only how it computes may differ.
+        decoder = model if decoder_dtype is None else with_numerics(model, dtype=decoder_dtype)
+        graphdef, params = nnx.split(decoder)
+        self._leaves, treedef = jax.tree.flatten(params)
+        self._decode_crop = bind_model(device_side.process_crop, graphdef, treedef, ("chunk", "tiles"))
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
