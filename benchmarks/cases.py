@@ -182,8 +182,8 @@ def _decode_flops(ours, B, N, M):
 def case_amg(s: Setup, **kwargs):
     from segment_anything import SamAutomaticMaskGenerator as Official
 
-    from sam_jax import amg_pipeline
     from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
+    from sam_jax.functional import automatic_mask_generator as device_side
 
     off, ours = Official(s.official, **kwargs), SamAutomaticMaskGenerator(s.ours, **kwargs)
     extra = {}
@@ -213,7 +213,7 @@ def case_amg(s: Setup, **kwargs):
         args = (gen.predictor.graphdef, gen.predictor.params, emb.features, np.int32(0), np.zeros((nb, P, 2), np.float32),
                 np.ones((nb, P), bool), *gen._resamplers((hi, wi), (h, w)), np.array([h, w], np.int32),
                 np.array([0, 0, w, h], np.float32), np.array([0, 0, w, h], np.float32), gen._settings())
-        return total + _flops(amg_pipeline.process_crop, *args, static_argnums=(0,))
+        return total + _flops(device_side.process_crop, *args, static_argnums=(0,))
 
     return run_off, run_ours, flops, extra
 
