@@ -55,7 +55,7 @@ class BackendPlan(NamedTuple):
 
 
 PLANS = {"cpu": BackendPlan(None, 1)}
-ACCELERATOR_PLAN = BackendPlan(512 << 20, 5)  # GPU and TPU: 512 MiB slabs; a crop layer of 4 and the image in one group
+ACCELERATOR_PLAN = BackendPlan(1 << 30, 5)  # GPU and TPU: 1 GiB slabs (fewer, larger steps); a crop layer of 4 and the image in one group
 
 
 def backend_plan(platform: str) -> BackendPlan:
