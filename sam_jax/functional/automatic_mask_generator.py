@@ -275,7 +275,7 @@ def render_boundaries(low_res: jax.Array, index: jax.Array, rows: tuple[jax.Arra
                       image_hw: jax.Array, mask_threshold: jax.Array, chunk: int = MASK_CHUNK,
                       tiles: int = 1) -> tuple[jax.Array, jax.Array]:
     """low_res[index] (K, 4h, 4w) logits -> the masks' run-length boundaries in the image
-    (K, Wc, Hc / 8 + 1) uint8 and areas (K,) int32 (`mask_tiles.band_boundaries`): what the
+    (K, Wc, Hc / 8 + 8) uint8 and areas (K,) int32 (`mask_tiles.band_boundaries`): what the
     RLE outputs need, in place of the masks. crop_xy (2,) and image_hw (2,) int32."""
     return _chunked(lambda low: band_boundaries(low, rows, cols, crop_hw, crop_xy, image_hw, mask_threshold, tiles),
                     low_res[index], chunk)
