@@ -66,6 +66,7 @@ class SamAutomaticMaskGenerator:
         output_mode: str = "binary_mask",
         *,
         decoder_dtype: str | None = None,
+        hq_token_only: bool = False,
     ) -> None:
         """Same arguments, defaults and meaning as the official generator. min_mask_region_area
         needs no OpenCV here. Records are returned in the official order.
@@ -73,7 +74,9 @@ class SamAutomaticMaskGenerator:
         decoder_dtype: "float32" or "bfloat16" to decode the point prompts (most of the work)
         in that compute dtype while the image encoder keeps the model's (None: the model's
         throughout); logits, scores and every statistic stay float32 (docs/precision-and-speed.md
-        says how far bfloat16 masks are from float32's)."""
+        says how far bfloat16 masks are from float32's).
+        hq_token_only: for an HQ-SAM model, each point's mask is the HQ mask alone rather than
+        sam-hq's default (the SAM mask plus the HQ mask), as sam-hq's predictor takes it."""
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids must be provided")
         if output_mode not in OUTPUT_MODES:
@@ -107,7 +110,12 @@ class SamAutomaticMaskGenerator:
         decoder = model if decoder_dtype is None else with_numerics(model, dtype=decoder_dtype)
         graphdef, params = nnx.split(decoder)
         self._leaves, treedef = jax.tree.flatten(params)
-        self._decode_crop = bind_model(device_side.process_crop, graphdef, treedef, ("chunk", "tiles"))
+        self._decode_crop = bind_model(device_side.process_crop, graphdef, treedef,
+                                       ("chunk", "tiles", "multimask_output", "hq_token_only"))
+        if hq_token_only and model.config.decoder != "hq":
+            raise ValueError("hq_token_only applies to an HQ-SAM model (its decoder has the HQ token); this one has SAM's")
+        self.hq_token_only = hq_token_only
+        self.multimask_output = True
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
@@ -120,10 +128,13 @@ class SamAutomaticMaskGenerator:
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
 
-    def generate(self, image: np.ndarray) -> list[dict]:
+    def generate(self, image: np.ndarray, multimask_output: bool = True) -> list[dict]:
         """Masks for the whole (H, W, 3) uint8 RGB image: a list of official records with keys
-        segmentation, area, bbox (XYWH), predicted_iou, point_coords, stability_score, crop_box."""
+        segmentation, area, bbox (XYWH), predicted_iou, point_coords, stability_score, crop_box.
+        multimask_output: as sam-hq's generator takes it (the official one always uses True):
+        False decodes each point to the single-mask output."""
         image = check_image(image)
+        self.multimask_output = bool(multimask_output)
         # RLE straight from the device's run boundaries, unless masks are edited on the host first.
         boundaries = self.output_mode != "binary_mask" and self.min_mask_region_area == 0
         data = self._generate_masks(image, boundaries)
@@ -211,13 +222,14 @@ class SamAutomaticMaskGenerator:
             emb = self.predictor.embed_images([image[y0:y1, x0:x1, :] for x0, y0, x1, y1 in boxes])
             # A group may be embedded across the predictor's mesh; its crops decode where the model is.
             features = jax.device_put(emb.features, self.predictor.device)
-            launched = [self._dispatch_crop(features, i, emb.input_sizes[i], box, layer_idxs[start + i], orig_box)
+            hq = None if emb.hq_features is None else jax.device_put(emb.hq_features, self.predictor.device)
+            launched = [self._dispatch_crop(features, hq, i, emb.input_sizes[i], box, layer_idxs[start + i], orig_box)
                         for i, box in enumerate(boxes)]
             done += [self._fetch_crop(*p) for p in pending]
             pending = launched
         return done + [self._fetch_crop(*p) for p in pending]
 
-    def _dispatch_crop(self, features, i, input_size, crop_box, layer_idx, orig_box):
+    def _dispatch_crop(self, features, hq_features, i, input_size, crop_box, layer_idx, orig_box):
         """Starts `process_crop` for crop i of the embedded group (does not wait for it)."""
         x0, y0, x1, y1 = crop_box
         ch, cw = y1 - y0, x1 - x0
@@ -234,8 +246,9 @@ class SamAutomaticMaskGenerator:
             self._leaves, features, np.int32(i),
             pts.reshape(nb, P, 2), valid.reshape(nb, P),
             *resamplers,
-            np.array([ch, cw], np.int32), np.array(crop_box, np.float32), orig_box, self._settings(),
+            np.array([ch, cw], np.int32), np.array(crop_box, np.float32), orig_box, self._settings(), hq_features,
             **self._steps(P * self._multimask_outputs(), resamplers),
+            multimask_output=self.multimask_output, hq_token_only=self.hq_token_only,
         )
         return crop_box, points, resamplers, small, low_res
 
@@ -267,11 +280,16 @@ class SamAutomaticMaskGenerator:
         return dict(chunk=chunk, tiles=device_side.band_tiles(self._plan(), chunk, canvas_hw, low_len))
 
     def _multimask_outputs(self) -> int:
-        return self.predictor.model.mask_decoder.num_multimask_outputs
+        """Masks per point: the decoder's multimask count, or 1 (single-mask output, or sam-hq's rule)."""
+        model = self.predictor.model
+        return model.mask_decoder.num_multimask_outputs if self.multimask_output and model.config.decoder != "hq" else 1
 
     def _resamplers(self, input_size, crop_size):
         model = self.predictor.model
-        return device_side.crop_resamplers(model.prompt_encoder.mask_input_size[0], model.config.image_size, input_size, crop_size)
+        low = model.prompt_encoder.mask_input_size[0]
+        if model.config.preprocess == "medsam":  # MedSAM resizes its low-res logits to the image in one step
+            return device_side.crop_resamplers(low, low, (low, low), crop_size)
+        return device_side.crop_resamplers(low, model.config.image_size, input_size, crop_size)
 
     def _settings(self) -> device_side.AmgSettings:
         return device_side.AmgSettings(*(np.float32(v) for v in (

@@ -209,29 +209,36 @@ def process_crop(
     crop_box: jax.Array,
     orig_box: jax.Array,
     settings: AmgSettings,
+    hq_features: jax.Array | None = None,
     chunk: int = MASK_CHUNK,
     tiles: int = 1,
+    multimask_output: bool = True,
+    hq_token_only: bool = False,
 ) -> tuple[dict[str, jax.Array], jax.Array]:
     """All point batches of one crop, filtered and de-duplicated, survivors first.
 
     features (B, C, h, w) of all crops, crop_index () which one; points (nb, P, 2) xy in the
     crop's resized-input frame, point_valid (nb, P); rows / cols from `crop_resamplers`
     (Hc, Wc their canvas sizes); crop_hw (2,) the crop's size; crop_box, orig_box (4,) xyxy in
-    image pixels; chunk and tiles (static) masks upsampled together for the statistics and row
-    tiles per band (`stats_chunk`, `band_tiles`).
+    image pixels; hq_features (B, 4h, 4w, C/8) of all crops for an HQ-SAM decoder, else None;
+    chunk and tiles (static) masks upsampled together for the statistics and row tiles per band
+    (`stats_chunk`, `band_tiles`); multimask_output and hq_token_only (static) as sam-hq's
+    generator and predictor take them (an HQ decoder gives one mask per point: M = 1).
     Returns (small, low_res): `small` holds count () survivors and, per slot (N = nb * P * M,
     the first `count` the survivors in NMS order), index (N,) into the candidates, iou_preds,
     stability_score, boxes (N, 4) crop pixels and point_index; low_res (N, 4h, 4w) the
     logits of every candidate (gather the survivors with `take_rows`).
     """
     features = jax.lax.dynamic_index_in_dim(features, crop_index, keepdims=True)
+    if hq_features is not None:
+        hq_features = jax.lax.dynamic_index_in_dim(hq_features, crop_index, keepdims=True)
 
     def one_batch(args):
         pts, valid = args
         P = pts.shape[0]
         labels = jnp.where(valid, 1, IGNORE_LABEL)[:, None]
         prompts = Prompts(pts[:, None, :], labels, jnp.zeros((P, 4)), jnp.zeros(P, bool))
-        low, iou = decode_prompts(graphdef, params, features, prompts, True)
+        low, iou = decode_prompts(graphdef, params, features, prompts, multimask_output, hq_features, hq_token_only)
         M = iou.shape[1]
         low, iou = low.reshape((P * M,) + low.shape[2:]), iou.reshape(P * M)
 
@@ -281,7 +288,7 @@ def render_boundaries(low_res: jax.Array, index: jax.Array, rows: tuple[jax.Arra
                     low_res[index], chunk)
 
 
-process_crop_jit = jax.jit(process_crop, static_argnames=("graphdef", "chunk", "tiles"))
+process_crop_jit = jax.jit(process_crop, static_argnames=("graphdef", "chunk", "tiles", "multimask_output", "hq_token_only"))
 take_rows_jit = jax.jit(take_rows)
 render_masks_jit = jax.jit(render_masks, static_argnames=("chunk", "tiles"))
 render_boundaries_jit = jax.jit(render_boundaries, static_argnames=("chunk", "tiles"))

@@ -326,7 +326,7 @@ def test_cli_by_name(tiny, entry, server, tmp_path, monkeypatch, capsys):
             assert model_spec(build_parser().parse_args([command, *flags, *extra]), numerics=False).path() == cached
     assert cli(["export-onnx", "--checkpoint", "vit_q", "--output", str(tmp_path / "d.onnx")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "model name (vit_b" in err
+    assert len(err.splitlines()) == 1 and "nor a model name (" in err and " vit_b," in err
 
 
 def test_hugging_face_id(tiny, server, tmp_path, monkeypatch):
