@@ -41,6 +41,14 @@ def official_model(model_type: str):
     return _build_sam(64, 2, 2, [1]) if model_type == TINY else sam_model_registry[model_type]()
 
 
+def official_classes():
+    """(SamPredictor, SamAutomaticMaskGenerator) of the reference code: segment-anything's here, a
+    family's own copies in benchmarks/families.py."""
+    from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+
+    return SamPredictor, SamAutomaticMaskGenerator
+
+
 class Setup:
     """The official model and ours with the same weights: official random init -> torch.save ->
     our converter -> sam_jax.load. Built once per model type (a registry name or TINY).
@@ -58,6 +66,7 @@ class Setup:
         from sam_jax.convert import convert_checkpoint
 
         torch.set_grad_enabled(False)
+        self.official_classes = official_classes()
         self.model_type = model_type
         self.tmp = Path(setup_dir) if only else Path(tempfile.mkdtemp(prefix="sam-jax-bench-"))
         self.pth = self.tmp / f"{model_type}.pth"
@@ -79,11 +88,9 @@ class Setup:
 
 
 def case_embed(s: Setup, dtype: str = "float32"):
-    from segment_anything import SamPredictor as Official
-
     import sam_jax
 
-    off = Official(s.official)
+    off = s.official_classes[0](s.official)
     model = s.ours if dtype == "float32" else sam_jax.modeling.with_numerics(s.ours, dtype=dtype)
     ours = sam_jax.SamPredictor(model)
 
@@ -137,11 +144,9 @@ def case_embed_at(s: Setup, image_size: int):
 
 
 def _predictors(s: Setup):
-    from segment_anything import SamPredictor as Official
-
     import sam_jax
 
-    off, ours = Official(s.official), sam_jax.SamPredictor(s.ours)
+    off, ours = s.official_classes[0](s.official), sam_jax.SamPredictor(s.ours)
     off.set_image(s.image)
     ours.set_image(s.image)
     return off, ours
@@ -180,12 +185,10 @@ def _decode_flops(ours, B, N, M):
 
 
 def case_amg(s: Setup, **kwargs):
-    from segment_anything import SamAutomaticMaskGenerator as Official
-
-    from sam_jax import amg_pipeline
     from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
+    from sam_jax.functional import automatic_mask_generator as device_side
 
-    off, ours = Official(s.official, **kwargs), SamAutomaticMaskGenerator(s.ours, **kwargs)
+    off, ours = s.official_classes[1](s.official, **kwargs), SamAutomaticMaskGenerator(s.ours, **kwargs)
     extra = {}
 
     out = {}
@@ -213,7 +216,7 @@ def case_amg(s: Setup, **kwargs):
         args = (gen.predictor.graphdef, gen.predictor.params, emb.features, np.int32(0), np.zeros((nb, P, 2), np.float32),
                 np.ones((nb, P), bool), *gen._resamplers((hi, wi), (h, w)), np.array([h, w], np.int32),
                 np.array([0, 0, w, h], np.float32), np.array([0, 0, w, h], np.float32), gen._settings())
-        return total + _flops(amg_pipeline.process_crop, *args, static_argnums=(0,))
+        return total + _flops(device_side.process_crop, *args, static_argnums=(0,))
 
     return run_off, run_ours, flops, extra
 
@@ -272,8 +275,8 @@ CASE_TITLES = {
 }
 
 
-def measure(s: Setup, case: str, repeats: int) -> dict:
-    run_off, run_ours, flops, extra = CASE_FNS[case](s)
+def measure(s: Setup, case: str, repeats: int, case_fns: dict | None = None) -> dict:
+    run_off, run_ours, flops, extra = (case_fns or CASE_FNS)[case](s)
     first = _time(run_ours)  # compilation included
     _log(f"{case}: ours first call {first:.2f}s")
     if case not in SLOW_CASES:  # torch compiles nothing: one warm-up is enough where a run takes minutes
@@ -333,7 +336,8 @@ def format_row(r: dict) -> str:
             f"first call {r['first_call']:.2f}s")
 
 
-def table(rows: list[dict], env: dict) -> str:
+def table(rows: list[dict], env: dict, titles: dict | None = None) -> str:
+    titles = titles or CASE_TITLES
     rate, cpu_rate = env["matmul_gflops_jax"] * 1e9, env.get("matmul_gflops_jax_cpu_time", float("nan")) * 1e9
     lines = [
         "| model | case | official s (min-max) | ours s (min-max) | ours/official | ours first call s | GFLOP | ours % of matmul rate (wall; CPU time) | notes |",
@@ -360,7 +364,7 @@ def table(rows: list[dict], env: dict) -> str:
         if "note" in r:
             notes.append(r["note"])
         lines.append(
-            f"| {r['model']} | {CASE_TITLES[r['case']]} | {mo:.3f} ({min(r['official']):.3f}-{max(r['official']):.3f}) "
+            f"| {r['model']} | {titles[r['case']]} | {mo:.3f} ({min(r['official']):.3f}-{max(r['official']):.3f}) "
             f"| {mu:.3f} ({min(r['ours']):.3f}-{max(r['ours']):.3f}) | {mu / mo:.2f} | {r['first_call']:.2f} "
             f"| {gf:.1f} | {frac} | {'; '.join(notes)} |"
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -23,10 +24,13 @@ from sam_jax.config import SamConfig
 from sam_jax.io.outputs import atomic_dir, check_output, remove_stale_partials
 from sam_jax.io.stamps import record_text
 
+from .keys import ConversionError
+
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 RECORD_FILE = "record.json"
 OWN_OUTPUT = "a checkpoint folder (and nothing else)"  # what `is_own_folder` recognises, for messages
+PARAMS_DIGEST = "params_sha256"  # record.json: the digest of the stored arrays (`params_digest`), checked on every read
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
@@ -54,11 +58,13 @@ def save(
     remove_stale_partials(output.parent)
     with atomic_dir(output, overwrite=overwrite) as tmp:
         config.save(tmp / CONFIG_FILE)
-        # The content digest is stored so that a rerun can name this model without reading it.
-        (tmp / RECORD_FILE).write_text(record_text({**(record or {}), "content_sha256": content_digest(config, params)}))
         with _checkpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, _nest(params))
             ckptr.wait_until_finished()
+        # The content digest names this model to a rerun without reading it; the parameters'
+        # digest lets every read check that params/ still holds what was written (`read_params`).
+        digests = {"content_sha256": content_digest(config, params), PARAMS_DIGEST: params_digest(params)}
+        (tmp / RECORD_FILE).write_text(record_text({**(record or {}), **digests}))
     return output
 
 
@@ -81,6 +87,21 @@ def content_digest(config: SamConfig, params: dict[tuple, object]) -> str:
     return h.hexdigest()
 
 
+def params_digest(params: dict[tuple, object]) -> str:
+    """SHA-256 over the parameters as float32: each one's path, shape and the SHA-256 of its bytes.
+    Per-array digests run in parallel (hashlib releases the GIL), so checking a read costs a
+    fraction of one pass over the bytes per core. Orbax's own file names and metadata hold a
+    timestamp and random names; the values do not, so two saves of one model record one digest."""
+    paths = sorted(params, key=lambda p: tuple(str(k) for k in p))
+    arrays = [np.ascontiguousarray(np.asarray(params[p]), dtype="<f4") for p in paths]
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(lambda a: hashlib.sha256(memoryview(a).cast("B")).hexdigest(), arrays))
+    h = hashlib.sha256()
+    for path, array, digest in zip(paths, arrays, digests):
+        h.update(f"{path}{array.shape}{digest}\n".encode())
+    return h.hexdigest()
+
+
 def read_record(directory: str | os.PathLike) -> dict:
     """The record that `save` wrote in the folder ({} for an older folder or an unreadable one)."""
     try:
@@ -91,7 +112,11 @@ def read_record(directory: str | os.PathLike) -> dict:
 
 
 def stored_digest(directory: str | os.PathLike) -> str | None:
-    """The content digest that `save` recorded in the folder, or None (an older folder)."""
+    """The content digest that `save` recorded in the folder, or None (an older folder), once its
+    parameters have been read and checked against the record (`read_params`): a rerun keyed to
+    this digest is keyed to the weights that would be loaded, not to what record.json says."""
+    shapes = stored_shapes(directory)
+    read_params(directory, {p: jax.ShapeDtypeStruct(s, np.float32) for p, s in shapes.items()})
     digest = read_record(directory).get("content_sha256")
     return digest if isinstance(digest, str) else None
 
@@ -106,23 +131,41 @@ def read_config(directory: str | os.PathLike) -> SamConfig:
 def stored_shapes(directory: str | os.PathLike) -> dict[tuple, tuple[int, ...]]:
     """{parameter path: shape} as stored in the folder's Orbax metadata (nothing is read but it)."""
     directory = Path(directory).absolute()
-    with _checkpointer() as ckptr:
-        meta = ckptr.metadata(directory / PARAMS_DIR)
-    tree = getattr(meta, "item_metadata", meta)
-    return {
-        tuple(int(k.key) if k.key.isdigit() else k.key for k in path): tuple(leaf.shape)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-    }
+    try:
+        with _checkpointer() as ckptr:
+            meta = ckptr.metadata(directory / PARAMS_DIR)
+        tree = getattr(meta, "item_metadata", meta)
+        shapes = {
+            tuple(int(k.key) if k.key.isdigit() else k.key for k in path): tuple(int(n) for n in leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        }
+    except Exception as e:  # a damaged or foreign metadata file fails in many Orbax and tensorstore ways
+        raise ConversionError(f"{directory}: the metadata of {PARAMS_DIR}/ cannot be read ({type(e).__name__}): "
+                              f"not a checkpoint written by sam-jax, or a damaged one") from None
+    if not shapes:  # Orbax answers a metadata file it cannot parse with a warning and nothing
+        raise ConversionError(f"{directory}: the metadata of {PARAMS_DIR}/ lists no parameters: a damaged checkpoint")
+    return shapes
 
 
 def read_params(directory: str | os.PathLike, abstract: dict[tuple, object]) -> dict[tuple, np.ndarray]:
     """The parameters stored in `directory` for the given abstract {path: ShapeDtypeStruct}
-    (Orbax checks the stored shapes against it)."""
+    (Orbax checks the stored shapes against it), checked against the digest `save` recorded:
+    ConversionError in one line for a flipped byte or another model's parameters put in place
+    (a folder written before the digest was recorded has nothing to check)."""
     directory = Path(directory).absolute()
     read_config(directory)  # a clear error when it is not a checkpoint
-    with _checkpointer() as ckptr:
-        restored = ckptr.restore(directory / PARAMS_DIR, _nest(abstract))
-    return _flatten(restored)
+    try:
+        with _checkpointer() as ckptr:
+            restored = ckptr.restore(directory / PARAMS_DIR, _nest(abstract))
+    except Exception as e:  # damaged data files (in a folder without a recorded digest) fail deep in tensorstore
+        raise ConversionError(f"{directory}: {PARAMS_DIR}/ cannot be read ({type(e).__name__}): a damaged checkpoint") from None
+    params = _flatten(restored)
+    expected = read_record(directory).get(PARAMS_DIGEST)
+    if isinstance(expected, str) and params_digest(params) != expected:
+        raise ConversionError(
+            f"{directory}: {PARAMS_DIR}/ does not hold the parameters that were written there (their SHA-256 differs "
+            f"from {RECORD_FILE}'s): the files were damaged or replaced; convert or save the model again")
+    return params
 
 
 def _nest(flat: dict[tuple, object]) -> dict:

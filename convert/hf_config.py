@@ -1,5 +1,5 @@
 """Hugging Face `transformers` SAM configs (the `config.json` saved beside `model.safetensors`)
--> SamConfig fields.
+<-> SamConfig fields.
 
 transformers' `SamConfig` holds three sub-configs, `vision_config` (`SamVisionConfig`),
 `prompt_encoder_config` (`SamPromptEncoderConfig`) and `mask_decoder_config`
@@ -16,6 +16,10 @@ it is how transformers runs the official weights (see `hf.py`), and sam-jax runs
 official code does. The generic `PretrainedConfig` fields (`torch_dtype`, `id2label`, ...) and
 training-only ones (`attention_dropout`, `initializer_range`) do not change the model and are
 ignored.
+
+`hf_config_dict` is the way back (an export in transformers' layout): every mapped field written
+out, the fixed ones left to transformers' defaults, so that `hf_config_fields` reads back the
+same fields.
 """
 
 from __future__ import annotations
@@ -114,3 +118,20 @@ def hf_config_fields(data: dict, where: str = HF_CONFIG) -> dict[str, Any]:
     if problems:
         raise ValueError(f"{where}: a SAM model sam-jax cannot run as written: " + "; ".join(problems))
     return fields
+
+
+def hf_config_dict(config) -> dict[str, Any]:
+    """The transformers `config.json` of a sam-jax SamConfig (a ViT encoder and SAM's decoder, the
+    only model transformers' `SamModel` builds); ValueError for another family."""
+    if config.encoder != "vit" or config.decoder != "sam":
+        raise ValueError(f"transformers' SamModel has no {config.encoder} encoder with a {config.decoder} decoder: "
+                         "only a ViT encoder with SAM's decoder can be written in its layout")
+    ours = config.to_dict()
+    subs: dict[str, dict[str, Any]] = {sub: {} for sub in _DEFAULTS}
+    for (sub, field), name in _MAPPED.items():
+        subs[sub][field] = ours[name]
+    dim = config.prompt_embed_dim
+    subs["vision_config"].update(mlp_dim=int(config.encoder_embed_dim * config.mlp_ratio), num_pos_feats=dim // 2)
+    subs["prompt_encoder_config"].update(hidden_size=dim, image_size=config.image_size, patch_size=config.patch_size)
+    subs["mask_decoder_config"]["hidden_size"] = dim
+    return {"architectures": ["SamModel"], "model_type": "sam", **subs}

@@ -17,6 +17,11 @@ official module path (the families' `RULES`; a module matching none is a Linear)
                       positional_encoding_gaussian_matrix, attention_biases
 
 Shapes are checked against the model by the next stage (`shapes.check_params`).
+
+The way back (`reference_state_dict`, what `sam-jax export-pth` writes) is the same table read
+the other way, plus what the converter dropped that the family's own PyTorch model still holds:
+each BatchNorm's `num_batches_tracked` (written as 0: eval mode never reads it, and training
+with a momentum does not either) and each family's `restore` (TinyViT's unused classifier).
 """
 
 from __future__ import annotations
@@ -105,6 +110,23 @@ def params_to_official(params: dict[Path, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def reference_state_dict(config: SamConfig, params: dict[Path, np.ndarray]) -> dict[str, np.ndarray]:
+    """{our path: array} of a model of `config` -> the state dict of the family's own PyTorch
+    model (the keys its `load_state_dict(strict=True)` wants), arrays in its layout. The
+    transposed arrays are views, made contiguous by whoever writes them. The parameters must be
+    the model's (`shapes.check_params`)."""
+    state: dict[str, np.ndarray] = {}
+    for path, value in params.items():
+        key, perm = official_key(path)
+        value = np.asarray(value)
+        state[key] = value if perm is None else np.transpose(value, perm)
+        if key.endswith(".running_var"):
+            state[key.removesuffix("running_var") + "num_batches_tracked"] = np.zeros((), np.int64)
+    for family in (families.ENCODERS[config.encoder], families.DECODERS[config.decoder]):
+        state.update(family.restore(config))
+    return state
+
+
 def official_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The official shape of our parameter `path` of our `shape` (for error messages)."""
     _, perm = official_key(path)
@@ -142,5 +164,5 @@ def _norm(v):
 
 __all__ = [
     "ConversionError", "LEAVES", "infer_config", "is_dropped", "official_key", "official_shape", "official_to_params",
-    "param_path", "params_to_official", "resolve_config",
+    "param_path", "params_to_official", "reference_state_dict", "resolve_config",
 ]

@@ -35,7 +35,7 @@ from .hf_config import HF_CONFIG, hf_config_fields, is_hf_config
 from .image_size import with_image_size
 from .keys import ConversionError, infer_config, official_to_params, resolve_config
 from .safetensors import read_safetensors
-from .shapes import check_params, parameter_shapes
+from .shapes import check_params, check_structure, parameter_shapes
 from .torch_pickle import load_torch_state_dict
 
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what a transformers model folder holds
@@ -82,7 +82,9 @@ def _read_folder(path: Path, model_type: str | None, config: SamConfig | None) -
     if expected is not None and stored != expected:
         raise ValueError(f"{path} holds a model whose config differs from {model_type or 'the requested config'}")
     try:
-        check_params(stored, folder.stored_shapes(path))
+        shapes = folder.stored_shapes(path)
+        check_structure(stored, shapes)  # before building the model that check_params compares with
+        check_params(stored, shapes)
     except ConversionError as e:
         raise ConversionError(f"{path}: its {folder.CONFIG_FILE} does not describe its parameters: {e}") from None
     return Checkpoint(stored, folder.read_params(path, parameter_shapes(stored)))
@@ -180,6 +182,8 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
     """The converted checkpoint folder of a model name (see `weights`): from the cache, or
     downloaded, verified and converted into it once. Raises FileNotFoundError for an unknown name,
     `weights.DownloadError` (one line) when the download fails."""
+    if name in weights.BUNDLED:
+        return weights.BUNDLED[name]
     src = weights.source(name)
     target = weights.converted_path(src)
     if folder.is_checkpoint(target):

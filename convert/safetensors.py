@@ -1,12 +1,13 @@
-"""Reader of `.safetensors` files, without the `safetensors` package: Hugging Face checkpoints
-(`model.safetensors`, renamed to official keys by `hf.py`) and official-named state dicts saved
-in that format."""
+"""Reader and writer of `.safetensors` files, without the `safetensors` package: Hugging Face
+checkpoints (`model.safetensors`, renamed to official keys by `hf.py`) and official-named state
+dicts saved in that format."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Mapping
 
 import ml_dtypes
 import numpy as np
@@ -91,3 +92,45 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         out[name] = np.array(buf[begin:end]).view(_DTYPES[info["dtype"]]).reshape(tuple(info["shape"]))
     del buf
     return out
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str] | None:
+    """The header's `__metadata__` of a `.safetensors` file (None when it has none); ValueError,
+    one line, when the file has no readable header. Only the header is read."""
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 2 <= n <= min(_MAX_HEADER, size - 8):
+            raise ValueError(f"{path}: not a safetensors file (header length {n}, file size {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise ValueError(f"{path}: the header is not valid JSON") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def write_safetensors(state: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Writes `state` ({name: array}, any strides) to `path` as the reference implementation does:
+    the JSON header padded with spaces to a multiple of 8 bytes, then the tensors little-endian
+    and back to back, the widest dtypes first (so every tensor is aligned to its item size), in
+    `state`'s order within a dtype. `metadata` ({str: str}) is the header's `__metadata__`."""
+    names = {np.dtype(v).newbyteorder("<"): k for k, v in _DTYPES.items()}
+    arrays = {key: np.asarray(value) for key, value in state.items()}
+    order = sorted(arrays, key=lambda k: -arrays[k].dtype.itemsize)  # stable: state's order within a width
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for key in order:
+        dtype = arrays[key].dtype.newbyteorder("<")
+        if dtype not in names:
+            raise ValueError(f"{key}: dtype {arrays[key].dtype} has no safetensors name here (supported: {', '.join(_DTYPES)})")
+        nbytes = arrays[key].nbytes
+        header[key] = {"dtype": names[dtype], "shape": list(arrays[key].shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for key in order:
+            f.write(np.ascontiguousarray(arrays[key], arrays[key].dtype.newbyteorder("<")).reshape(-1).view(np.uint8))

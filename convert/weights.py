@@ -33,6 +33,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+from sam_jax.assets import SHAPES_TINY
 from sam_jax.runtime.paths import cache_dir
 from sam_jax.runtime.progress import say
 
@@ -40,13 +41,14 @@ from .download import CHUNK_BYTES, DownloadError, download
 
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/segment_anything"
 HF_FILE = "model.safetensors"
-HUB_HINT = 'pip install "sam-jax[hub]"'
+HUB_HINT = "pip install huggingface_hub (the [hub] extra)"
 
 
 class OfficialWeights(NamedTuple):
     model_type: str  # the shipped config it must match (configs/<model_type>.json)
     file: str  # the published name: sam_<model type>_<first six hex digits of the file's MD5>.pth
     sha256: str
+    size: int | None = None  # bytes: no download accepts more (a mirror streaming without end)
 
 
 # Where the digests come from. Meta publishes the three URLs (segment-anything README, "Model
@@ -56,11 +58,11 @@ class OfficialWeights(NamedTuple):
 # projects that verify their downloads of them (among others micro-sam's model registry,
 # github.com/computational-cell-analytics/micro-sam, and many download scripts). They were not
 # recomputed when this table was written (that machine could not reach dl.fbaipublicfiles.com):
-# this table is the one place to correct them.
+# this table is the one place to correct them. The sizes are recorded by the same projects.
 OFFICIAL = {w.file: w for w in (
-    OfficialWeights("vit_b", "sam_vit_b_01ec64.pth", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
-    OfficialWeights("vit_l", "sam_vit_l_0b3195.pth", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
-    OfficialWeights("vit_h", "sam_vit_h_4b8939.pth", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+    OfficialWeights("vit_b", "sam_vit_b_01ec64.pth", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375042383),
+    OfficialWeights("vit_l", "sam_vit_l_0b3195.pth", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1249524607),
+    OfficialWeights("vit_h", "sam_vit_h_4b8939.pth", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2564550879),
 )}
 ALIASES = {  # short name -> official file
     "vit_b": "sam_vit_b_01ec64.pth",
@@ -150,8 +152,13 @@ class WeightsSource(NamedTuple):
     family: FamilyWeights | None = None
 
 
+# Models shipped inside the package: a name, no download. shapes_tiny is the 2 MB SAM trained on
+# generated shapes (sam_jax/assets/README.md): seconds on a CPU, for trying the commands.
+BUNDLED = {"shapes_tiny": SHAPES_TINY}
+
+
 def known_names() -> list[str]:
-    return [*ALIASES, *OFFICIAL, *HF_IDS, *FAMILY, *FAMILY_ALIASES]
+    return [*BUNDLED, *ALIASES, *OFFICIAL, *HF_IDS, *FAMILY, *FAMILY_ALIASES]
 
 
 def source(name: str) -> WeightsSource:
@@ -201,7 +208,8 @@ def download_weights(src: WeightsSource, quiet: bool = False) -> Path:
     if family is not None and family.package is not None:
         return _verified(_package_file(family), family, f"the copy installed with {family.package}")
     if family is not None:
-        return download(mirror(family.url), cache_dir("downloads") / family.file, {"sha256": family.sha256}, quiet=quiet,
+        return download(mirror(family.url), cache_dir("downloads") / family.file, {"sha256": family.sha256},
+                        size=family.size, quiet=quiet,
                         hint="download it elsewhere and pass its path, or set SAM_JAX_WEIGHTS_URL to a mirror")
     weights = src.official
     digests = {"sha256": weights.sha256}
@@ -209,7 +217,7 @@ def download_weights(src: WeightsSource, quiet: bool = False) -> Path:
     if suffix:
         digests["md5"] = suffix[1]
     return download(
-        official_url(weights), cache_dir("downloads") / weights.file, digests, quiet=quiet,
+        official_url(weights), cache_dir("downloads") / weights.file, digests, size=weights.size, quiet=quiet,
         hint="download it elsewhere and pass its path, or set SAM_JAX_WEIGHTS_URL to a mirror",
     )
 

@@ -8,6 +8,7 @@ changes no JAX setting, registers no listener and writes no file.
 
 __version__ = "0.1.0"
 
+from . import assets  # sam_jax.assets.SHAPES_TINY after a plain `import sam_jax`
 from .automatic_mask_generator import SamAutomaticMaskGenerator
 from .build_sam import (
     build_sam,

@@ -7,7 +7,9 @@ output records.
 
 Round trips: crops are embedded and dispatched in groups (`BackendPlan.crop_group`), each
 crop's scores and boxes come back in one fetch while later crops compute, and the kept masks of
-every crop are rendered before the first is fetched, bit-packed.
+every crop are rendered before the first is fetched, bit-packed. RLE outputs without
+small-region removal never bring the masks over: the device renders their run boundaries in
+column-major order (`render_boundaries`) and `rle_counts` turns the set bits into counts.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
+from flax import nnx
 
 from .functional import automatic_mask_generator as device_side
 from .functional import bind_model, bucket
@@ -24,7 +27,7 @@ from .masks import (
     box_xyxy_to_xywh, build_all_layer_point_grids, generate_crop_boxes, mask_boxes, remove_small_regions, uncrop_boxes_xyxy,
     uncrop_points,
 )
-from .modeling import Sam
+from .modeling import Sam, with_numerics
 from .predictor import SamPredictor
 from .validate import check_image
 
@@ -61,9 +64,19 @@ class SamAutomaticMaskGenerator:
         point_grids: list[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
+        *,
+        decoder_dtype: str | None = None,
+        hq_token_only: bool = False,
     ) -> None:
         """Same arguments, defaults and meaning as the official generator. min_mask_region_area
-        needs no OpenCV here. Records are returned in the official order."""
+        needs no OpenCV here. Records are returned in the official order.
+
+        decoder_dtype: "float32" or "bfloat16" to decode the point prompts (most of the work)
+        in that compute dtype while the image encoder keeps the model's (None: the model's
+        throughout); logits, scores and every statistic stay float32 (docs/precision-and-speed.md
+        says how far bfloat16 masks are from float32's).
+        hq_token_only: for an HQ-SAM model, each point's mask is the HQ mask alone rather than
+        sam-hq's default (the SAM mask plus the HQ mask), as sam-hq's predictor takes it."""
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids must be provided")
         if output_mode not in OUTPUT_MODES:
@@ -93,8 +106,16 @@ class SamAutomaticMaskGenerator:
             points_per_side, crop_n_layers, crop_n_points_downscale_factor
         )
         self.predictor = SamPredictor(model)
-        self._leaves, treedef = jax.tree.flatten(self.predictor.params)
-        self._decode_crop = bind_model(device_side.process_crop, self.predictor.graphdef, treedef, ("chunk",))
+        # The decoding view shares the parameter arrays; only how it computes may differ.
+        decoder = model if decoder_dtype is None else with_numerics(model, dtype=decoder_dtype)
+        graphdef, params = nnx.split(decoder)
+        self._leaves, treedef = jax.tree.flatten(params)
+        self._decode_crop = bind_model(device_side.process_crop, graphdef, treedef,
+                                       ("chunk", "tiles", "multimask_output", "hq_token_only"))
+        if hq_token_only and model.config.decoder != "hq":
+            raise ValueError("hq_token_only applies to an HQ-SAM model (its decoder has the HQ token); this one has SAM's")
+        self.hq_token_only = hq_token_only
+        self.multimask_output = True
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
@@ -107,20 +128,29 @@ class SamAutomaticMaskGenerator:
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
 
-    def generate(self, image: np.ndarray) -> list[dict]:
+    def generate(self, image: np.ndarray, multimask_output: bool = True) -> list[dict]:
         """Masks for the whole (H, W, 3) uint8 RGB image: a list of official records with keys
-        segmentation, area, bbox (XYWH), predicted_iou, point_coords, stability_score, crop_box."""
+        segmentation, area, bbox (XYWH), predicted_iou, point_coords, stability_score, crop_box.
+        multimask_output: as sam-hq's generator takes it (the official one always uses True):
+        False decodes each point to the single-mask output."""
         image = check_image(image)
-        data = self._generate_masks(image)
+        self.multimask_output = bool(multimask_output)
+        # RLE straight from the device's run boundaries, unless masks are edited on the host first.
+        boundaries = self.output_mode != "binary_mask" and self.min_mask_region_area == 0
+        data = self._generate_masks(image, boundaries)
         if self.min_mask_region_area > 0:
+            data.pop("areas")  # of the masks before their small regions go
             data = self.postprocess_small_regions(data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh))
-        masks = data["masks"]
+        if boundaries:
+            h, w = image.shape[:2]
+            rles = [{"size": [h, w], "counts": counts} for counts in data["rles"]]
+        elif self.output_mode != "binary_mask":
+            rles = mask_to_rle(data["masks"])
         if self.output_mode == "binary_mask":
-            segmentations = list(masks)
-            areas = masks.sum(axis=(1, 2))
+            segmentations = list(data["masks"])
+            areas = data["areas"] if "areas" in data else data["masks"].sum(axis=(1, 2))
         else:
-            rles = mask_to_rle(masks)
-            areas = [area_from_rle(r) for r in rles]
+            areas = data["areas"] if "areas" in data else [area_from_rle(r) for r in rles]
             segmentations = rles if self.output_mode == "uncompressed_rle" else [coco_encode_rle(r) for r in rles]
         return [
             {
@@ -132,7 +162,7 @@ class SamAutomaticMaskGenerator:
                 "stability_score": float(data["stability_score"][i]),
                 "crop_box": box_xyxy_to_xywh(data["crop_boxes"][i].tolist()),
             }
-            for i in range(len(masks))
+            for i in range(len(segmentations))
         ]
 
     # ------------------------------------------------------------------------------------------
@@ -153,7 +183,9 @@ class SamAutomaticMaskGenerator:
             )
         return generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
 
-    def _generate_masks(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def _generate_masks(self, image: np.ndarray, boundaries: bool = False) -> dict[str, np.ndarray]:
+        """The kept masks' data in the final order: "masks" (K, H, W) bool, or with boundaries
+        "rles" (K RLE counts lists), and "areas" (K,), "boxes", "iou_preds", ... as the official."""
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = self._crop_boxes(orig_size)
         crops = self._process_crops(image, crop_boxes, layer_idxs)
@@ -168,8 +200,10 @@ class SamAutomaticMaskGenerator:
             scores = (1 / areas.astype(np.float32))[crop_of]
             keep = self._nms(boxes, scores, self.crop_nms_thresh)
             crop_of, index, boxes = crop_of[keep], index[keep], boxes[keep]
+        rendered, areas = self._render(crops, crop_of, index, orig_size, boundaries)
         return {
-            "masks": self._render(crops, crop_of, index, orig_size),
+            "rles" if boundaries else "masks": rendered,
+            "areas": areas,
             "boxes": boxes,
             "iou_preds": np.array([crops[c].iou_preds[i] for c, i in zip(crop_of, index)], np.float32),
             "stability_score": np.array([crops[c].stability_score[i] for c, i in zip(crop_of, index)], np.float32),
@@ -188,13 +222,14 @@ class SamAutomaticMaskGenerator:
             emb = self.predictor.embed_images([image[y0:y1, x0:x1, :] for x0, y0, x1, y1 in boxes])
             # A group may be embedded across the predictor's mesh; its crops decode where the model is.
             features = jax.device_put(emb.features, self.predictor.device)
-            launched = [self._dispatch_crop(features, i, emb.input_sizes[i], box, layer_idxs[start + i], orig_box)
+            hq = None if emb.hq_features is None else jax.device_put(emb.hq_features, self.predictor.device)
+            launched = [self._dispatch_crop(features, hq, i, emb.input_sizes[i], box, layer_idxs[start + i], orig_box)
                         for i, box in enumerate(boxes)]
             done += [self._fetch_crop(*p) for p in pending]
             pending = launched
         return done + [self._fetch_crop(*p) for p in pending]
 
-    def _dispatch_crop(self, features, i, input_size, crop_box, layer_idx, orig_box):
+    def _dispatch_crop(self, features, hq_features, i, input_size, crop_box, layer_idx, orig_box):
         """Starts `process_crop` for crop i of the embedded group (does not wait for it)."""
         x0, y0, x1, y1 = crop_box
         ch, cw = y1 - y0, x1 - x0
@@ -207,14 +242,13 @@ class SamAutomaticMaskGenerator:
         pts[:n] = transformed
         valid = np.arange(nb * P) < n
         resamplers = self._resamplers(input_size, (ch, cw))
-        canvas_hw = (resamplers[0][0].shape[0] * device_side.BAND_TILE, resamplers[1][0].shape[0] * device_side.BAND_TILE)
-        chunk = device_side.stats_chunk(self._plan(), P * self._multimask_outputs(), canvas_hw)
         small, low_res = self._decode_crop(
             self._leaves, features, np.int32(i),
             pts.reshape(nb, P, 2), valid.reshape(nb, P),
             *resamplers,
-            np.array([ch, cw], np.int32), np.array(crop_box, np.float32), orig_box, self._settings(),
-            chunk=chunk,
+            np.array([ch, cw], np.int32), np.array(crop_box, np.float32), orig_box, self._settings(), hq_features,
+            **self._steps(P * self._multimask_outputs(), resamplers),
+            multimask_output=self.multimask_output, hq_token_only=self.hq_token_only,
         )
         return crop_box, points, resamplers, small, low_res
 
@@ -238,12 +272,24 @@ class SamAutomaticMaskGenerator:
     def _plan(self) -> device_side.BackendPlan:
         return device_side.backend_plan(self.predictor.device.platform)
 
+    def _steps(self, masks: int, resamplers) -> dict[str, int]:
+        """chunk and tiles (static) for upsampling `masks` masks on the resamplers' canvas."""
+        canvas_hw = tuple(r[0].shape[0] * device_side.BAND_TILE for r in resamplers)
+        low_len = self.predictor.model.prompt_encoder.mask_input_size[0]
+        chunk = device_side.stats_chunk(self._plan(), masks, canvas_hw, low_len)
+        return dict(chunk=chunk, tiles=device_side.band_tiles(self._plan(), chunk, canvas_hw, low_len))
+
     def _multimask_outputs(self) -> int:
-        return self.predictor.model.mask_decoder.num_multimask_outputs
+        """Masks per point: the decoder's multimask count, or 1 (single-mask output, or sam-hq's rule)."""
+        model = self.predictor.model
+        return model.mask_decoder.num_multimask_outputs if self.multimask_output and model.config.decoder != "hq" else 1
 
     def _resamplers(self, input_size, crop_size):
         model = self.predictor.model
-        return device_side.crop_resamplers(model.prompt_encoder.mask_input_size[0], model.config.image_size, input_size, crop_size)
+        low = model.prompt_encoder.mask_input_size[0]
+        if model.config.preprocess == "medsam":  # MedSAM resizes its low-res logits to the image in one step
+            return device_side.crop_resamplers(low, low, (low, low), crop_size)
+        return device_side.crop_resamplers(low, model.config.image_size, input_size, crop_size)
 
     def _settings(self) -> device_side.AmgSettings:
         return device_side.AmgSettings(*(np.float32(v) for v in (
@@ -251,11 +297,11 @@ class SamAutomaticMaskGenerator:
             self.box_nms_thresh, self.predictor.model.mask_threshold,
         )))
 
-    def _render(self, crops, crop_of, index, orig_size) -> np.ndarray:
-        """(K, H, W) bool masks of the survivors, in their final order: the only large transfer,
-        bit-packed, every crop's rendering dispatched before the first is fetched."""
+    def _render(self, crops, crop_of, index, orig_size, boundaries: bool) -> tuple:
+        """The survivors in their final order: (K, H, W) bool masks, or with boundaries their
+        RLE counts (K lists), and areas (K,). The only large transfer, bit-packed, every crop's
+        rendering dispatched before the first is fetched."""
         H, W = orig_size
-        out = np.zeros((len(crop_of), H, W), bool)
         threshold = np.float32(self.predictor.model.mask_threshold)
         rendered = []
         for c, crop in enumerate(crops):
@@ -265,12 +311,25 @@ class SamAutomaticMaskGenerator:
             x0, y0, x1, y1 = crop.crop_box
             sel = np.zeros(bucket(len(rows)), np.int32)
             sel[:len(rows)] = index[rows]
-            packed = device_side.render_masks_jit(crop.low_res, sel, *crop.resamplers, np.array([y1 - y0, x1 - x0], np.int32), threshold)
-            rendered.append((rows, crop.crop_box, packed))
-        for rows, (x0, y0, x1, y1), packed in rendered:
-            packed = jax.device_get(packed)[: len(rows), : y1 - y0]
-            out[rows, y0:y1, x0:x1] = np.unpackbits(packed, axis=-1, count=x1 - x0).view(bool)
-        return out
+            args = (crop.low_res, sel, *crop.resamplers, np.array([y1 - y0, x1 - x0], np.int32))
+            steps = self._steps(len(sel), crop.resamplers)
+            if boundaries:
+                out = device_side.render_boundaries_jit(*args, np.array([x0, y0], np.int32), np.array([H, W], np.int32),
+                                                        threshold, **steps)
+            else:
+                out = device_side.render_masks_jit(*args, threshold, **steps)
+            rendered.append((rows, crop.crop_box, out))
+        areas = np.zeros(len(crop_of), np.int64)
+        out = [None] * len(crop_of) if boundaries else np.zeros((len(crop_of), H, W), bool)
+        for rows, (x0, y0, x1, y1), (packed, area) in rendered:
+            packed, area = jax.device_get((packed, area))
+            areas[rows] = area[: len(rows)]
+            if boundaries:
+                for r, counts in zip(rows, rle_counts(packed[: len(rows)], (x0, y0), (H, W))):
+                    out[r] = counts
+            else:
+                out[rows, y0:y1, x0:x1] = np.unpackbits(packed[: len(rows), : y1 - y0], axis=-1, count=x1 - x0).view(bool)
+        return out, areas
 
     @staticmethod
     def _nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
@@ -304,3 +363,22 @@ class SamAutomaticMaskGenerator:
         # The official keeps the old RLE of a mask NMS dropped; kept changed masks take the new one.
         out["masks"] = np.where(changed[:, None, None], masks[keep], data["masks"][keep])
         return out
+
+
+def rle_counts(changes: np.ndarray, crop_xy: tuple[int, int], image_hw: tuple[int, int]) -> list[list[int]]:
+    """Run boundaries (K, Wc, B) uint8 from `render_boundaries` of masks placed at crop_xy
+    (x0, y0) in an image of image_hw (H, W) -> K official uncompressed-RLE counts (Python ints).
+
+    Set bit y of column x is a run starting at flat column-major index (x0 + x) * H + y0 + y;
+    bits come in increasing index, so the runs are the differences of [0, starts..., H * W].
+    The bits are few (a mask's outline), found a 64-bit word at a time: the host's work grows
+    with the outlines, not the pixels."""
+    H, W = image_hw
+    x0, y0 = crop_xy
+    K, Wc, B = changes.shape
+    k, x, word = np.nonzero(np.ascontiguousarray(changes).view(np.uint64))
+    bits = np.unpackbits(changes.reshape(K, Wc, B // 8, 8)[k, x, word], axis=1)  # (n, 64), in index order
+    i, b = np.nonzero(bits)
+    starts = (x0 + x[i].astype(np.int64)) * H + y0 + 64 * word[i].astype(np.int64) + b
+    per_mask = np.split(starts, np.searchsorted(k[i], np.arange(1, K)))
+    return [np.diff(np.concatenate([[0], s, [H * W]])).tolist() for s in per_mask]

@@ -43,7 +43,8 @@ def load(
     model_type: "vit_b", "vit_l" or "vit_h" to check the checkpoint against (default: the
     configuration is read from the checkpoint, or inferred from its tensor shapes).
     image_size: the model's input side when it should differ from the checkpoint's (a multiple
-    of 16; see `sam_jax.convert.with_image_size`): prompts, masks and embeddings (S/16 square)
+    of the patch size, 16, or of a TinyViT's stride, 16 or LiteMedSAM's 4; see
+    `sam_jax.convert.with_image_size`): prompts, masks and embeddings (square, S / the patch size)
     all follow it.
     dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32; see `with_numerics`).
     precision: "exact" (float32-equivalent matmuls on every backend) or "fast" (the backend's

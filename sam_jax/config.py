@@ -32,6 +32,14 @@ TINY_VIT_FIELDS = ("tiny_vit_embed_dims", "tiny_vit_depths", "tiny_vit_num_heads
 # published widths (5M: 320, 11M: 448, 21M: 576), kept as it is so that every official
 # configuration builds the same network.
 TINY_VIT_STRIDE_1_MERGE_DIMS = (320, 448, 576)
+# Bounds on the sizes a config may ask for, far above every published model (vit_h: 32 blocks,
+# width 1280), so that a hand-edited or hostile config.json is refused in one line before any
+# model is built: building 100000 blocks would hang, and shapes of 1e9 would exhaust memory.
+UPPER_BOUNDS = {"encoder_depth": 256, "decoder_depth": 64, "iou_head_depth": 64, "num_multimask_outputs": 64,
+                "image_size": 16384, "patch_size": 1024}
+MAX_WIDTH = 65536  # any other integer field: widths, heads, window and MLP sizes
+MAX_STAGES = 16  # TinyViT stages
+
 TUPLE_FIELDS = ("encoder_global_attn_indexes", "pixel_mean", "pixel_std", "tiny_vit_embed_dims", "tiny_vit_depths",
                 "tiny_vit_num_heads", "tiny_vit_window_sizes")
 
@@ -168,7 +176,8 @@ class SamConfig:
                 ok, kind = type(v) is bool, "true or false"
             elif isinstance(d, int):
                 low = 0 if f.name in ("window_size", "num_multimask_outputs") else 1
-                ok, kind = type(v) is int and v >= low, f"an integer >= {low}"
+                high = UPPER_BOUNDS.get(f.name, MAX_WIDTH)
+                ok, kind = type(v) is int and low <= v <= high, f"an integer in {low}..{high}"
             elif isinstance(d, float):
                 ok, kind = type(v) in (int, float) and math.isfinite(v), "a finite number"
                 if f.name == "mlp_ratio":
@@ -178,7 +187,9 @@ class SamConfig:
             elif f.name == "encoder_global_attn_indexes":
                 ok, kind = isinstance(v, tuple) and all(type(i) is int for i in v), "a list of block indexes"
             elif f.name.startswith("tiny_vit_"):
-                ok, kind = isinstance(v, tuple) and all(type(i) is int and i >= 1 for i in v), "a list of integers >= 1"
+                high = UPPER_BOUNDS["encoder_depth"] if f.name == "tiny_vit_depths" else MAX_WIDTH
+                ok = isinstance(v, tuple) and len(v) <= MAX_STAGES and all(type(i) is int and 1 <= i <= high for i in v)
+                kind = f"a list of at most {MAX_STAGES} integers in 1..{high}"
             else:  # pixel_mean, pixel_std
                 ok = isinstance(v, tuple) and len(v) == 3 and all(type(x) in (int, float) and math.isfinite(x) for x in v)
                 ok, kind = ok and (f.name != "pixel_std" or min(v) > 0), "a list of 3 (positive, for std) numbers"

@@ -27,7 +27,8 @@ from .functional import Prompts, bind_model, bucket, decode_prompts, image_featu
 from .modeling import Sam, with_numerics
 from .modeling.prompt_encoder import IGNORE_LABEL
 from .parallel import batch_sharding, data_parallel_mesh, pad_batch, replicated
-from .transforms import transform_for
+from .pillow_resize import resize_longest_side
+from .transforms import ResizeLongestSide, transform_for
 
 
 @dataclass
@@ -42,18 +43,27 @@ class ImageEmbeddings:
 
 
 class SamPredictor:
-    def __init__(self, sam_model: Sam, mesh: Mesh | None | str = "auto", *, dtype=None, precision: str | None = None) -> None:
+    def __init__(self, sam_model: Sam, mesh: Mesh | None | str = "auto", *, dtype=None, precision: str | None = None,
+                 resize: str = "host") -> None:
         """mesh: where batches of several images or prompts are split (data parallel, the model
         replicated): "auto" for all local devices of the model's platform when it has more than
         one, None for the model's device alone, or a `Mesh`. A single image or prompt always
         runs on the model's device. dtype ("float32", "bfloat16") and precision ("exact",
         "fast"): how to compute; None keeps the model's own setting (`sam_model.numerics`, from
-        `sam_jax.load`)."""
+        `sam_jax.load`). resize: where images are resized to the model input, "host" (Pillow, as
+        the official) or "device" (the same bytes computed on the model's device,
+        `sam_jax.pillow_resize`: only the photo crosses, as uint8)."""
+        if resize not in ("host", "device"):
+            raise ValueError(f"resize must be 'host' or 'device', got {resize!r}")
+        self.resize = resize
         if dtype is not None or precision is not None:
             sam_model = with_numerics(sam_model, dtype=dtype, precision=precision)
         self.model = sam_model
         # The model's resize: the official longest side, or MedSAM's square (its preprocessing profile).
         self.transform = transform_for(sam_model.config)
+        if resize == "device" and type(self.transform) is not ResizeLongestSide:
+            raise ValueError(f"resize='device' resizes the longest side; this model's preprocessing "
+                             f"({sam_model.config.preprocess}) resizes to a square: use resize='host'")
         # The split model that the compiled functions take (see functional/predictor.py).
         self.graphdef, self.params = nnx.split(sam_model)
         self._leaves, treedef = jax.tree.flatten(self.params)
@@ -74,15 +84,22 @@ class SamPredictor:
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         S = self.model.config.image_size
         batch = np.zeros((len(images), S, S, 3), np.uint8)
-        original_sizes, input_sizes = [], []
+        original_sizes, input_sizes, canvases = [], [], []
         for i, image in enumerate(images):
             image = validate.check_image(image, f"images[{i}]" if len(images) > 1 else "image")
             if image_format != self.model.image_format:
                 image = image[..., ::-1]
-            resized = self.transform.apply_image(image)
-            batch[i, : resized.shape[0], : resized.shape[1]] = resized
+            if self.resize == "device":  # each image resized on device, the batch stacked there
+                canvas, size = resize_longest_side(image, S, self.device)
+                canvases.append(canvas)
+            else:
+                resized = self.transform.apply_image(image)
+                batch[i, : resized.shape[0], : resized.shape[1]] = resized
+                size = resized.shape[:2]
             original_sizes.append(image.shape[:2])
-            input_sizes.append(resized.shape[:2])
+            input_sizes.append(size)
+        if canvases:
+            batch = jnp.stack(canvases)
         sizes = np.asarray(input_sizes, np.int32)
         if self.mesh is None or len(images) == 1:
             features = self._embed(self._leaves, jnp.asarray(batch), jnp.asarray(sizes))

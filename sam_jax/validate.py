@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from .io.images import to_uint8
+
 
 class ImageNotSetError(RuntimeError, ValueError):
     """predict() before set_image(). A RuntimeError like the official one, and a ValueError."""
 
 
 def check_image(image, name: str = "image") -> np.ndarray:
-    """Returns the image as a C-contiguous (H, W, 3) uint8 array, or raises ValueError."""
+    """Returns the image as a C-contiguous (H, W, 3) uint8 array, or raises ValueError. Other
+    integer and floating-point dtypes (16-bit microscopy, floats) are scaled to uint8 by
+    `sam_jax.io.images.to_uint8` (percentile normalisation; see there)."""
     if not isinstance(image, np.ndarray):
         try:
             image = np.asarray(image)
@@ -32,10 +36,13 @@ def check_image(image, name: str = "image") -> np.ndarray:
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {image.shape}")
     if image.dtype != np.uint8:
-        raise ValueError(
-            f"{name} must have dtype uint8 (pixel values 0..255), got {image.dtype}; for floats in [0, 1] "
-            "use (img * 255).round().astype(np.uint8)"
-        )
+        if image.dtype == bool or image.dtype.kind not in "iuf":
+            raise ValueError(f"{name} must have dtype uint8 (pixel values 0..255), or another integer or float "
+                             f"dtype to normalise, got {image.dtype}")
+        try:
+            image = to_uint8(image)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
     return np.ascontiguousarray(image)
 
 
@@ -53,6 +60,7 @@ def check_float32(a: np.ndarray, name: str) -> None:
 
 
 POINT_LABELS = (-1, 0, 1, 2, 3)
+MAX_MASK_LOGIT = 1e4
 
 
 def check_points(coords, labels, batch: int | None) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
@@ -108,6 +116,12 @@ def check_mask_input(mask_input, size: int, batch: int | None) -> np.ndarray | N
     if not np.issubdtype(mask_input.dtype, np.floating):
         raise ValueError(f"mask_input must be float logits, got dtype {mask_input.dtype}")
     check_float32(mask_input, "mask_input")
+    # Logits this large saturate the mask encoder's convolutions and LayerNorms into NaN scores
+    # and empty masks, silently; a previous predict's low-res logits stay within a few hundred.
+    peak = float(np.abs(mask_input).max(initial=0.0))
+    if peak > MAX_MASK_LOGIT:
+        raise ValueError(f"mask_input holds logits up to {peak:.3g} in magnitude, beyond the {MAX_MASK_LOGIT:g} the "
+                         "model can use; pass the low-res logits of a previous predict (or clip them)")
     return mask_input.astype(np.float32)
 
 

@@ -1,7 +1,8 @@
 """Model families: what the converter knows of each architecture. A family is a key mapping (which
 official module paths are which layer kind: `RULES`), the keys its published files carry that
-the model does not use (`DROPPED`), how to recognise its files (`detect`) and the config fields
-its tensor shapes determine (`infer`). Adding a family is adding a module here and its entry
+the model does not use (`DROPPED`), how to recognise its files (`detect`), the config fields
+its tensor shapes determine (`infer`) and, for an export, the dropped keys its own PyTorch model
+holds all the same (`restore`). Adding a family is adding a module here and its entry
 below; `keys.py` and the pipeline read these tables and nothing else.
 
     image encoders   vit (the official ImageEncoderViT), tiny_vit (MobileSAM's and LiteMedSAM's TinyViT)

@@ -14,6 +14,11 @@ RULES = [
 DROPPED: list[str] = []
 
 
+def restore(config) -> dict:
+    """Nothing dropped to put back: the reference module holds exactly the parameters."""
+    return {}
+
+
 def detect(keys) -> bool:
     return "mask_decoder.hf_token.weight" in keys
 

@@ -15,6 +15,11 @@ RULES = [
 DROPPED: list[str] = []
 
 
+def restore(config) -> dict:
+    """Nothing dropped to put back: the reference module holds exactly the parameters."""
+    return {}
+
+
 def detect(keys) -> bool:
     return "mask_decoder.iou_token.weight" in keys
 

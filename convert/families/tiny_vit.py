@@ -2,13 +2,17 @@
 (the same network with a 1x1 stride-1 stem) and sam-hq's `vit_tiny`.
 
 Its published files carry TinyViT's unused classifier head (`norm_head`, `head`): dropped, as
-the encoder does not build it. Nothing in a TinyViT's weights says the input size (its attention
+the encoder does not build it. MobileSAM's and sam-hq's TinyViT still build it (ImageNet's 1000
+classes; SAM never runs it), so an export puts an untrained one back: LayerNorm ones and zeros,
+Linear zeros. LiteMedSAM's copy of the code has no classifier. Nothing in a TinyViT's weights says the input size (its attention
 biases are per window, its prompt encoder has no size): the published models use a 64 x 64
 embedding grid, so the input size is 64 x the stride (1024 for MobileSAM, 256 for LiteMedSAM);
 another size is `image_size=N` at load time.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from sam_jax.config import SamConfig
 
@@ -22,10 +26,24 @@ RULES = [
 ]
 DROPPED = [E + r"(norm_head|head)\..*"]
 EMBEDDING_GRID = 64
+CLASSIFIER_CLASSES = 1000  # MobileSAM's and sam-hq's `TinyViT(num_classes=1000)`
 
 
 def detect(keys) -> bool:
     return "image_encoder.patch_embed.seq.0.c.weight" in keys
+
+
+def restore(config: SamConfig) -> dict[str, np.ndarray]:
+    """The classifier MobileSAM's TinyViT (the 3x3 stride-2 stem, patch 16) builds, untrained;
+    LiteMedSAM's (the 1x1 stem) has none."""
+    if config.patch_size != 16:
+        return {}
+    dim = config.tiny_vit_embed_dims[-1]
+    return {
+        "image_encoder.norm_head.weight": np.ones(dim, np.float32), "image_encoder.norm_head.bias": np.zeros(dim, np.float32),
+        "image_encoder.head.weight": np.zeros((CLASSIFIER_CLASSES, dim), np.float32),
+        "image_encoder.head.bias": np.zeros(CLASSIFIER_CLASSES, np.float32),
+    }
 
 
 def infer(state: dict) -> dict:

@@ -12,6 +12,11 @@ RULES = [
 DROPPED: list[str] = []
 
 
+def restore(config) -> dict:
+    """Nothing dropped to put back: the reference module holds exactly the parameters."""
+    return {}
+
+
 def detect(keys) -> bool:
     return "image_encoder.patch_embed.proj.weight" in keys
 

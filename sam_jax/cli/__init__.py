@@ -7,10 +7,11 @@ import argparse
 import sys
 
 from .. import __version__
-from . import amg, convert, demo, embed, eval, export_onnx, export_stablehlo, train, train_export
+from . import amg, convert, demo, embed, eval, export_onnx, export_pth, export_stablehlo, train, train_export
 
 COMMANDS = {  # name -> (module with add_arguments and run, help)
     "convert": (convert, "convert an official .pth (or HF .safetensors) checkpoint to a sam-jax checkpoint"),
+    "export-pth": (export_pth, "write a model back in its family's PyTorch layout (.pth or .safetensors) for the official predictor"),
     "amg": (amg, "automatic mask generation for an image or a folder"),
     "export-onnx": (export_onnx, "export the prompt encoder + mask decoder to ONNX (the official export)"),
     "export-stablehlo": (export_stablehlo, "export the image encoder as a jax.export (StableHLO) artifact that runs without sam-jax"),

@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         shown = "512/1500" if flag == "--crop-overlap-ratio" else default
         tuning.add_argument(flag, type=type(default), default=default, metavar="N" if isinstance(default, int) else "X",
                             help=f"{help} (default: {shown})")
+    tuning.add_argument("--hq-token-only", action="store_true",
+                        help="HQ-SAM models: each point's mask is the HQ mask alone (default: the SAM mask plus the HQ mask, as sam-hq)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     common.setup_runtime(args)
     result = generate_folder(
         common.model_spec(args), args.input, args.output, fmt=fmt,
-        settings={_argument(f): getattr(args, _argument(f)) for f in AMG_FLAGS},
+        settings={**{_argument(f): getattr(args, _argument(f)) for f in AMG_FLAGS}, "hq_token_only": args.hq_token_only},
         overwrite=args.overwrite, devices=common.local_devices(args), quiet=args.quiet,
     )
     if result.empty and not args.quiet:

@@ -9,9 +9,11 @@ import argparse
 import jax
 
 from ..config import FAMILY_TYPES, MODEL_TYPES
+from ..io.annotations import DEFAULT_THREADS, DataOptions
 from ..numerics import DTYPES, PRECISIONS
 from ..parallel import initialize
 from ..parallel.devices import as_device, platform_devices
+from ..parallel.rendezvous import JOIN_TIMEOUT_SECONDS
 from ..runners.model import ModelSpec
 from ..runtime.compilation_cache import ENV as CACHE_ENV
 from ..runtime.compilation_cache import default_cache_path, set_compilation_cache
@@ -69,9 +71,53 @@ def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
                    help="how many processes take part (default: $JAX_NUM_PROCESSES)")
     g.add_argument("--process-id", type=int, default=None, metavar="I",
                    help="this process's index, 0..N-1 (default: $JAX_PROCESS_ID)")
+    g.add_argument("--join-timeout", type=float, default=JOIN_TIMEOUT_SECONDS, metavar="SECONDS",
+                   help="how long the processes wait for each other at the coordinator before stopping with the "
+                        f"missing ones named (default: {JOIN_TIMEOUT_SECONDS:.0f})")
     g.add_argument("--auto-distributed", action="store_true",
                    help="join the multi-process run that JAX detects from the environment (Cloud TPU pod slices, "
                         "Slurm, Open MPI) instead of the three flags above")
+
+
+def add_data_arguments(p: argparse.ArgumentParser):
+    """--min-object-area, --allow-outside-data-dir and --loader-threads: how annotated data are
+    read (`sam_jax.io.coco.DataOptions`); returns the group, for a command's own data flags."""
+    g = p.add_argument_group("data (every image and annotation is checked at start-up; what cannot be used is "
+                             "skipped and counted in one line)")
+    g.add_argument("--min-object-area", type=non_negative_int, default=0, metavar="PIXELS",
+                   help="skip objects whose mask has fewer pixels (counted; default 0: keep every non-empty mask)")
+    g.add_argument("--allow-outside-data-dir", action="store_true",
+                   help="read images whose path leads out of the data folder (.., an absolute path, a symbolic link "
+                        "out; refused by default)")
+    g.add_argument("--loader-threads", type=positive_int, default=DEFAULT_THREADS, metavar="N",
+                   help=f"threads that check the data at start-up and load it (default {DEFAULT_THREADS}: the CPU "
+                        "count, at most 8)")
+    return g
+
+
+def data_options(args: argparse.Namespace, crowd: bool = False) -> DataOptions:
+    """The DataOptions that add_data_arguments' flags describe."""
+    return DataOptions(args.min_object_area, crowd, args.allow_outside_data_dir, args.loader_threads)
+
+
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return n
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return n
 
 
 def add_quiet_argument(p: argparse.ArgumentParser) -> None:
@@ -111,7 +157,8 @@ def join_processes(args: argparse.Namespace) -> tuple[int, int]:
     """Joins the multi-process run that add_distributed_arguments' flags (or the environment) ask
     for; returns (this process's index, the process count): (0, 1), touching nothing, when there
     is none. Call it before anything else touches JAX."""
-    if not initialize(args.coordinator_address, args.num_processes, args.process_id, auto=args.auto_distributed):
+    if not initialize(args.coordinator_address, args.num_processes, args.process_id, auto=args.auto_distributed,
+                      timeout=args.join_timeout, quiet=getattr(args, "quiet", False)):
         return 0, 1
     return jax.process_index(), jax.process_count()
 

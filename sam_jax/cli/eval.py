@@ -1,8 +1,10 @@
-"""`sam-jax eval`: a checkpoint's mIoU on COCO instances or an SA-1B folder by the SAM papers'
-protocols (`sam_jax.runners.evaluate.evaluate_to_folder`; the protocols: docs/evaluation.md).
+"""`sam-jax eval`: a checkpoint's mIoU on COCO instances, an SA-1B folder or a folder of images
+with instance label images by the SAM papers' protocols (`sam_jax.runners.evaluate.evaluate_to_folder`;
+the protocols and the data: docs/evaluation.md).
 
     sam-jax eval --checkpoint runs/ft --data coco/annotations/instances_val2017.json --image-dir coco/val2017 \\
         --prompt clicks --clicks 5 --select score --output results/ft-clicks
+    sam-jax eval --checkpoint runs/ft --data cells/images --labels cells/labels --prompt box
 
 The results are printed; with --output also written (results.json, per_object.csv).
 """
@@ -14,26 +16,22 @@ import argparse
 import jax
 
 from ..evaluation import PROMPTS, SELECTIONS
+from ..io.coco import read_annotations
 from ..runners.evaluate import EvalFolderResult, evaluate_to_folder
+from ..runtime.progress import checking
 from . import common
-
-
-def positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return n
+from .common import positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_checkpoint_arguments(p, help="the model to evaluate: " + common.CHECKPOINT_HELP)
     p.add_argument("--data", required=True, metavar="ANNOTATIONS",
-                   help="a COCO instances JSON (RLE or polygons; crowd annotations are skipped), or a folder of SA-1B "
-                        "image/JSON pairs")
+                   help="a COCO instances JSON (RLE or polygons; crowd annotations are skipped), a folder of SA-1B "
+                        "image/JSON pairs, or with --labels a folder of images")
     p.add_argument("--image-dir", help="folder of the COCO file_names (default: the JSON's folder)")
+    p.add_argument("--labels", metavar="DIR",
+                   help="folder of instance label images, one per image of --data with the same name stem (.png or "
+                        ".tif; each pixel its object's id, 0 the background)")
     p.add_argument("--prompt", choices=PROMPTS, default="point",
                    help="box: the annotation's bbox; point: one click at the object's centre (the pixel farthest from "
                         "its boundary); clicks: --clicks rounds, each next click at the centre of the deeper error region, "
@@ -53,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_distributed_arguments(p)
     common.add_quiet_argument(p)
     common.add_numerics_arguments(p)
+    common.add_data_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,8 +60,13 @@ def run(args: argparse.Namespace) -> int:
     # Joined first (no model, no device touched): this process's share of the images depends on its index.
     common.join_processes(args)
     common.setup_runtime(args)
+    primary = jax.process_index() == 0
+    data = read_annotations(args.data, args.image_dir, labels=args.labels, options=common.data_options(args),
+                            progress=checking("sam-jax eval: checking", args.quiet or not primary))
+    if primary and (data.skipped_text() or not args.quiet):
+        print(f"sam-jax eval: {data.summary()}", flush=True)
     result = evaluate_to_folder(
-        common.model_spec(args), args.data, args.output, prompt=args.prompt, select=args.select, clicks=args.clicks,
+        common.model_spec(args), data, args.output, prompt=args.prompt, select=args.select, clicks=args.clicks,
         limit=args.limit, image_dir=args.image_dir, overwrite=args.overwrite, devices=common.local_devices(args),
         batch_size=args.batch_size, quiet=args.quiet,
     )
@@ -83,8 +87,9 @@ def report(result: EvalFolderResult) -> list[str]:
     if "miou_per_click" in r:
         lines.append("by click: " + ", ".join(f"{k + 1}: {v:.4f}" for k, v in enumerate(r["miou_per_click"])))
     skipped = r["skipped"]
-    if skipped["crowd"] or skipped["invalid"]:
-        lines.append(f"skipped {skipped['crowd']} crowd and {skipped['invalid']} unusable annotation(s)")
+    if any(skipped.values()):
+        lines.append(f"skipped {skipped['crowd']} crowd, {skipped['invalid']} unusable and {skipped.get('small', 0)} small "
+                     f"annotation(s), and {skipped.get('images', 0)} image(s)")
     if result.output is not None:
         lines.append(f"found these results in {result.output} (the same work: not recomputed; --overwrite recomputes)"
                      if result.done_before else f"wrote {result.output}")

@@ -6,6 +6,7 @@
     sam-jax train ... --fsdp 4                          # parameters and AdamW state split over 4 devices
     sam-jax train ... --val-data val.json --val-every 200 --patience 5   # best/ by validation, early stop
     sam-jax train ... --lora-rank 8 --grad-accum 4      # LoRA on the encoder's attention, 4 batches per step
+    sam-jax train ... --train-data cells/images --train-labels cells/labels   # instance label images
 
 Every device of the platform is used (the batch split over them); in a multi-process run (see
 --coordinator-address) every device of every process, each process running the same command.
@@ -41,10 +42,21 @@ D = defaults()  # every default of a run, from the library's settings (`sam_jax.
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_checkpoint_arguments(p, help="the model to start from: " + common.CHECKPOINT_HELP)
-    p.add_argument("--train-data", required=True, help="a COCO instances JSON, or a folder of SA-1B image/JSON pairs")
+    p.add_argument("--train-data", required=True,
+                   help="a COCO instances JSON, a folder of SA-1B image/JSON pairs, or with --train-labels a folder of images")
     p.add_argument("--val-data", help="validation data, same kinds (mIoU after 1 and 3 clicks and from the box, as `sam-jax eval` "
                                       "computes them; crowd annotations skipped)")
     p.add_argument("--image-dir", help="folder of the COCO file_names (default: the JSON's folder)")
+    g = common.add_data_arguments(p)
+    g.add_argument("--train-labels", metavar="DIR",
+                   help="folder of instance label images, one per image of --train-data with the same name stem (.png or "
+                        ".tif; each pixel its object's id, 0 the background)")
+    g.add_argument("--val-labels", metavar="DIR", help="the same for --val-data")
+    g.add_argument("--include-crowd", action="store_true",
+                   help="train on iscrowd annotations too (skipped by default, as evaluation skips them)")
+    g.add_argument("--allow-data-changes", action="store_true",
+                   help="with --resume: continue although the training data changed (an image removed, annotations "
+                        "edited); what changed is reported")
     p.add_argument("--output", required=True, help="output folder: the trained checkpoint, training state and metrics")
     g = p.add_argument_group("schedule")
     g.add_argument("--steps", type=int, default=D["steps"], help=f"optimizer steps (default {D['steps']})")
@@ -166,14 +178,23 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     common.join_processes(args)
     common.setup_runtime(args)
-    train = open_dataset(args.train_data, args.image_dir)
-    val = open_dataset(args.val_data, args.image_dir) if args.val_data else None
+    if args.val_labels and not args.val_data:
+        raise ValueError("--val-labels needs --val-data (the folder of their images)")
+    if args.allow_data_changes and not args.resume:
+        raise ValueError("--allow-data-changes applies to --resume")
+    primary = jax.process_index() == 0
+    quiet = args.quiet or not primary
+    train = open_dataset(args.train_data, args.image_dir, labels=args.train_labels, quiet=quiet,
+                         options=common.data_options(args, crowd=args.include_crowd))
+    val = None
+    if args.val_data:
+        val = open_dataset(args.val_data, args.image_dir, labels=args.val_labels, options=common.data_options(args), quiet=quiet)
     for dataset in (train, val):
-        if dataset is not None and dataset.skipped:
-            print(f"sam-jax train: {dataset.name}: skipped {len(dataset.skipped)} bad annotations (first: {dataset.skipped[0]})")
+        if dataset is not None and primary and (dataset.skipped_text() or not args.quiet):
+            print(f"sam-jax train: {dataset.summary()}", flush=True)
     model = common.load_model(args)
     trainer = Trainer(model, train, config, args.output, val, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                      mesh=training_mesh(args))
+                      mesh=training_mesh(args), allow_data_changes=args.allow_data_changes)
     trainer.run()
     if not args.quiet:
         print(f"sam-jax train: wrote {args.output} (load it with sam_jax.load)")

@@ -302,6 +302,9 @@ class DemoServer(ThreadingHTTPServer):
 def make_server(model, host: str = "127.0.0.1", port: int = 8000, *, verbose: bool = True) -> DemoServer:
     """Exports the decoder, compiles the encoder, and binds (port 0: a free port). Call
     `serve_forever()` on the result; `server_close()` also deletes the exported decoder."""
+    if model.config.decoder == "hq":  # its graph also takes interm_embeddings, which the page never had
+        raise ValueError("the web demo runs SAM's decoder graph; an HQ-SAM model's also needs its encoder's "
+                         "interm_embeddings (export both with sam-jax export-onnx)")
     ort_dist = check_web_assets()
     workdir = tempfile.TemporaryDirectory(prefix="sam-jax-demo-")
     try:

@@ -5,16 +5,21 @@
 writes a folder (atomically) holding:
     encoder.jaxexport   `jax.export.Exported.serialize()`: the encoder's StableHLO program for the
                         chosen platforms, with its calling convention
-    weights.npz         its weights (float32, sam-jax's layout, keys "image_encoder.<path>"):
-                        inputs, not constants, so the program stays small (vit_h's weights are
-                        2.5 GB) and one program serves any weights of the same shapes
-    signature.json      the interface: input and output shapes, platforms, the model config
-                        (pixel_mean / pixel_std for the normalisation), the weight names
+    weights.npz         its weights (float32, sam-jax's layout, keys "image_encoder.<path>"; a
+                        TinyViT's BatchNorm statistics too): inputs, not constants, so the program
+                        stays small (vit_h's weights are 2.5 GB) and one program serves any weights
+                        of the same shapes
+    signature.json      the interface: input and output shapes, how the input is preprocessed,
+                        platforms, the model config, the weight names
 
-The program is `f(weights: dict[str, array], image) -> image_embeddings`, with `image` float32
-(B, 3, S, S) normalised and zero-padded as `Sam.preprocess` makes it (the ONNX encoder's input)
-and the output (B, C, S/16, S/16) float32. B is symbolic unless a batch size is fixed. Running
-it needs only jax and numpy (`run_encoder_stablehlo`, or the five lines in the README).
+The program is `f(weights: dict[str, array], image) -> image_embeddings`, or for an HQ-SAM model
+`-> (image_embeddings, interm_embeddings)`, for every encoder family (ViT, TinyViT): `image`
+float32 (B, 3, S, S) preprocessed as the model's profile says (`encoder_interface`: the official
+mean/std, or LiteMedSAM's and MedSAM's min-max, applied before the encoder as in their own code)
+and zero-padded, the ONNX encoder's input; image_embeddings (B, C, g, g) float32, g = S / the
+patch size (or TinyViT's stride); interm_embeddings (1, B, g, g, D), the HQ decoder's early
+feature in sam-hq's layout. B is symbolic unless a batch size is fixed. Running it needs only jax
+and numpy (`run_encoder_stablehlo`, or the five lines in docs/export.md).
 
 Matmuls are lowered at float32 precision (`jax.default_matmul_precision("highest")`), so the
 artifact is float32-exact on every backend. The attention layout is the one of the backend that
@@ -35,6 +40,7 @@ from flax import nnx
 
 from ..modeling import Sam
 from ..io.outputs import atomic_dir, check_output
+from .encoder_interface import encoder_outputs, image_input
 
 PROGRAM = "encoder.jaxexport"
 WEIGHTS = "weights.npz"
@@ -54,16 +60,21 @@ def is_own_artifact(path: Path) -> bool:
 
 
 def encoder_function(model: Sam) -> tuple[Callable, dict[str, np.ndarray]]:
-    """(f, weights): the pure encoder `f(weights, image)` of the module docstring and this
-    model's weights for it, {name: float32 array}."""
+    """(f, weights): the pure encoder `f(weights, image)` of the module docstring (for an HQ-SAM
+    model, its two outputs) and this model's weights for it, {name: float32 array}."""
     graphdef, state = nnx.split(model.image_encoder)
     pairs, treedef = jax.tree_util.tree_flatten_with_path(state)
     names = ["image_encoder." + jax.tree_util.keystr(p, simple=True, separator=".").removesuffix(".value") for p, _ in pairs]
     weights = {n: np.asarray(v, np.float32) for n, (_, v) in zip(names, pairs)}
 
-    def encode(weights: dict[str, jax.Array], image: jax.Array) -> jax.Array:
-        params = jax.tree.unflatten(treedef, [weights[n] for n in names])
-        return nnx.merge(graphdef, params)(image)
+    hq = model.config.decoder == "hq"
+
+    def encode(weights: dict[str, jax.Array], image: jax.Array):
+        encoder = nnx.merge(graphdef, jax.tree.unflatten(treedef, [weights[n] for n in names]))
+        if not hq:
+            return encoder(image)
+        embeddings, early = encoder.with_early_features(image)
+        return embeddings, early[None]  # sam-hq's stack of early features, holding the one its decoder reads
 
     return encode, weights
 
@@ -98,13 +109,13 @@ def export_encoder_stablehlo(
     specs = {n: jax.ShapeDtypeStruct(w.shape, w.dtype) for n, w in weights.items()}
     with jax.default_matmul_precision("highest"):
         exported = jax.export.export(jax.jit(encode), platforms=platforms)(specs, image)
-    grid = S // cfg.patch_size
+    B = "B" if batch_size is None else batch_size
+    outputs = encoder_outputs(cfg, B)
     signature = {
         "format": FORMAT,
-        "call": "exported.call(weights, image) -> image_embeddings",
-        "image": {"shape": ["B" if batch_size is None else batch_size, cfg.in_chans, S, S], "dtype": "float32",
-                  "preprocessing": "(pixels - pixel_mean) / pixel_std, zero-padded at the bottom and right to S x S"},
-        "image_embeddings": {"shape": ["B" if batch_size is None else batch_size, cfg.prompt_embed_dim, grid, grid], "dtype": "float32"},
+        "call": "exported.call(weights, image) -> " + ", ".join(name for name, _ in outputs),
+        "image": {"shape": [B, cfg.in_chans, S, S], "dtype": "float32", "preprocessing": image_input(cfg)},
+        **{name: {"shape": shape, "dtype": "float32"} for name, shape in outputs},
         "platforms": list(platforms),
         "calling_convention_version": exported.calling_convention_version,
         "weights": {n: list(w.shape) for n, w in sorted(weights.items())},
@@ -118,8 +129,9 @@ def export_encoder_stablehlo(
 
 
 def run_encoder_stablehlo(directory: str | os.PathLike) -> Callable[[np.ndarray], jax.Array]:
-    """A function image (B, 3, S, S) -> embeddings (B, C, S/16, S/16) running the artifact in
-    `directory` with its weights (placed on the default device once); uses no model code."""
+    """A function image (B, 3, S, S) -> image_embeddings (B, C, g, g) (for an HQ-SAM model the pair
+    (image_embeddings, interm_embeddings)) running the artifact in `directory` with its weights
+    (placed on the default device once); uses no model code."""
     directory = Path(directory)
     if not (directory / PROGRAM).is_file() or not (directory / WEIGHTS).is_file():
         raise FileNotFoundError(f"{directory} is not an exported encoder (expected {PROGRAM} and {WEIGHTS})")

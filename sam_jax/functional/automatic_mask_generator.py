@@ -7,8 +7,10 @@ the host.
 Image-size independence: upsampling to the crop's size uses banded resampling weights passed in
 as arrays and padded to a coarse canvas (`canvas`: a few sizes per octave), the true size passed
 as an array, so one compilation serves every photo whose crops fall on the same canvas.
-How much is done per call (masks upsampled together for the statistics, crops per call) is a
-per-backend `BackendPlan`: a few cache-sized masks on CPU, large slabs on accelerators.
+Full-resolution logits are never whole in memory: statistics, renderings and run-length
+boundaries are made one band of rows at a time (`mask_tiles`). How much is done at once
+(masks and row tiles per step, crops per call) is a per-backend `BackendPlan`: a few
+cache-sized masks on CPU, larger slabs on accelerators.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import numpy as np
 from flax import nnx
 
 from ..modeling.prompt_encoder import IGNORE_LABEL
-from ..resample import BAND_TILE, band_resample, band_weights
+from ..resample import BAND_TILE, band_len, band_resample, band_weights
+from .mask_tiles import band_boundaries, band_masks, band_stats, boxes_from_extents
 from .predictor import Prompts, decode_prompts
 
 
@@ -35,35 +38,50 @@ class AmgSettings(NamedTuple):
     mask_threshold: jax.Array
 
 
-MASK_CHUNK = 4  # masks upsampled together on CPU when only their statistics are needed: they stay in cache
+MASK_CHUNK = 4  # masks upsampled together on CPU, one row tile at a time: they stay in cache
+BAND_BYTES = 12  # device bytes a pixel of a band of rows takes while its statistics are made (CPU's memory analysis)
 
 
 class BackendPlan(NamedTuple):
-    """How much one backend does at once. stats_bytes: full-resolution float32 logits live at
-    once while computing statistics (None: MASK_CHUNK masks); crop_group: crops embedded in one
-    call and dispatched together, the previous group fetched while they run (so up to two
-    groups' candidate logits, 0.8 GB per 1,024-point crop, are on the device at once)."""
+    """How much one backend does at once. stats_bytes: intermediates of the upsampling live at
+    once, half for a chunk of masks' width-resampled logits (4h x Wc float32 each), half for one
+    band of rows (about BAND_BYTES a pixel: the matmul's window and output, its transposed copy,
+    the thresholded bits) (None: MASK_CHUNK masks, one tile a band); crop_group: crops embedded
+    in one call and dispatched together, the previous group fetched while they run (so up to
+    two groups' candidate logits, 0.8 GB per 1,024-point crop, are on the device at once)."""
 
     stats_bytes: int | None
     crop_group: int
 
 
 PLANS = {"cpu": BackendPlan(None, 1)}
-ACCELERATOR_PLAN = BackendPlan(2 << 30, 5)  # GPU and TPU: 2 GiB slabs; a crop layer of 4 and the image in one group
+ACCELERATOR_PLAN = BackendPlan(1 << 30, 5)  # GPU and TPU: 1 GiB slabs (fewer, larger steps); a crop layer of 4 and the image in one group
 
 
 def backend_plan(platform: str) -> BackendPlan:
     return PLANS.get(platform, ACCELERATOR_PLAN)
 
 
-def stats_chunk(plan: BackendPlan, masks: int, canvas_hw: tuple[int, int]) -> int:
-    """Masks upsampled together (static): the plan's budget over about three float32 canvases
-    per mask (logits and the two thresholded counts), balanced so `masks` splits evenly."""
+def stats_chunk(plan: BackendPlan, masks: int, canvas_hw: tuple[int, int], low_len: int = 256) -> int:
+    """Masks upsampled together (static): half the plan's budget over a mask's width-resampled
+    logits (low_len x canvas width, float32), balanced so `masks` splits evenly."""
     if plan.stats_bytes is None:
         return MASK_CHUNK
-    limit = max(1, plan.stats_bytes // (12 * canvas_hw[0] * canvas_hw[1]))
+    limit = max(1, plan.stats_bytes // 2 // (4 * low_len * canvas_hw[1]))
     steps = -(-masks // limit)
     return -(-masks // steps)
+
+
+def band_tiles(plan: BackendPlan, chunk: int, canvas_hw: tuple[int, int], low_len: int = 256) -> int:
+    """Row tiles per band (static): the most, dividing the canvas's tiles, whose window (L rows
+    of float32 logits) and band (BAND_BYTES a pixel) for `chunk` masks fit half the plan's
+    budget (CPU: one)."""
+    if plan.stats_bytes is None:
+        return 1
+    T = canvas_hw[0] // BAND_TILE
+    L = band_len(low_len, _canvas_floor(canvas_hw[0]))
+    fit = max(1, plan.stats_bytes // 2 // (chunk * canvas_hw[1] * (BAND_BYTES * BAND_TILE + 4 * L)))
+    return max(d for d in range(1, T + 1) if T % d == 0 and d <= fit)
 
 
 def _chunked(fn, x: jax.Array, chunk: int):
@@ -116,12 +134,6 @@ def upscale_to_crop(low_res: jax.Array, rows: tuple[jax.Array, jax.Array], cols:
     return band_resample(band_resample(low_res, cols, axis=-1), rows, axis=-2)
 
 
-def _inside(rows: tuple[jax.Array, jax.Array], cols: tuple[jax.Array, jax.Array], crop_hw: jax.Array) -> jax.Array:
-    """(Hb, Wb) bool: True on the crop, False on the bucket padding."""
-    Hb, Wb = rows[1].shape[0] * BAND_TILE, cols[1].shape[0] * BAND_TILE
-    return (jnp.arange(Hb)[:, None] < crop_hw[0]) & (jnp.arange(Wb)[None, :] < crop_hw[1])
-
-
 # ------------------------------------------------------------------ the official utils.amg maths
 def calculate_stability_score(masks: jax.Array, mask_threshold: float, threshold_offset: float) -> jax.Array:
     """IoU of the masks thresholded at mask_threshold +/- offset. masks: (..., H, W) logits -> (...)."""
@@ -132,17 +144,7 @@ def calculate_stability_score(masks: jax.Array, mask_threshold: float, threshold
 
 def batched_mask_to_box(masks: jax.Array) -> jax.Array:
     """(..., H, W) bool -> (..., 4) int32 inclusive xyxy boxes; [0, 0, 0, 0] for an empty mask."""
-    h, w = masks.shape[-2:]
-    in_height = jnp.any(masks, axis=-1)
-    in_width = jnp.any(masks, axis=-2)
-    rows, cols = jnp.arange(h), jnp.arange(w)
-    bottom = jnp.max(jnp.where(in_height, rows, 0), axis=-1)
-    top = jnp.min(jnp.where(in_height, rows, h), axis=-1)
-    right = jnp.max(jnp.where(in_width, cols, 0), axis=-1)
-    left = jnp.min(jnp.where(in_width, cols, w), axis=-1)
-    empty = (right < left) | (bottom < top)
-    out = jnp.stack([left, top, right, bottom], axis=-1)
-    return jnp.where(empty[..., None], 0, out).astype(jnp.int32)
+    return boxes_from_extents(jnp.any(masks, axis=-1), jnp.any(masks, axis=-2))
 
 
 def is_box_near_crop_edge(boxes: jax.Array, crop_box: jax.Array, orig_box: jax.Array, atol: float = 20.0) -> jax.Array:
@@ -194,11 +196,6 @@ def nms(boxes: jax.Array, scores: jax.Array, valid: jax.Array, iou_threshold: fl
 
 
 # ------------------------------------------------------------------------------- one crop
-def _mask_stats(logits: jax.Array, mask_threshold, offset) -> tuple[jax.Array, jax.Array]:
-    """(K, H, W) logits -> stability score (K,) and inclusive xyxy boxes (K, 4) of logits > threshold."""
-    return calculate_stability_score(logits, mask_threshold, offset), batched_mask_to_box(logits > mask_threshold)
-
-
 def process_crop(
     graphdef: nnx.GraphDef,
     params: nnx.State,
@@ -212,34 +209,41 @@ def process_crop(
     crop_box: jax.Array,
     orig_box: jax.Array,
     settings: AmgSettings,
+    hq_features: jax.Array | None = None,
     chunk: int = MASK_CHUNK,
+    tiles: int = 1,
+    multimask_output: bool = True,
+    hq_token_only: bool = False,
 ) -> tuple[dict[str, jax.Array], jax.Array]:
     """All point batches of one crop, filtered and de-duplicated, survivors first.
 
     features (B, C, h, w) of all crops, crop_index () which one; points (nb, P, 2) xy in the
     crop's resized-input frame, point_valid (nb, P); rows / cols from `crop_resamplers`
     (Hc, Wc their canvas sizes); crop_hw (2,) the crop's size; crop_box, orig_box (4,) xyxy in
-    image pixels; chunk (static) masks upsampled together for the statistics (`stats_chunk`).
+    image pixels; hq_features (B, 4h, 4w, C/8) of all crops for an HQ-SAM decoder, else None;
+    chunk and tiles (static) masks upsampled together for the statistics and row tiles per band
+    (`stats_chunk`, `band_tiles`); multimask_output and hq_token_only (static) as sam-hq's
+    generator and predictor take them (an HQ decoder gives one mask per point: M = 1).
     Returns (small, low_res): `small` holds count () survivors and, per slot (N = nb * P * M,
     the first `count` the survivors in NMS order), index (N,) into the candidates, iou_preds,
     stability_score, boxes (N, 4) crop pixels and point_index; low_res (N, 4h, 4w) the
     logits of every candidate (gather the survivors with `take_rows`).
     """
-    inside = _inside(rows, cols, crop_hw)
     features = jax.lax.dynamic_index_in_dim(features, crop_index, keepdims=True)
+    if hq_features is not None:
+        hq_features = jax.lax.dynamic_index_in_dim(hq_features, crop_index, keepdims=True)
 
     def one_batch(args):
         pts, valid = args
         P = pts.shape[0]
         labels = jnp.where(valid, 1, IGNORE_LABEL)[:, None]
         prompts = Prompts(pts[:, None, :], labels, jnp.zeros((P, 4)), jnp.zeros(P, bool))
-        low, iou = decode_prompts(graphdef, params, features, prompts, True)
+        low, iou = decode_prompts(graphdef, params, features, prompts, multimask_output, hq_features, hq_token_only)
         M = iou.shape[1]
         low, iou = low.reshape((P * M,) + low.shape[2:]), iou.reshape(P * M)
 
-        def stats(masks):  # `chunk` masks at a time: the full-size logits never exist for all
-            logits = jnp.where(inside, upscale_to_crop(masks, rows, cols), -jnp.inf)
-            return _mask_stats(logits, settings.mask_threshold, settings.stability_score_offset)
+        def stats(masks):  # `chunk` masks at a time, a band of rows at a time: no full-size logits
+            return band_stats(masks, rows, cols, crop_hw, settings.mask_threshold, settings.stability_score_offset, tiles)
 
         stability, boxes = _chunked(stats, low, chunk)
         keep = jnp.repeat(valid, M) & ((settings.pred_iou_thresh <= 0) | (iou > settings.pred_iou_thresh))
@@ -264,16 +268,28 @@ def take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
 
 
 def render_masks(low_res: jax.Array, index: jax.Array, rows: tuple[jax.Array, jax.Array],
-                 cols: tuple[jax.Array, jax.Array], crop_hw: jax.Array, mask_threshold: jax.Array) -> jax.Array:
-    """low_res[index] (K, 4h, 4w) logits -> (K, Hc, Wc / 8) uint8: masks at the crop size on
-    the canvas (False outside the crop), 8 pixels a byte along the width (np.unpackbits, axis=-1)
-    for an 8 times smaller copy to the host."""
-    inside = _inside(rows, cols, crop_hw)
-    masks = inside & (upscale_to_crop(low_res[index], rows, cols) > mask_threshold)
-    return jnp.packbits(masks, axis=-1)
+                 cols: tuple[jax.Array, jax.Array], crop_hw: jax.Array, mask_threshold: jax.Array,
+                 chunk: int = MASK_CHUNK, tiles: int = 1) -> tuple[jax.Array, jax.Array]:
+    """low_res[index] (K, 4h, 4w) logits -> masks (K, Hc, Wc / 8) uint8 at the crop size on the
+    canvas (False outside the crop), 8 pixels a byte along the width (np.unpackbits, axis=-1)
+    for an 8 times smaller copy to the host, and their areas (K,) int32; chunk and tiles
+    (static) as `process_crop`'s."""
+    return _chunked(lambda low: band_masks(low, rows, cols, crop_hw, mask_threshold, tiles), low_res[index], chunk)
 
 
-process_crop_jit = jax.jit(process_crop, static_argnames=("graphdef", "chunk"))
+def render_boundaries(low_res: jax.Array, index: jax.Array, rows: tuple[jax.Array, jax.Array],
+                      cols: tuple[jax.Array, jax.Array], crop_hw: jax.Array, crop_xy: jax.Array,
+                      image_hw: jax.Array, mask_threshold: jax.Array, chunk: int = MASK_CHUNK,
+                      tiles: int = 1) -> tuple[jax.Array, jax.Array]:
+    """low_res[index] (K, 4h, 4w) logits -> the masks' run-length boundaries in the image
+    (K, Wc, Hc / 8 + 8) uint8 and areas (K,) int32 (`mask_tiles.band_boundaries`): what the
+    RLE outputs need, in place of the masks. crop_xy (2,) and image_hw (2,) int32."""
+    return _chunked(lambda low: band_boundaries(low, rows, cols, crop_hw, crop_xy, image_hw, mask_threshold, tiles),
+                    low_res[index], chunk)
+
+
+process_crop_jit = jax.jit(process_crop, static_argnames=("graphdef", "chunk", "tiles", "multimask_output", "hq_token_only"))
 take_rows_jit = jax.jit(take_rows)
-render_masks_jit = jax.jit(render_masks)
+render_masks_jit = jax.jit(render_masks, static_argnames=("chunk", "tiles"))
+render_boundaries_jit = jax.jit(render_boundaries, static_argnames=("chunk", "tiles"))
 nms_jit = jax.jit(nms)

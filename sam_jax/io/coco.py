@@ -1,242 +1,198 @@
-"""Annotated images (host side): a COCO instances file or a folder of SA-1B pairs, read into one
-form that keeps what an evaluation reports of each annotation (its id, area, box and crowd flag),
-with the masks decoded on demand.
+"""Annotated images from files (host side): a COCO instances file, a folder of SA-1B pairs or a
+folder of images with their instance label images (`labels.py`), read into one form
+(`annotations.AnnotationSet`) that keeps what an evaluation reports of each annotation (its id,
+area, box) and what training samples by (its pixel count), every segmentation and image checked
+once at start-up, the masks decoded on demand. Evaluation and training read their data here.
 
     data = read_annotations("annotations/instances_val2017.json", image_dir="val2017")
     data.images[0].annotations[0].bbox       # XYWH, as in the file
     image, masks = data.image(0), data.masks(0)
+    print(data.summary())                   # what was read and what was skipped, in one line
 
 COCO: images in the order of the file's `images` list, each with its annotations in file order;
 `file_name` relative to `image_dir` (default: the JSON's folder). SA-1B: one `<name>.json` per
-image beside it, in sorted name order. An annotation whose segmentation does not decode, has the
-wrong size or is empty, or whose `image_id` names no image, is skipped and listed in `skipped`;
-`iscrowd` annotations (COCO's crowd regions: several objects in one mask) are skipped and counted
-in `crowd`. An image left without annotations is left out. A file that is not what it should be,
-a missing image, or nothing usable at all: a one-line ValueError naming the file.
+image beside it, in sorted name order.
+
+Checked at start-up, in parallel (`DataOptions.threads`); skipped and counted (`skipped`, `crowd`,
+`small`, `bad_images`, the first of each kind named by `summary()`):
+- an annotation that is not an object, names no image, or whose segmentation fails
+  `segmentations.inspect_segmentation` (RLE runs, polygon coordinates, the size, no pixel);
+- `iscrowd` annotations (COCO's crowd regions: several objects in one mask), unless `crowd`;
+- masks of fewer than `min_area` pixels;
+- an image whose header Pillow cannot read (or whose PNG checksums fail), or whose size (EXIF
+  orientation applied, as everywhere) differs from the one its entry states; an entry without
+  `height` and `width` takes the file's.
+An image left without annotations is left out. Fatal, one line naming the file and the entry: a
+file that is not what it should be (not JSON, nested too deep, an image entry that is not an
+object or has no `id` or no string `file_name`, an SA-1B `annotations` that is no list), a missing
+image, an image path that leads out of the data folder (`..`, an absolute path, a symbolic link
+out) unless `allow_outside`, or nothing usable at all.
 
 Each annotation's `area` and `bbox` are the file's own (COCO's polygon area, not a pixel count);
-when the file has none, the mask's pixel count and its tight box. `sha256` is the digest of the
-annotation file (SA-1B: of its JSON files' names and digests), not of the images.
+when the file has none (or not finite numbers), the mask's pixel count and its tight box. The
+set's `sha256` is the digest of the annotation file (SA-1B: of its JSON files' names and digests),
+not of the images; each image's own `sha256` covers its name, size and the content of the
+annotations used, which is what a training run's record digests.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import numbers
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
 
-import numpy as np
-from pycocotools import mask as mask_utils
-
-from .images import read_image
+from .annotations import (  # noqa: F401 (AnnotatedImage, Annotation, AnnotationSet, DataOptions: named here too)
+    AnnotatedImage, Annotation, AnnotationSet, DataOptions, Outcome, annotation, assemble, brief, check_all,
+    declared_size, is_id, json_text, label, read_json, resolve,
+)
+from .images import read_header
+from .labels import read_label_folder
 from .outputs import file_digest
+from .segmentations import check_segmentation, decode_segmentation, inspect_segmentation  # noqa: F401 (named here too)
+
+Progress = Callable[[int, int], None]  # (images checked, of how many)
 
 
-class Annotation(NamedTuple):
-    id: int  # the file's `id` (else the annotation's position in the file)
-    area: float  # the file's `area`, else the mask's pixel count
-    bbox: tuple[float, float, float, float]  # XYWH: the file's `bbox`, else the mask's tight box
-    index: int  # position in the file's `annotations` list
-    segmentation: Any = None  # COCO polygons or RLE; None for SA-1B (read again with its image)
-
-
-class AnnotatedImage(NamedTuple):
-    id: int | str  # COCO: the image's `id`; SA-1B: its `image_id` (else the JSON's name)
-    file: Path
-    height: int
-    width: int
-    annotations: tuple[Annotation, ...]
-    json: Path | None = None  # SA-1B: the annotation file
-
-
-class AnnotationSet:
-    """Images with their annotations (see the module docstring); `masks(i)` decodes image i's."""
-
-    def __init__(self, name: str, kind: str, images: list[AnnotatedImage], skipped: list[str], crowd: int, sha256: str):
-        self.name, self.kind, self.images, self.skipped, self.crowd, self.sha256 = name, kind, images, skipped, crowd, sha256
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, {len(self)} images, {self.objects()} annotations)"
-
-    def objects(self, images: int | None = None) -> int:
-        """How many annotations the first `images` images (default all) hold."""
-        return sum(len(e.annotations) for e in self.images[:images])
-
-    def image(self, i: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB of image i; ValueError when its size differs from its annotations'."""
-        e = self.images[i]
-        if not e.file.is_file():
-            raise ValueError(f"{self.name}: image not found: {e.file}")
-        image = read_image(e.file)
-        if image.shape[:2] != (e.height, e.width):
-            raise ValueError(f"{e.file}: image is {image.shape[0]}x{image.shape[1]}, its annotations say {e.height}x{e.width}")
-        return image
-
-    def masks(self, i: int, which: Sequence[int] | None = None) -> np.ndarray:
-        """(n, H, W) bool masks of image i's annotations (or of those at the positions `which`), in order."""
-        e = self.images[i]
-        annotations = e.annotations if which is None else [e.annotations[k] for k in which]
-        if e.json is None:
-            segs = [a.segmentation for a in annotations]
-        else:
-            listed = _read_json(e.json)["annotations"]
-            segs = [listed[a.index]["segmentation"] for a in annotations]
-        out = np.zeros((len(segs), e.height, e.width), bool)
-        for k, seg in enumerate(segs):
-            out[k] = decode_segmentation(seg, e.height, e.width)
-        return out
-
-
-def read_annotations(path: str | Path, image_dir: str | Path | None = None) -> AnnotationSet:
-    """A COCO instances JSON (file names relative to `image_dir`, default its folder) or an SA-1B folder."""
-    path = Path(path)
+def read_annotations(path: str | Path, image_dir: str | Path | None = None, *, labels: str | Path | None = None,
+                     options: DataOptions = DataOptions(), progress: Progress | None = None) -> AnnotationSet:
+    """A COCO instances JSON (file names relative to `image_dir`, default its folder), an SA-1B
+    folder, or with `labels` a folder of images (`path`) and the folder of their label images.
+    progress: called with (images checked, of how many) during the start-up checks."""
+    path, options = Path(path), options.checked()
     if not path.exists():
         raise FileNotFoundError(f"annotations not found: {path}")
+    if labels is not None:
+        if image_dir is not None:
+            raise ValueError("--image-dir applies to a COCO JSON, not to a folder of images with label images")
+        return read_label_folder(path, labels, options, progress)
     if path.is_dir():
         if image_dir is not None:
             raise ValueError("--image-dir applies to a COCO JSON, not to an SA-1B folder")
-        return read_sa1b_folder(path)
-    return read_coco(path, image_dir)
+        return read_sa1b_folder(path, options, progress)
+    return read_coco(path, image_dir, options, progress)
 
 
-def read_coco(path: str | Path, image_dir: str | Path | None = None) -> AnnotationSet:
+def read_coco(path: str | Path, image_dir: str | Path | None = None, options: DataOptions = DataOptions(),
+              progress: Progress | None = None) -> AnnotationSet:
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
         raise ValueError(f"{path}: not a COCO instances file (expected 'images' and 'annotations' lists)")
     root = Path(image_dir) if image_dir is not None else path.parent
-    images: dict = {}
+    images: dict = {}  # id -> (position, file_name, declared size or None)
     for k, im in enumerate(data["images"]):
-        try:
-            images[im["id"]] = (im, int(im["height"]), int(im["width"]), str(im["file_name"]))
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: image {k} lacks an id, height, width or file_name") from None
+        where = f"{path}: images[{k}]"
+        if not isinstance(im, dict):
+            raise ValueError(f"{where} is not an object")
+        ident = im.get("id")
+        if not is_id(ident):
+            raise ValueError(f"{where} has no id (an integer or a string), got {brief(ident)}")
+        if ident in images:
+            raise ValueError(f"{where} repeats the id {ident!r} of images[{images[ident][0]}]")
+        name = im.get("file_name")
+        if not (isinstance(name, str) and name):
+            raise ValueError(f"{where} (id {ident!r}): file_name must be a non-empty string, got {brief(name)}")
+        images[ident] = (k, name, declared_size(im, where))
     by_image: dict = {}
     skipped, crowd = [], 0
     for k, a in enumerate(data["annotations"]):
         if not isinstance(a, dict):
-            skipped.append(f"{path}: annotation {k}: not an object")
-            continue
-        if a.get("iscrowd"):
+            skipped.append(f"{path}: annotations[{k}]: not an object")
+        elif a.get("iscrowd") and not options.crowd:
             crowd += 1
-            continue
-        im = images.get(a.get("image_id"))
-        problem = "no such image_id" if im is None else check_segmentation(a.get("segmentation"), im[1], im[2])
-        if problem:
-            skipped.append(f"{path}: annotation {a.get('id', k)}: {problem}")
-            continue
-        by_image.setdefault(a["image_id"], []).append(_annotation(a, k, a["segmentation"], im[1], im[2]))
-    entries = []
-    for image_id, (im, h, w, name) in images.items():
-        if image_id not in by_image:
-            continue
-        file = root / name
-        if not file.is_file():
-            hint = "" if image_dir else " (file names are relative to the JSON's folder; see --image-dir)"
-            raise ValueError(f"{path}: image not found: {file}{hint}")
-        entries.append(AnnotatedImage(image_id, file, h, w, tuple(by_image[image_id])))
-    return _checked(AnnotationSet(str(path), "coco", entries, skipped, crowd, file_digest(path)))
+        elif not (is_id(a.get("image_id")) and a["image_id"] in images):
+            skipped.append(f"{path}: annotation {label(a, k)}: no such image_id {brief(a.get('image_id'))}")
+        else:
+            by_image.setdefault(a["image_id"], []).append((k, a))
+    hint = "" if image_dir else " (file names are relative to the JSON's folder; see --image-dir)"
+
+    def check(image_id) -> Outcome:
+        _, name, declared = images[image_id]
+        return check_image(path, image_id, name, root, declared, by_image[image_id], options, hint)
+
+    outcomes = check_all(check, [i for i in images if i in by_image], options.threads, progress)
+    return assemble(str(path), "coco", outcomes, skipped, crowd, file_digest(path),
+                    None if image_dir is None else Path(image_dir), options)
 
 
-def read_sa1b_folder(folder: str | Path) -> AnnotationSet:
+def read_sa1b_folder(folder: str | Path, options: DataOptions = DataOptions(), progress: Progress | None = None) -> AnnotationSet:
     folder = Path(folder)
-    files = sorted(folder.glob("*.json"))
-    entries, skipped, crowd = [], [], 0
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.name}\0{file_digest(path)}\0".encode())
-        data = _read_json(path)
-        try:
-            info = data["image"]
-            h, w, file = int(info["height"]), int(info["width"]), folder / info["file_name"]
-            listed = list(data["annotations"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: not an SA-1B annotation file (expected 'image' with height, width, "
-                             "file_name, and 'annotations')") from None
-        if not file.is_file():
-            raise ValueError(f"{path}: image not found: {file}")
-        good = []
+
+    def check(path: Path) -> Outcome:
+        raw = _read_bytes(path)
+        data = read_json(path, raw)
+        info = data.get("image") if isinstance(data, dict) else None
+        listed = data.get("annotations") if isinstance(data, dict) else None
+        if not isinstance(info, dict) or not isinstance(listed, list):
+            raise ValueError(f"{path}: not an SA-1B annotation file (expected an 'image' object with file_name, "
+                             f"height and width, and an 'annotations' list; 'annotations' is {brief(listed)})")
+        name = info.get("file_name")
+        if not (isinstance(name, str) and name):
+            raise ValueError(f"{path}: image: file_name must be a non-empty string, got {brief(name)}")
+        image_id = info.get("image_id", path.stem)
+        found, skipped, crowd = [], [], 0
         for k, a in enumerate(listed):
-            if isinstance(a, dict) and a.get("iscrowd"):
+            if not isinstance(a, dict):
+                skipped.append(f"{path}: annotation {k}: not an object")
+            elif a.get("iscrowd") and not options.crowd:
                 crowd += 1
-                continue
-            problem = check_segmentation(a.get("segmentation") if isinstance(a, dict) else None, h, w)
-            if problem:
-                skipped.append(f"{path}: annotation {k}: {problem}")
             else:
-                good.append(_annotation(a, k, a["segmentation"], h, w)._replace(segmentation=None))
-        if good:
-            entries.append(AnnotatedImage(info.get("image_id", path.stem), file, h, w, tuple(good), path))
-    return _checked(AnnotationSet(str(folder), "sa1b", entries, skipped, crowd, digest.hexdigest()))
+                found.append((k, a))
+        json_sha256 = hashlib.sha256(raw).hexdigest()
+        out = check_image(path, image_id if is_id(image_id) else path.stem, name, folder,
+                          declared_size(info, f"{path}: image"), found, options, "", json=(path, json_sha256))
+        return out._replace(skipped=skipped + out.skipped, crowd=crowd, part=f"{path.name}\0{json_sha256}\0")
+
+    outcomes = check_all(check, sorted(folder.glob("*.json")), options.threads, progress)
+    digest = hashlib.sha256("".join(o.part for o in outcomes).encode()).hexdigest()
+    return assemble(str(folder), "sa1b", outcomes, [], 0, digest, None, options)
 
 
-def _checked(data: AnnotationSet) -> AnnotationSet:
-    if not data.images:
-        reasons = []
-        if data.skipped:
-            reasons.append(f"{len(data.skipped)} annotations skipped, first: {data.skipped[0]}")
-        if data.crowd:
-            reasons.append(f"{data.crowd} crowd annotations skipped")
-        raise ValueError(f"{data.name}: no image with a usable annotation" + (f" ({'; '.join(reasons)})" if reasons else ""))
-    return data
+def check_image(source: Path, image_id, name: str, root: Path, declared: tuple[int, int] | None,
+                found: list[tuple[int, dict]], options: DataOptions, hint: str,
+                json: tuple[Path, str] | None = None) -> Outcome:
+    """One image of a COCO file or SA-1B folder: the annotations `found` ((position, annotation)
+    pairs) checked against its size (`declared` by its entry, else the file's), then its header.
+    json: an SA-1B image's annotation file and its digest (its segmentations are read again when
+    decoded, not kept)."""
+    file = resolve(root, name, options.allow_outside, source, hint) if declared is None else None
+    if file is not None:
+        try:
+            declared = read_header(file)[:2]
+        except ValueError as e:
+            return Outcome(None, [], bad_image=str(e))  # names the file
+    h, w = declared
+    annotations, skipped, small = [], [], 0
+    content = hashlib.sha256(f"{name}\0{h}\0{w}\0{json[1] if json else ''}\0".encode())
+    for k, a in found:
+        seg = a.get("segmentation")
+        checked = inspect_segmentation(seg, h, w)
+        if checked.problem:
+            skipped.append(f"{source}: annotation {label(a, k)}: {checked.problem}")
+        elif checked.pixels < options.min_area:
+            small += 1
+        else:
+            annotations.append(annotation(a, k, None if json else seg, checked))
+            content.update(f"{k}\0".encode() if json else json_text(seg).encode() + b"\0")
+    if not annotations:
+        return Outcome(None, skipped, small)
+    if file is None:
+        file = resolve(root, name, options.allow_outside, source, hint)
+        try:
+            header = read_header(file)
+        except ValueError as e:
+            return Outcome(None, skipped, small, str(e))
+        if header[:2] != (h, w):
+            turned = (" (its size before its EXIF orientation; sam-jax applies the orientation everywhere, so the entry "
+                      "must give the turned size)" if header.turned and header[:2] == (w, h) else "")
+            return Outcome(None, skipped, small, f"{file}: image is {header.height}x{header.width}, its entry says "
+                                                 f"{h}x{w}{turned}")
+    entry = AnnotatedImage(image_id, file, h, w, tuple(annotations), json[0] if json else None, None, content.hexdigest())
+    return Outcome(entry, skipped, small)
 
 
-def _annotation(a: dict, index: int, seg, height: int, width: int) -> Annotation:
-    """The record of a checked annotation: its own id, area and box, or the mask's."""
-    area, bbox = a.get("area"), a.get("bbox")
-    good_area = isinstance(area, numbers.Real) and not isinstance(area, bool)
-    good_box = isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, numbers.Real) for v in bbox)
-    if not (good_area and good_box):
-        rle = _rle(seg, height, width)
-        area = area if good_area else int(mask_utils.area(rle))
-        bbox = bbox if good_box else [float(v) for v in mask_utils.toBbox(rle)]
-    ident = a.get("id", index)
-    return Annotation(ident if isinstance(ident, (int, str)) else index, area, tuple(bbox), index, seg)
-
-
-def check_segmentation(seg, height: int, width: int) -> str | None:
-    """Why `seg` (a COCO polygon list or RLE) cannot be an (height, width) mask with pixels, or None."""
-    if isinstance(seg, dict):
-        if "size" not in seg or "counts" not in seg:
-            return "an RLE needs 'size' and 'counts'"
-        if list(seg["size"]) != [height, width]:
-            return f"mask size {list(seg['size'])} differs from the image's {[height, width]}"
-    elif not (isinstance(seg, list) and seg and all(_is_polygon(p) for p in seg)):
-        return "segmentation is neither an RLE nor a list of polygons"
+def _read_bytes(path: Path) -> bytes:
     try:
-        area = mask_utils.area(_rle(seg, height, width))
-    except Exception as e:  # pycocotools raises several kinds on corrupt counts
-        return f"{'RLE' if isinstance(seg, dict) else 'polygon'} does not decode ({e})"
-    return None if area > 0 else "empty mask"
-
-
-def decode_segmentation(seg, height: int, width: int) -> np.ndarray:
-    """(height, width) uint8 mask of a checked COCO segmentation."""
-    return mask_utils.decode(_rle(seg, height, width))
-
-
-def _is_polygon(p) -> bool:
-    return isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(isinstance(v, numbers.Real) for v in p)
-
-
-def _rle(seg, height: int, width: int) -> dict:
-    """The compressed RLE of a COCO segmentation (polygons merged, uncompressed counts compressed)."""
-    if isinstance(seg, list):
-        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    if isinstance(seg["counts"], list):
-        return mask_utils.frPyObjects(seg, height, width)
-    counts = seg["counts"]
-    return {"size": list(seg["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return path.read_bytes()
+    except OSError as e:
         raise ValueError(f"{path}: not a readable JSON file ({e.__class__.__name__}: {e})") from None

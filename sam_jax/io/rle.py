@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .segmentations import rle_counts
+
 
 def mask_to_rle(masks: np.ndarray) -> list[dict[str, Any]]:
     """(B, H, W) bool masks -> B uncompressed RLEs, equal to the official `mask_to_rle_pytorch`."""
@@ -56,10 +58,15 @@ def coco_encode_rle(uncompressed_rle: dict[str, Any]) -> dict[str, Any]:
 
 
 def coco_decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """COCO RLE (str or bytes `counts`) -> (H, W) bool mask."""
+    """COCO RLE (str or bytes `counts`) -> (H, W) bool mask; ValueError for counts that do not sum
+    to H * W (pycocotools would fill the rest with uninitialised memory)."""
     counts = rle["counts"]
     if isinstance(counts, list):
         return rle_to_mask(rle)
+    h, w = rle["size"]
+    total = int(rle_counts(counts).sum())
+    if total != h * w:
+        raise ValueError(f"RLE counts sum to {total}, expected h*w = {h * w}")
     encoded = {"size": list(rle["size"]), "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
     return mask_utils.decode(encoded).astype(bool)
 

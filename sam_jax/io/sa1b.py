@@ -17,6 +17,7 @@ import numpy as np
 from .images import read_image
 from .outputs import atomic_file
 from .rle import coco_decode_rle, coco_encode_rle, mask_to_rle
+from .segmentations import check_segmentation
 
 _RECORD_KEYS = ("bbox", "area", "predicted_iou", "stability_score", "crop_box", "point_coords")
 
@@ -42,18 +43,26 @@ def write_sa1b(path: str | Path, records, image_size: tuple[int, int], file_name
 
 
 def read_sa1b(path: str | Path) -> dict:
-    """Read and check one SA-1B JSON; raises ValueError naming the file if it is not one."""
+    """Read and check one SA-1B JSON (every segmentation fully, `segmentations.check_segmentation`;
+    empty masks allowed);
+    raises a one-line ValueError naming the file, and the annotation, if it is not one."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except RecursionError:
+        raise ValueError(f"{path}: not a readable JSON file (nested too deeply)") from None
+    except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable JSON file ({e})") from None
-    if not isinstance(data, dict) or "image" not in data or "annotations" not in data:
-        raise ValueError(f"{path}: not an SA-1B annotation file (expected 'image' and 'annotations' keys)")
-    h, w = data["image"]["height"], data["image"]["width"]
-    for a in data["annotations"]:
-        if list(a["segmentation"]["size"]) != [h, w]:
-            raise ValueError(f"{path}: annotation {a.get('id')} has size {a['segmentation']['size']}, image is {[h, w]}")
+    info = data.get("image") if isinstance(data, dict) else None
+    if not isinstance(info, dict) or not isinstance(data.get("annotations"), list):
+        raise ValueError(f"{path}: not an SA-1B annotation file (expected an 'image' object and an 'annotations' list)")
+    h, w = info.get("height"), info.get("width")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
+        raise ValueError(f"{path}: the image's height and width must be positive integers")
+    for k, a in enumerate(data["annotations"]):
+        problem = check_segmentation(a.get("segmentation"), h, w) if isinstance(a, dict) else "not an object"
+        if problem and problem != "empty mask":  # a generator may keep an empty mask
+            raise ValueError(f"{path}: annotation {a.get('id', k) if isinstance(a, dict) else k}: {problem}")
     return data
 
 

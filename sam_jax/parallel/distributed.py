@@ -10,12 +10,15 @@ detection (Cloud TPU, Slurm, Open MPI) when `auto=True`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import TypeVar
 
 import jax
 from jax.experimental import multihost_utils
+
+from .rendezvous import JOIN_TIMEOUT_SECONDS, meet
 
 T = TypeVar("T")
 
@@ -25,10 +28,17 @@ def initialize(
     num_processes: int | None = None,
     process_id: int | None = None,
     auto: bool = False,
+    timeout: float = JOIN_TIMEOUT_SECONDS,
+    quiet: bool = True,
 ) -> bool:
     """Calls `jax.distributed.initialize` when a multi-process run is asked for; returns whether
     this process is part of one (True again, with nothing done, once joined). Call it before
-    anything touches a device."""
+    anything touches a device.
+
+    With an address, count and index, the processes first meet at the address (`rendezvous`):
+    a malformed or unresolvable address and a busy port are a ValueError, and a process or
+    coordinator that is not there within `timeout` seconds a ConnectionError naming it, each in
+    one line, where JAX's own join would crash, hang or abort."""
     if jax.distributed.is_initialized():
         return True
     address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
@@ -41,9 +51,11 @@ def initialize(
         raise ValueError("a multi-process run needs the coordinator address, the process count and this process's index")
     if count is not None and not 0 <= (index or 0) < count:
         raise ValueError(f"process index {index} is outside 0..{count - 1}")
+    if all(given):
+        meet(address, count, index, timeout, quiet)
     # Cross-process collectives on CPU need an implementation (GPUs and TPUs bring their own).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(address, count, index)
+    jax.distributed.initialize(address, count, index, initialization_timeout=max(10, math.ceil(timeout)))
     return True
 
 

@@ -65,7 +65,8 @@ def work_record(protocol: Protocol, limit: int | None, model: ModelSpec, model_s
         "protocol": {**protocol.to_dict(), "limit": limit, "limit_unit": "images",
                      "area_ranges": {name: [lo, None if hi == float("inf") else hi] for name, lo, hi in AREA_RANGES}},
         "model": {"sha256": model_sha256, "dtype": model.dtype, "precision": model.precision},
-        "data": {"kind": data.kind, "name": Path(data.name).name, "sha256": data.sha256},
+        "data": {"kind": data.kind, "name": Path(data.name).name, "sha256": data.sha256,
+                 **({"min_area": data.options.min_area} if data.options.min_area else {})},
     }
 
 
@@ -100,7 +101,8 @@ def evaluate_to_folder(
                                   "use --overwrite to replace them, or another --output")
         if state == "changed" and not overwrite:
             raise FileExistsError(f"{out / TABLE} is not the table sam-jax wrote there; --overwrite recomputes the results")
-        inputs = [annotations.name] + ([image_dir] if image_dir is not None else [])
+        images = image_dir if image_dir is not None else annotations.image_dir
+        inputs = [annotations.name] + ([images] if images is not None else [])
         check_output(out, kind="dir", overwrite=overwrite or state == "absent", is_own=lambda p: state != "foreign",
                      what="sam-jax eval results", inputs=inputs)
     index, count = jax.process_index(), jax.process_count()
@@ -122,7 +124,7 @@ def evaluate_to_folder(
     objects = sorted((_object(row) for s in shares for row in s["objects"]), key=lambda o: (o.image, o.position))
     table = table_text(objects, protocol)
     results = {**record, **summarize(objects, protocol),
-               "skipped": {"crowd": annotations.crowd, "invalid": len(annotations.skipped)},
+               "skipped": annotations.skip_counts(),
                "per_object_sha256": _text_digest(table)}
     if out is not None and index == 0:
         remove_stale_partials(out.parent)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from .memory import CompileCounter
@@ -67,6 +67,22 @@ class Progress:
         count = f"{_amount(self.done, self.unit)}/{_amount(self.total, self.unit)}" if self.unit else f"{self.done}/{self.total}"
         self.stream.write(f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {count} {text[:60]:<60}")
         self._bar = True
+
+
+def checking(prefix: str, quiet: bool = False, stream: TextIO | None = None) -> Callable[[int, int], None]:
+    """A `(done, total)` callback for checks of many small items (the images of a data set at
+    start-up): a bar on a terminal, nothing per item otherwise (a data set's checks end in its
+    one-line summary)."""
+    bar: list[Progress] = []
+
+    def report(done: int, total: int) -> None:
+        if not bar:
+            bar.append(Progress(total, prefix, quiet, stream))
+        bar[0].advance(done - bar[0].done, "images checked")
+        if done == total:
+            bar[0].close()
+
+    return report
 
 
 def _amount(n: float, unit: str) -> str:

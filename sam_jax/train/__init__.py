@@ -1,7 +1,8 @@
 """Fine-tuning SAM, by job:
 
     config.py           TrainConfig: every setting, defaults once, derived fields, checks
-    data.py             COCO and SA-1B data sets, per-example preparation, the Grain pipeline
+    data.py             COCO, SA-1B and label-image data sets (the checked reader of io.coco), per-example
+                        preparation (only the sampled masks decoded), the Grain pipeline
     augment.py          flips, 90-degree rotations, zoom, crops and colour jitter of an image and its masks
     embedding_cache.py  image embeddings computed once for a frozen encoder
     prompts.py          prompt simulation (points, noisy boxes, correction clicks)

@@ -1,148 +1,67 @@
-"""Training data: COCO instance annotations and SA-1B folders as random-access data sets, the
-per-example preparation (the model's own resize, padding, object sampling), and the Grain pipeline
-(one global stream whatever the process count, each process loading its rows of every batch,
+"""Training data: COCO instance annotations, SA-1B folders and folders of instance label images
+as random-access data sets (`sam_jax.io.coco`, the reader evaluation uses too), the per-example
+preparation (the model's own resize, padding, object sampling), and the Grain pipeline (one
+global stream whatever the process count, each process loading its rows of every batch,
 resumable at any step).
 
-Bad input is reported by file: a missing image, an unreadable JSON or an image whose size differs
-from its annotations stops with a one-line ValueError; a single annotation that does not decode
-or has the wrong size is skipped and counted (`dataset.skipped`), fatal only when nothing is left.
+Every image and segmentation is checked once at start-up (`sam_jax.io.coco`): what cannot be used
+is skipped and counted (`dataset.summary()` says it in one line), a file that is not what it should
+be stops with a one-line ValueError. An example decodes only the masks it samples.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import NamedTuple
 
 import grain
 import numpy as np
 
-from ..io.coco import check_segmentation, decode_segmentation as decode  # noqa: F401 (both named here before io.coco)
-from ..io.images import read_image
+from ..io.annotations import AnnotatedImage, AnnotationSet, DataOptions
+from ..io.coco import read_annotations
+from ..runtime.progress import checking
 from ..transforms import ResizeLongestSide
 
 MAX_AREA_FRACTION = 0.9  # masks covering more of the image are dropped (the paper does)
 
-
-class Entry(NamedTuple):
-    image: Path
-    height: int
-    width: int
-    annotations: tuple  # the valid segmentations (COCO), or indexes into the JSON's annotations (SA-1B)
-    json: Path | None = None  # SA-1B: the annotation file, re-read when the entry is loaded
+MaskDataset = AnnotationSet  # training reads what evaluation reads: data[i] -> (image, masks (n, H, W) bool)
 
 
-class MaskDataset:
-    """Random-access masks of images (Grain's data-source protocol): entry i -> (image, masks (n, H, W) bool)."""
-
-    def __init__(self, entries: list[Entry], name: str, skipped: list[str], image_dir: Path | None = None):
-        """name: the COCO JSON or SA-1B folder read; image_dir: where a COCO file's images are (None:
-        beside it); together they let `sam_jax.io.coco.read_annotations` read the same data for evaluation."""
-        if not entries:
-            reason = f" ({len(skipped)} annotations skipped, first: {skipped[0]})" if skipped else ""
-            raise ValueError(f"{name}: no image with a usable annotation{reason}")
-        self.entries, self.name, self.skipped, self.image_dir = entries, name, skipped, image_dir
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, {len(self)} images)"
-
-    def image(self, i: int) -> np.ndarray:
-        e = self.entries[i]
-        if not e.image.is_file():
-            raise ValueError(f"{self.name}: image not found: {e.image}")
-        image = read_image(e.image)
-        if image.shape[:2] != (e.height, e.width):
-            raise ValueError(f"{e.image}: image is {image.shape[0]}x{image.shape[1]}, its annotations say {e.height}x{e.width}")
-        return image
-
-    def masks(self, i: int) -> np.ndarray:
-        e = self.entries[i]
-        segs = e.annotations if e.json is None else _sa1b_segmentations(e.json, e.annotations)
-        return np.stack([decode(s, e.height, e.width) for s in segs]).astype(bool)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.image(i), self.masks(i)
-
-
-def coco_dataset(path: str | Path, image_dir: str | Path | None = None) -> MaskDataset:
-    """A COCO instances JSON; `file_name`s relative to `image_dir` (default: the JSON's folder)."""
-    path = Path(path)
-    data = _read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
-        raise ValueError(f"{path}: not a COCO instances file (expected 'images' and 'annotations' lists)")
-    root = Path(image_dir) if image_dir is not None else path.parent
-    images = {im["id"]: im for im in data["images"]}
-    by_image: dict = {}
-    skipped = []
-    for a in data["annotations"]:
-        im = images.get(a.get("image_id"))
-        problem = "no such image_id" if im is None else check_segmentation(a.get("segmentation"), im["height"], im["width"])
-        if problem:
-            skipped.append(f"{path}: annotation {a.get('id')}: {problem}")
-            continue
-        by_image.setdefault(a["image_id"], []).append(a["segmentation"])
-    entries = []
-    for image_id, segs in by_image.items():
-        im = images[image_id]
-        file = root / im["file_name"]
-        if not file.is_file():
-            raise ValueError(f"{path}: image not found: {file}" + ("" if image_dir else " (file names are relative to the JSON's folder; see --image-dir)"))
-        entries.append(Entry(file, im["height"], im["width"], tuple(segs)))
-    return MaskDataset(entries, str(path), skipped, None if image_dir is None else Path(image_dir))
-
-
-def sa1b_dataset(folder: str | Path) -> MaskDataset:
-    """A folder of SA-1B pairs: `<name>.json` annotations beside their image."""
-    folder = Path(folder)
-    files = sorted(folder.glob("*.json"))
-    entries, skipped = [], []
-    for path in files:
-        data = _read_json(path)
-        try:
-            info = data["image"]
-            h, w, file = int(info["height"]), int(info["width"]), folder / info["file_name"]
-            annotations = data["annotations"]
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: not an SA-1B annotation file (expected 'image' with height, width, file_name, and 'annotations')") from None
-        if not file.is_file():
-            raise ValueError(f"{path}: image not found: {file}")
-        good = []
-        for k, a in enumerate(annotations):
-            problem = check_segmentation(a.get("segmentation") if isinstance(a, dict) else None, h, w)
-            if problem:
-                skipped.append(f"{path}: annotation {k}: {problem}")
-            else:
-                good.append(k)
-        if good:
-            entries.append(Entry(file, h, w, tuple(good), path))
-    return MaskDataset(entries, str(folder), skipped)
-
-
-def open_dataset(path: str | Path, image_dir: str | Path | None = None) -> MaskDataset:
-    """`path` a COCO JSON file or an SA-1B folder."""
+def open_dataset(path: str | Path, image_dir: str | Path | None = None, *, labels: str | Path | None = None,
+                 options: DataOptions = DataOptions(), quiet: bool = True) -> MaskDataset:
+    """`path` a COCO JSON file, an SA-1B folder, or with `labels` a folder of images and `labels`
+    the folder of their label images (`sam_jax.io.labels`); see `sam_jax.io.coco.read_annotations`.
+    options: which objects are kept, whether paths may leave the data folder, the loader's
+    threads. The start-up checks show a bar on a terminal unless `quiet`."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"training data not found: {path}")
-    if path.is_dir():
-        if image_dir is not None:
-            raise ValueError("--image-dir applies to a COCO JSON, not to an SA-1B folder")
-        return sa1b_dataset(path)
-    return coco_dataset(path, image_dir)
+    return read_annotations(path, image_dir, labels=labels, options=options, progress=checking("sam-jax: checking", quiet))
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable JSON file ({e.__class__.__name__}: {e})") from None
+def coco_dataset(path: str | Path, image_dir: str | Path | None = None, options: DataOptions = DataOptions()) -> MaskDataset:
+    """A COCO instances JSON; `file_name`s relative to `image_dir` (default: the JSON's folder)."""
+    return open_dataset(Path(path), image_dir, options=options)
 
 
-def _sa1b_segmentations(path: Path, indexes: tuple) -> list:
-    annotations = _read_json(path)["annotations"]
-    return [annotations[k]["segmentation"] for k in indexes]
+def sa1b_dataset(folder: str | Path, options: DataOptions = DataOptions()) -> MaskDataset:
+    """A folder of SA-1B pairs: `<name>.json` annotations beside their image."""
+    return open_dataset(Path(folder), options=options)
+
+
+def labels_dataset(images: str | Path, labels: str | Path, options: DataOptions = DataOptions()) -> MaskDataset:
+    """A folder of images and the folder of their instance label images (`sam_jax.io.labels`)."""
+    return open_dataset(Path(images), labels=labels, options=options)
+
+
+def sample_objects(entry: AnnotatedImage, objects: int, rng: np.random.Generator) -> list[int]:
+    """Positions (in `entry.annotations`) of the objects an example trains on: those covering at
+    most 90% of the image, and `objects` of them at random when there are more: the draw `prepare`
+    makes from all the masks, made from the pixel counts so that only these masks are decoded."""
+    limit = MAX_AREA_FRACTION * entry.height * entry.width
+    keep = [k for k, a in enumerate(entry.annotations) if a.pixels <= limit]
+    if len(keep) > objects:
+        keep = [keep[i] for i in np.sort(rng.choice(len(keep), objects, replace=False))]
+    return keep
 
 
 # ---------------------------------------------------------------------------- preparation
@@ -185,9 +104,10 @@ class Prepare(grain.transforms.RandomMap):
 
     def random_map(self, index, rng: np.random.Generator) -> dict:
         index = int(index)
-        e = self.source.entries[index]
+        e = self.source.images[index]
+        which = sample_objects(e, self.objects, rng)
         image = None if self.embeddings is not None else self.source.image(index)
-        masks, size = self.source.masks(index), (e.height, e.width)
+        masks, size = self.source.masks(index, which), (e.height, e.width)
         if self.augment is not None and image is not None:
             image, masks = self.augment(image, masks, rng)
             size = image.shape[:2]
@@ -225,14 +145,16 @@ def blank_example(image_size: int, objects: int, embedding_shape: tuple[int, ...
 
 def training_dataset(source: MaskDataset, image_size: int | ResizeLongestSide, objects: int, batch_size: int, seed: int,
                      embeddings: np.ndarray | None = None, rows: tuple[int, ...] | None = None, start: int = 0,
-                     num_threads: int = 2, augment=None) -> grain.IterDataset:
+                     num_threads: int | None = None, augment=None) -> grain.IterDataset:
     """Endless batches of `batch_size` (the global batch, over all processes) from one stream of
     examples: every image once per epoch, reshuffled each epoch, each example's random choices
     seeded by its position. The stream depends only on `seed`, so a run gives the same batches on
     any number of devices and processes. This process reads only the `rows` of each batch that its
     devices hold (default all of them; rows >= `batch_size` are blank padding, so that a batch
     splits evenly over the devices). `start`: the first batch, so that a run resumed at step k
-    continues exactly, on any number of processes. image_size: as `prepare` takes it; augment: as `Prepare` takes it."""
+    continues exactly, on any number of processes. image_size: as `prepare` takes it. num_threads:
+    the loader's threads (default: the data set's `options.threads`); the batches do not depend on it.
+    augment: as `Prepare` takes it."""
     stream = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
     stream = stream.random_map(Prepare(source, image_size, objects, embeddings, augment))
     rows = tuple(range(batch_size)) if rows is None else tuple(rows)
@@ -240,4 +162,5 @@ def training_dataset(source: MaskDataset, image_size: int | ResizeLongestSide, o
     blank = blank_example(S, objects, None if embeddings is None else embeddings.shape[1:])
     ds = grain.MapDataset.range(len(stream)).map(Rows(stream, batch_size, rows, blank, start))
     ds = ds.batch(len(rows), drop_remainder=True)
-    return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * len(rows)))
+    threads = source.options.threads if num_threads is None else num_threads
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * len(rows)))

@@ -38,9 +38,9 @@ def embedding_cache(model: Sam, dataset: MaskDataset, path: Path, dtype: str, qu
     progress = Progress(len(mine), "sam-jax train: embedding", quiet)
 
     def embed(i: int) -> np.ndarray:
-        e = dataset.entries[i]
+        e = dataset.images[i]
         ex = prepare(dataset.image(i), np.zeros((0, 1, 1), bool), transform_for(cfg), 1, np.random.default_rng(0), (e.height, e.width))
-        progress.step(e.image.name)
+        progress.step(e.file.name)
         return np.asarray(embed_images_jit(graphdef, params, jnp.asarray(ex["image"][None]), jnp.asarray(ex["input_size"][None])))[0]
 
     if jax.process_count() == 1:

@@ -3,6 +3,9 @@ its metrics, the Orbax training state and the final model.
 
     train_record.json   what is being trained: settings, base checkpoint and data digests (no
                         timestamps or hosts: the same work gives the same bytes); a resume must match it
+                        (or, with `allow_data_changes`, differ in its training data alone)
+    train_data.json     the training data image by image (name, objects, digest of the annotations
+                        used): what a resume on changed data reports as changed
     state/              Orbax CheckpointManager: parameters, optimizer state, step, RNG (the data
                         position follows from the step)
     metrics.jsonl       one line per logged step (loss, its parts, lr, examples/s) and per validation
@@ -23,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import jax
@@ -41,10 +45,12 @@ from .events import EventWriter, metric_scalars
 RECORD_FORMAT = "sam-jax-train/1"
 MODEL_FORMAT = "sam-jax-train-model/1"  # the record.json of a model a run writes
 RECORD_FILE = "train_record.json"
+DATA_FILE = "train_data.json"
 METRICS_FILE = "metrics.jsonl"
 EVENTS_FILE = "events.out.tfevents.sam-jax"
+EMBEDDINGS_FILE = "embeddings.npy"
 BEST_DIR = "best"
-OWN_ENTRIES = (RECORD_FILE, "state", METRICS_FILE, EVENTS_FILE, "embeddings.npy", BEST_DIR, folder.PARAMS_DIR,
+OWN_ENTRIES = (RECORD_FILE, DATA_FILE, "state", METRICS_FILE, EVENTS_FILE, EMBEDDINGS_FILE, BEST_DIR, folder.PARAMS_DIR,
                folder.CONFIG_FILE, folder.RECORD_FILE)
 
 
@@ -58,11 +64,16 @@ def params_digest(state: nnx.State) -> str:
     return h.hexdigest()
 
 
+def data_manifest(dataset: MaskDataset) -> dict:
+    """The training data image by image: [file name, objects, digest of its name, size and the
+    content of the annotations used], with the options that chose them."""
+    return {"options": dataset.options.record(),
+            "images": [[e.file.name, len(e.annotations), e.sha256] for e in dataset.images]}
+
+
 def dataset_digest(dataset: MaskDataset) -> str:
-    h = hashlib.sha256()
-    for e in dataset.entries:
-        h.update(f"{e.image.name}:{e.height}:{e.width}:{len(e.annotations)}\n".encode())
-    return h.hexdigest()
+    """SHA-256 of `data_manifest`: the images used, in order, and their annotations' content."""
+    return hashlib.sha256(json.dumps(data_manifest(dataset), sort_keys=True).encode()).hexdigest()
 
 
 def run_record(config: TrainConfig, model: Sam, train_data: MaskDataset) -> dict:
@@ -70,14 +81,46 @@ def run_record(config: TrainConfig, model: Sam, train_data: MaskDataset) -> dict
     return {
         "format": RECORD_FORMAT, "settings": config.to_dict(), "model_config": model.config.to_dict(),
         "base_checkpoint_sha256": params_digest(nnx.state(model)),
-        "train_data": {"images": len(train_data), "sha256": dataset_digest(train_data)},
+        "train_data": {"images": len(train_data), "objects": train_data.objects(), **train_data.options.record(),
+                       "sha256": dataset_digest(train_data)},
     }
+
+
+def data_changes(old: dict | None, new: dict) -> str:
+    """What differs between two `data_manifest`s, in words."""
+    if old is None:
+        return "no earlier train_data.json to compare with"
+    parts = []
+    if old.get("options") != new["options"]:
+        parts.append(f"options {old.get('options')} -> {new['options']}")
+    before = {name: digest for name, _, digest in old.get("images", [])}
+    after = {name: digest for name, _, digest in new["images"]}
+    for what, names in (("removed", [n for n in before if n not in after]), ("added", [n for n in after if n not in before]),
+                        ("changed (annotations or size)", [n for n in after if n in before and before[n] != after[n]])):
+        if names:
+            parts.append(f"{len(names)} image{'' if len(names) == 1 else 's'} {what} (first: {names[0]})")
+    return "; ".join(parts) or "the images' order"
 
 
 def barrier(name: str) -> None:
     """Every process waits here for the others (nothing to wait for in a single-process run)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def _read_record(path: Path, optional: bool = False) -> dict | None:
+    """A JSON record of the folder (None when absent and `optional`); a one-line ValueError if unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        if optional:
+            return None
+        raise ValueError(f"{path}: missing") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: not a readable record ({e.__class__.__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a record sam-jax train wrote")
+    return data
 
 
 class RunFolder:
@@ -89,19 +132,35 @@ class RunFolder:
         self.keep_checkpoints = keep_checkpoints
         self.events = EventWriter(self.path / EVENTS_FILE)
 
-    def prepare(self, record: dict, resume: bool, overwrite: bool) -> None:
-        """Checks the folder for this run: a resume needs the same record; an earlier run is
-        replaced only with `overwrite`, and only the entries a run writes (anything else stays).
-        Then writes the record and an empty metrics log (process 0)."""
+    def prepare(self, record: dict, resume: bool, overwrite: bool, data: MaskDataset | None = None,
+                allow_data_changes: bool = False) -> None:
+        """Checks the folder for this run: a resume needs the same record, or with
+        `allow_data_changes` one that differs in its training data alone (the change is reported,
+        the record updated, the cached embeddings dropped); an earlier run is replaced only with
+        `overwrite`, and only the entries a run writes (anything else stays). Then writes the
+        record, the data's manifest (`data`) and an empty metrics log (process 0)."""
         out, record_file = self.path, self.path / RECORD_FILE
+        manifest = None if data is None else data_manifest(data)
         mine = [out / n for n in OWN_ENTRIES if (out / n).exists()]
         if mine and resume:
             if not record_file.is_file():
                 raise ValueError(f"{out} holds no {RECORD_FILE}: nothing to resume")
-            stored = json.loads(record_file.read_text())
+            stored = _read_record(record_file)
             if stored != record:
                 diff = sorted(k for k in set(stored) | set(record) if stored.get(k) != record.get(k))
-                raise ValueError(f"{out} was trained with different {', '.join(diff)}; --resume needs the same work (or --overwrite)")
+                change = ""
+                if "train_data" in diff and manifest is not None:
+                    change = f" (the training data: {data_changes(_read_record(out / DATA_FILE, optional=True), manifest)})"
+                if diff != ["train_data"] or not allow_data_changes:
+                    hint = "; --allow-data-changes continues on the new data" if diff == ["train_data"] else ""
+                    raise ValueError(f"{out} was trained with different {', '.join(diff)}{change}; --resume needs the same "
+                                     f"work (or --overwrite){hint}")
+                barrier("sam-jax train: record checked")
+                if self.primary:
+                    print(f"sam-jax train: resuming {out} on changed training data{change}", file=sys.stderr, flush=True)
+                    self._write_record(record, manifest)
+                    (out / EMBEDDINGS_FILE).unlink(missing_ok=True)  # indexed like the old data
+                barrier("sam-jax train: record updated")
             return
         if mine and not overwrite:
             raise FileExistsError(f"{out} already holds a training run (use --resume to continue it or --overwrite to start again)")
@@ -110,11 +169,17 @@ class RunFolder:
             for p in mine:  # only what a sam-jax run writes; anything else in the folder stays
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
             out.mkdir(parents=True, exist_ok=True)
-            with atomic_file(record_file) as tmp:
-                tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+            self._write_record(record, manifest)
             (out / METRICS_FILE).touch()
             self.events.start()
         barrier("sam-jax train: output prepared")
+
+    def _write_record(self, record: dict, manifest: dict | None) -> None:
+        if manifest is not None:
+            with atomic_file(self.path / DATA_FILE) as tmp:
+                tmp.write_text(json.dumps(manifest, sort_keys=True) + "\n")
+        with atomic_file(self.path / RECORD_FILE) as tmp:
+            tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
     # ------------------------------------------------------------------------- metrics
     def log(self, record: dict) -> None:

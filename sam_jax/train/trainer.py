@@ -43,7 +43,7 @@ from .data import MaskDataset, training_dataset
 from .embedding_cache import embedding_cache
 from .lora import LORA_BASE, add_lora, merge_lora
 from .rollout import Batch
-from .run_folder import RunFolder, barrier, model_record, run_record
+from .run_folder import EMBEDDINGS_FILE, RunFolder, barrier, model_record, run_record
 from .sharding import global_batch, padded_size, process_rows, state_shardings
 from .step import StepSettings, TrainState, encoder_layers, init_state, train_step_jit
 from .trainable import encoder_frozen, prepare_model, split_trainable
@@ -74,11 +74,12 @@ class Selection(NamedTuple):
 class Trainer:
     def __init__(self, model: Sam, train_data: MaskDataset, config: TrainConfig, output: str | os.PathLike,
                  val_data: MaskDataset | AnnotationSet | None = None, resume: bool = False, overwrite: bool = False,
-                 quiet: bool = False, mesh: Mesh | None = None):
+                 quiet: bool = False, mesh: Mesh | None = None, allow_data_changes: bool = False):
         """`mesh`: a (data, fsdp) mesh (`parallel.make_mesh`) to train on; None: the model's device
         (in a multi-process run: every device of every process, on the data axis). `val_data`: a
         data set of `open_dataset` or an `AnnotationSet` of `sam_jax.io.coco`, validated as
-        `sam-jax eval` evaluates it (see `validate`)."""
+        `sam-jax eval` evaluates it (see `validate`). `allow_data_changes`: a resume may continue on
+        training data that differ from the run's (`RunFolder.prepare`)."""
         self.primary = jax.process_index() == 0
         self.config, self.quiet = config, quiet or not self.primary
         if model.config.decoder == "hq":
@@ -93,7 +94,7 @@ class Trainer:
         self.val_set = validation_set(val_data) if val_data is not None and self.primary else None
         self.base = model
         self.record = run_record(config, model, train_data)
-        self.folder.prepare(self.record, resume, overwrite)
+        self.folder.prepare(self.record, resume, overwrite, train_data, allow_data_changes)
         # LoRA: the factors train, the rest of the encoder is frozen; `model()` merges them.
         self.view = add_lora(model, config.lora, config.seed)
         self.freeze = config.freeze + ((LORA_BASE,) if config.lora.rank else ())
@@ -106,7 +107,7 @@ class Trainer:
                 if not self.quiet:
                     print("sam-jax train: augmentation changes the images: they are embedded at every step (no embedding cache)")
             else:
-                self.embeddings = embedding_cache(model, train_data, self.output / "embeddings.npy", config.dtype, self.quiet)
+                self.embeddings = embedding_cache(model, train_data, self.output / EMBEDDINGS_FILE, config.dtype, self.quiet)
         self.rows = padded_size(config.batch_size, self.mesh)  # the global batch, padded to split evenly
         self._data_from(0)
         self.state = init_state(trainable, self.settings, config.seed)

@@ -91,7 +91,7 @@ def test_bad_arguments(tiny):
     with pytest.raises(ValueError, match="output_mode"):
         SamAutomaticMaskGenerator(tiny.model, output_mode="png")
     with pytest.raises(ValueError, match="uint8"):
-        SamAutomaticMaskGenerator(tiny.model, points_per_side=4).generate(np.zeros((10, 10, 3), np.float32))
+        SamAutomaticMaskGenerator(tiny.model, points_per_side=4).generate(np.zeros((10, 10, 3), bool))
 
 
 def test_few_compilations_across_photo_sizes(tiny):

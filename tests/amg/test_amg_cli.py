@@ -128,3 +128,12 @@ def test_library_runner_is_the_command(tiny, folder, tmp_path):
     assert r.returncode == 1 and r.stderr.count("done before, skipped") == 2, r.stderr
     with pytest.raises(ValueError, match="unknown generator settings: points_per_sid"):
         generate_folder(ModelSpec(str(tiny.model_dir)), folder, out, settings={"points_per_sid": 4})
+
+
+def test_hq_token_only_on_a_sam_model_is_one_line(tiny, folder, tmp_path, capsys):
+    out = tmp_path / "o"
+    code = cli(["amg", "--checkpoint", str(tiny.model_dir), "--input", str(folder / "a.png"), "--output", str(out),
+                "--hq-token-only", *FLAGS])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "hq_token_only applies to an HQ-SAM model" in err, err
+    assert not out.exists() or list(out.iterdir()) == []

@@ -51,6 +51,7 @@ def test_wheel_contents_and_installed_cli(tmp_path):
     assert r.stdout.splitlines()[-1] == "64"  # the shipped trained model loads from the installed copy
     r = subprocess.run([venv / "bin" / "sam-jax", "convert", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and "--model-type" in r.stdout
-    for command, flag in (("export-onnx", "--return-single-mask"), ("embed", "--image"), ("demo", "--port"), ("amg", "--points-per-side"), ("train", "--train-data")):
+    for command, flag in (("export-onnx", "--return-single-mask"), ("embed", "--image"), ("demo", "--port"), ("amg", "--points-per-side"), ("train", "--train-data"),
+                          ("export-pth", "--layout")):
         r = subprocess.run([venv / "bin" / "sam-jax", command, "--help"], capture_output=True, text=True, cwd=tmp_path)
         assert r.returncode == 0 and flag in r.stdout, (command, r.stderr)

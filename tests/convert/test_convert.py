@@ -220,7 +220,7 @@ def test_missing_checkpoint_file(tmp_path, capsys):
     ({"encoder_embed_dim": 128}, "image_encoder.patch_embed.proj.weight: checkpoint (64, 3, 16, 16), model expects (128, 3, 16, 16)"),
     ({"image_size": 512}, "image_encoder.pos_embed: checkpoint (1, 16, 16, 64), model expects (1, 32, 32, 64)"),
     ({"encoder_global_attn_indexes": [0, 3]}, "image_encoder.blocks.0.attn.rel_pos_h: checkpoint (11, 16), model expects (31, 16)"),
-    ({"decoder_depth": "2"}, "decoder_depth must be an integer >= 1, got '2'"),
+    ({"decoder_depth": "2"}, "decoder_depth must be an integer in 1..64, got '2'"),
 ])
 def test_hand_edited_config_fails_naming_the_mismatches(tiny, tmp_path, edit, named):
     import json

@@ -143,7 +143,7 @@ def entry(tiny, server, tmp_path, monkeypatch):
     prefix as suffix) on the local server, as the model name "test_tiny"."""
     body = tiny.pth.read_bytes()
     w = weights.OfficialWeights("test_tiny", f"sam_test_tiny_{hashlib.md5(body).hexdigest()[:6]}.pth",
-                                hashlib.sha256(body).hexdigest())
+                                hashlib.sha256(body).hexdigest(), len(body))
     server.files[f"/{w.file}"] = body
     monkeypatch.setitem(weights.OFFICIAL, w.file, w)
     monkeypatch.setitem(weights.ALIASES, "test_tiny", w.file)
@@ -165,8 +165,11 @@ def test_published_table():
         assert re.fullmatch(rf"sam_{w.model_type}_[0-9a-f]{{6}}\.pth", file), file
         assert re.fullmatch(r"[0-9a-f]{64}", w.sha256), file
         assert sam_jax.get_config(w.model_type).encoder_depth > 0
+        assert w.size > 4 * 90e6, file  # the download cap: at least the float32 bytes of 90 M parameters
     assert len({w.sha256 for w in weights.OFFICIAL.values()}) == 3
     for name in weights.known_names():
+        if name in weights.BUNDLED:
+            continue
         src = weights.source(name)
         assert src.model_type in ("vit_b", "vit_l", "vit_h") or src.family is not None, name
         assert sam_jax.get_config(src.model_type)  # every name has its shipped config
@@ -186,6 +189,7 @@ def test_family_table():
                                    "slimsam_50", "slimsam_77", "lite_medsam"}
     for name, w in weights.FAMILY.items():
         assert sum(x is not None for x in (w.url, w.repo_id, w.package)) == 1, name
+        assert w.url is None or w.size, name  # every file sam-jax downloads itself has a cap
         assert re.fullmatch(r"[0-9a-f]{64}", w.sha256) and w.published and w.license.startswith("Apache-2.0"), name
         assert sam_jax.get_config(w.model_type) == sam_jax.get_config(name)
     assert len({w.sha256 for w in weights.FAMILY.values()}) == len(weights.FAMILY)
@@ -322,7 +326,7 @@ def test_cli_by_name(tiny, entry, server, tmp_path, monkeypatch, capsys):
             assert model_spec(build_parser().parse_args([command, *flags, *extra]), numerics=False).path() == cached
     assert cli(["export-onnx", "--checkpoint", "vit_q", "--output", str(tmp_path / "d.onnx")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "model name (vit_b" in err
+    assert len(err.splitlines()) == 1 and "nor a model name (" in err and " vit_b," in err
 
 
 def test_hugging_face_id(tiny, server, tmp_path, monkeypatch):
@@ -402,3 +406,14 @@ def test_family_hub_entry(tiny, server, tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match="differs from the published") as e:
         sam_jax.load("family_tiny")
     assert "\n" not in str(e.value)
+
+
+def test_the_shipped_tiny_model_has_a_name(monkeypatch, tmp_path):
+    """shapes_tiny: the model inside the package, by name, offline, nothing written to the cache."""
+    monkeypatch.setenv("SAM_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SAM_JAX_WEIGHTS_URL", "http://127.0.0.1:9")
+    assert fetch("shapes_tiny") == sam_jax.assets.SHAPES_TINY  # `import sam_jax` is enough for sam_jax.assets
+    assert sam_jax.load("shapes_tiny").config == sam_jax.load(sam_jax.assets.SHAPES_TINY).config
+    assert model_spec(build_parser().parse_args(["amg", "--checkpoint", "shapes_tiny", "--input", "i", "--output", "o"])).path() \
+        == sam_jax.assets.SHAPES_TINY
+    assert "shapes_tiny" in weights.known_names() and not (tmp_path / "cache").exists()

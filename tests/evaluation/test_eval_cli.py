@@ -73,7 +73,7 @@ def test_results_folder_records_the_work(tiny, eval_set, one_device):
     assert results["protocol"]["clicks"] == 2 and results["protocol"]["select"] == "oracle"
     assert results["model"]["sha256"] == ModelSpec(str(tiny.model_dir)).digest()
     assert results["data"] == {"kind": "coco", "name": "instances.json", "sha256": file_digest(eval_set)}
-    assert results["count"] == 6 and results["images"] == 2 and results["skipped"] == {"crowd": 2, "invalid": 1}
+    assert results["count"] == 6 and results["images"] == 2 and results["skipped"] == {"crowd": 2, "invalid": 1, "small": 0, "images": 0}
     assert sum(v["count"] for v in results["miou_by_area"].values()) == 6 and len(results["miou_per_click"]) == 2
     assert results["per_object_sha256"] == file_digest(one_device / "per_object.csv")
     text = (one_device / "results.json").read_text()
@@ -163,7 +163,7 @@ def test_an_sa1b_folder_evaluates_as_the_same_coco_file(tiny, eval_set, one_devi
         (folder / f"{e.file.stem}.json").write_text(json.dumps({"image": info, "annotations": listed}))
     result = evaluate_to_folder(ModelSpec(str(tiny.model_dir)), folder, tmp_path / "out", prompt="clicks", clicks=2,
                                 select="oracle", devices=jax.devices()[:1], quiet=True)
-    assert result.results["data"]["kind"] == "sa1b" and result.results["skipped"] == {"crowd": 0, "invalid": 2}
+    assert result.results["data"]["kind"] == "sa1b" and result.results["skipped"] == {"crowd": 0, "invalid": 2, "small": 0, "images": 0}
     rows = lambda p: [(r["annotation_id"], r["image_id"], r["iou"], r["clicks"]) for r in csv.DictReader(p.open())]
     assert rows(tmp_path / "out" / "per_object.csv") == rows(one_device / "per_object.csv")
     with pytest.raises(ValueError, match="--image-dir applies to a COCO JSON"):

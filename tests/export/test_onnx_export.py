@@ -237,8 +237,8 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
     assert main(["export-onnx", "--checkpoint", str(tmp_path), "--output", str(tmp_path / "d.onnx")]) == 2
     err = capsys.readouterr().err
-    assert "pip install sam-jax[onnx]" in err and len(err.strip().splitlines()) == 1
-    with pytest.raises(ImportError, match=r"sam-jax\[onnx\]"):
+    assert "pip install onnx onnxruntime" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ImportError, match=r"pip install onnx onnxruntime \(the \[onnx\] extra\)"):
         export_onnx(None, tmp_path / "d.onnx")
 
 
@@ -384,4 +384,4 @@ def test_imports_without_onnx():
             "from sam_jax.utils.onnx import SamOnnxModel\nfrom sam_jax.export.onnx import export_onnx\n"
             "try:\n    export_onnx(None, 'never.onnx')\nexcept ImportError as e:\n    print(e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "onnx is not installed: pip install sam-jax[onnx]" in out.stdout, out.stderr
+    assert out.returncode == 0 and "onnx is not installed: pip install onnx onnxruntime" in out.stdout, out.stderr

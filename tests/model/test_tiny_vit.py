@@ -11,8 +11,6 @@ taken at the grid the layers produce (`forward_any_size`), its modules otherwise
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -20,6 +18,7 @@ from flax import nnx
 
 from tests.reference.family_keys import load_official
 from tests.reference.compare import assert_close
+from tests.reference.families import forward_any_size
 from tests.reference.official import perturb
 from sam_jax.modeling.tiny_vit_sam import TinyViT
 
@@ -40,21 +39,6 @@ def ours_like(state_dict, img_size: int, stem_downsample: bool = True) -> TinyVi
 
 # One compiled function per input shape and stem, shared by every model of that structure.
 encode = nnx.jit(lambda model, x: model.with_early_features(x))
-
-
-def forward_any_size(model, x):
-    """The official `forward_features` (sam-hq's form: embeddings and the early feature) with
-    its 64x64 views replaced by the layers' grid."""
-    def as_grid(t):  # (B, L, C) -> (B, g, g, C)
-        return t.view(t.shape[0], math.isqrt(t.shape[1]), math.isqrt(t.shape[1]), -1)
-
-    x = model.layers[0](model.patch_embed(x))
-    early = None
-    for i in range(1, len(model.layers)):
-        x = model.layers[i](x)
-        if i == 1:
-            early = as_grid(x)
-    return model.neck(as_grid(x).permute(0, 3, 1, 2)), early
 
 
 def test_mobile_sam_1024():

@@ -50,6 +50,10 @@ def test_point_labels_2_and_3_as_the_official_predictor(tiny, box):
     # Finite in float32 as given, infinite once scaled from the 13-pixel image to the model input.
     ({"point_coords": np.array([[3e38, 5.0]]), "point_labels": np.array([1])}, r"scaled to the model input"),
     ({"point_coords": np.array([[5.0, 5.0]]), "point_labels": np.array([4])}, "point_labels must be"),
+    # Finite, but saturating: NaN scores and empty masks, silently, before it was refused.
+    ({"box": np.array([1.0, 1, 8, 8]), "mask_input": np.full((1, 64, 64), 3e38, np.float32)},
+     r"mask_input holds logits up to 3e\+38 in magnitude, beyond the 10000"),
+    ({"box": np.array([1.0, 1, 8, 8]), "mask_input": np.full((1, 64, 64), -2e4, np.float32)}, "beyond the 10000"),
 ])
 def test_coordinates_float32_cannot_hold_are_refused(tiny, kwargs, match):
     p = SamPredictor(tiny.model)

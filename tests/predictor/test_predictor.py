@@ -179,7 +179,7 @@ def test_bad_prompts(tiny, kwargs, message):
     [
         (np.zeros((20, 30), np.uint8), "grayscale"),
         (np.zeros((20, 30, 4), np.uint8), "RGBA"),
-        (np.zeros((20, 30, 3), np.float32), "dtype uint8"),
+        (np.zeros((20, 30, 3), bool), "dtype uint8"),
         (np.zeros((0, 30, 3), np.uint8), "empty"),
         (np.zeros((2, 20, 30, 3), np.uint8), "HxWx3"),
     ],

@@ -51,17 +51,18 @@ def build_official(cfg: SamConfig, seed: int = 0):
     return perturb(sam.eval(), seed)
 
 
-def official_at_size(official, cfg: SamConfig | None, image_size: int):
+def official_at_size(official, cfg: SamConfig | None, image_size: int, build=None):
     """(model, config): the official model built for `image_size` inputs, holding `official`'s
     weights with `pos_embed` resized by `F.interpolate(mode="bicubic", align_corners=False)` and
     each rel-pos table whose length changes (the global blocks') by `F.interpolate(mode="linear")`:
     the torch-side reference of `sam_jax.load(..., image_size=N)`. cfg: `official`'s config, or
-    None to read it off its tensor shapes (as our converter does)."""
+    None to read it off its tensor shapes (as our converter does); build: the builder of a
+    family's model from a config (default `build_official`; sam-hq's: `families.build_hq_official`)."""
     import torch.nn.functional as F
 
     cfg = cfg or config_of(official)
     new_cfg = dataclasses.replace(cfg, image_size=image_size)
-    target = build_official(new_cfg)
+    target = (build or build_official)(new_cfg)
     shapes = {k: v.shape for k, v in target.state_dict().items()}
     state = {}
     for key, value in official.state_dict().items():

@@ -71,10 +71,9 @@ def test_one_bad_annotation_is_skipped_and_counted(tmp_path, shapes):
     assert len(source.skipped) == 1 and "annotation 1" in source.skipped[0] and "[32, 64]" in source.skipped[0]
     image, masks = source[0]
     assert image.shape == (64, 64, 3) and masks.ndim == 3 and masks.shape[1:] == (64, 64)
-    # An image whose pixels do not match its annotated size is named when it is read.
-    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / source.entries[1].image.name)
-    wrong = source.entries[1]._replace(image=tmp_path / source.entries[1].image.name)
-    source.entries[1] = wrong
+    # An image replaced after the start-up check by one of another size is named when it is read.
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / source.images[1].file.name)
+    source.images[1] = source.images[1]._replace(file=tmp_path / source.images[1].file.name)
     with pytest.raises(ValueError, match=r"image is 10x20, its annotations say 64x64"):
         source[1]
 

@@ -109,23 +109,27 @@ class GraphBuilder:
         empty = "" if self.opset >= 13 else self.const(np.zeros(0, np.float32))
         return self.op("Resize", x, empty, empty, sizes, mode="linear", coordinate_transformation_mode="half_pixel")
 
-    def to_model(self, inputs: Sequence[tuple], outputs: Sequence[tuple], graph_name: str):
-        """The onnx.ModelProto of the graph. inputs: (name, dtype, shape) of each graph input;
-        outputs: (value, name, dtype, shape), each value given its public name by an Identity."""
+    def to_model(self, inputs: Sequence[tuple], outputs: Sequence[tuple], graph_name: str, metadata: dict | None = None):
+        """The onnx.ModelProto of the graph. inputs: (name, dtype, shape) of each graph input, or
+        (name, dtype, shape, doc_string); outputs: (value, name, dtype, shape), each value given
+        its public name by an Identity; metadata: the model's metadata_props (str -> str)."""
         from onnx import helper, numpy_helper  # an optional dependency: only writing the model needs it
 
         to_onnx = lambda v: helper.np_dtype_to_tensor_dtype(v) if isinstance(v, np.dtype) else v
         nodes = [helper.make_node(n.op_type, list(n.inputs), list(n.outputs), **{k: to_onnx(v) for k, v in n.attrs.items()})
                  for n in self.nodes]
         nodes += [helper.make_node("Identity", [value], [name]) for value, name, _, _ in outputs]
-        info = lambda name, dtype, shape: helper.make_tensor_value_info(name, to_onnx(np.dtype(dtype)), list(shape))
+        info = lambda name, dtype, shape, doc="": helper.make_tensor_value_info(name, to_onnx(np.dtype(dtype)), list(shape), doc)
         graph = helper.make_graph(
             nodes, graph_name, [info(*i) for i in inputs], [info(name, dtype, shape) for _, name, dtype, shape in outputs],
             initializer=[numpy_helper.from_array(v, k) for k, v in self.initializers.items()],
         )
         opsets = [helper.make_opsetid("", self.opset)]
-        return helper.make_model(graph, opset_imports=opsets, producer_name=PRODUCER,
-                                 ir_version=helper.find_min_ir_version_for(opsets))
+        model = helper.make_model(graph, opset_imports=opsets, producer_name=PRODUCER,
+                                  ir_version=helper.find_min_ir_version_for(opsets))
+        if metadata:
+            helper.set_model_props(model, metadata)
+        return model
 
 
 # ---------------------------------------------------------------------------------- generic layers
@@ -163,8 +167,9 @@ def relu(g: GraphBuilder, x: str) -> str:
 
 
 def conv(g: GraphBuilder, layer: nnx.Conv, x: str) -> str:
-    """nnx.Conv (kernel (kh, kw, in, out), bias or none) on an NCHW map, with its strides and its
-    padding ("VALID", explicit ((top, bottom), (left, right)) pairs, or "SAME" for a 1x1 kernel)."""
+    """nnx.Conv (kernel (kh, kw, in / groups, out), bias or none) on an NCHW map, with its strides,
+    its groups (TinyViT's depthwise convolutions) and its padding ("VALID", explicit ((top, bottom),
+    (left, right)) pairs, or "SAME" for a 1x1 kernel)."""
     kh, kw = layer.kernel_size
     if layer.padding == "VALID" or (kh, kw) == (1, 1):
         pads = [0, 0, 0, 0]
@@ -175,7 +180,8 @@ def conv(g: GraphBuilder, layer: nnx.Conv, x: str) -> str:
         raise NotImplementedError(f"no ONNX emitter for a {kh}x{kw} convolution with padding {layer.padding!r}")
     strides = layer.strides if isinstance(layer.strides, Sequence) else (layer.strides or 1,) * 2
     inputs = [x, g.param(layer.kernel, perm=(3, 2, 0, 1))] + ([g.param(layer.bias)] if layer.bias is not None else [])
-    return g.op("Conv", *inputs, strides=list(strides), pads=pads)
+    groups = {"group": layer.feature_group_count} if layer.feature_group_count > 1 else {}
+    return g.op("Conv", *inputs, strides=list(strides), pads=pads, **groups)
 
 
 def mlp_block(g: GraphBuilder, block: MLPBlock, x: str) -> str:

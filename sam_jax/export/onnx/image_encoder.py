@@ -1,8 +1,8 @@
-"""ONNX graph of the ViT image encoder, emitted node by node from a loaded model's parameters.
+"""ONNX emitters of `modeling/image_encoder.py`: the ViT image encoder, its windows and its neck
+(the graph and its file: `encoder_onnx.py`).
 
-Input `image` float32 (B, 3, S, S), normalised and zero-padded as `Sam.preprocess` makes it (B is
-dynamic); output `image_embeddings` float32 (B, C, S/16, S/16), the decoder export's input.
-Activations are (B, H, W, E) between the patch embedding and the neck, as in the official code.
+Activations are (B, H, W, E) between the patch embedding and the neck, as in the official code;
+B is dynamic, every grid static (fixed by the model's input size).
 
 Attention is the plain batched maths of the official `Attention` (all heads in one MatMul, the
 decomposed relative-position bias added to the logits before the softmax), not the CPU-blocked
@@ -13,19 +13,11 @@ graph with constant indexes.
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import numpy as np
 
-from ...modeling import Sam
-from ...io.outputs import partial_path
+from ...modeling.common import Sequential
+from ...modeling.image_encoder import ImageEncoderViT
 from .builder import GraphBuilder, conv, gelu, layer_norm, linear
-from .files import ONNX_OUTPUT, check_export_output, is_own_onnx
-from .sam_onnx import require
-
-EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26  # weights beyond this leave the 2 GB protobuf room for the graph
 
 
 def _rel_pos_bias(g: GraphBuilder, q: str, attn, size: int, heads: int) -> tuple[str, str]:
@@ -67,23 +59,35 @@ def _attention(g: GraphBuilder, x: str, attn, size: int, dim: int) -> str:
     return linear(g, attn.proj, out)
 
 
+def window_partition(g: GraphBuilder, x: str, window_size: int, size: int, dim: int) -> tuple[str, int]:
+    """(B, size, size, dim) -> (B * nw * nw, ws, ws, dim) windows, zero-padding the grid at the end
+    to a multiple of ws (the padded tokens take part in attention, as in the official code).
+    Returns the windows and nw."""
+    ws = window_size
+    pad = (ws - size % ws) % ws
+    if pad:
+        x = g.op("Pad", x, g.ints([0, 0, 0, 0, 0, pad, pad, 0]))
+    nw = (size + pad) // ws
+    x = g.op("Transpose", g.op("Reshape", x, g.ints([-1, nw, ws, nw, ws, dim])), perm=[0, 1, 3, 2, 4, 5])
+    return g.op("Reshape", x, g.ints([-1, ws, ws, dim])), nw
+
+
+def window_unpartition(g: GraphBuilder, windows: str, window_size: int, nw: int, size: int, dim: int) -> str:
+    """Inverse of window_partition: (B * nw * nw, ws, ws, dim) -> (B, size, size, dim) without padding."""
+    ws = window_size
+    x = g.op("Transpose", g.op("Reshape", windows, g.ints([-1, nw, nw, ws, ws, dim])), perm=[0, 1, 3, 2, 4, 5])
+    x = g.op("Reshape", x, g.ints([-1, nw * ws, nw * ws, dim]))
+    return g.op("Slice", x, g.ints([0, 0]), g.ints([size, size]), g.ints([1, 2])) if nw * ws != size else x
+
+
 def _block(g: GraphBuilder, x: str, blk, grid: int, dim: int) -> str:
     """One encoder Block on (B, grid, grid, dim): windowed (zero-padded to whole windows) or global."""
     shortcut = x
     x = layer_norm(g, blk.norm1, x)
     ws = blk.window_size
     if ws > 0:
-        pad = (ws - grid % ws) % ws
-        if pad:
-            x = g.op("Pad", x, g.ints([0, 0, 0, 0, 0, pad, pad, 0]))
-        nw = (grid + pad) // ws
-        x = g.op("Transpose", g.op("Reshape", x, g.ints([-1, nw, ws, nw, ws, dim])), perm=[0, 1, 3, 2, 4, 5])
-        x = g.op("Reshape", x, g.ints([-1, ws, ws, dim]))
-        x = _attention(g, x, blk.attn, ws, dim)
-        x = g.op("Transpose", g.op("Reshape", x, g.ints([-1, nw, nw, ws, ws, dim])), perm=[0, 1, 3, 2, 4, 5])
-        x = g.op("Reshape", x, g.ints([-1, nw * ws, nw * ws, dim]))
-        if pad:
-            x = g.op("Slice", x, g.ints([0, 0]), g.ints([grid, grid]), g.ints([1, 2]))
+        windows, nw = window_partition(g, x, ws, grid, dim)
+        x = window_unpartition(g, _attention(g, windows, blk.attn, ws, dim), ws, nw, grid, dim)
     else:
         x = _attention(g, x, blk.attn, grid, dim)
     x = g.op("Add", shortcut, x)
@@ -91,65 +95,23 @@ def _block(g: GraphBuilder, x: str, blk, grid: int, dim: int) -> str:
     return g.op("Add", x, linear(g, blk.mlp.lin2, h))
 
 
-def build_encoder_graph(model: Sam, opset: int):
-    """The onnx.ModelProto of `model.image_encoder` (see the module docstring)."""
-    cfg, enc = model.config, model.image_encoder
-    S, dim, grid = cfg.image_size, cfg.encoder_embed_dim, cfg.image_embedding_size
-    g = GraphBuilder(model, opset)
-    x = conv(g, enc.patch_embed.proj, "image")  # (B, E, g, g)
-    x = g.op("Transpose", x, perm=[0, 2, 3, 1])
+def image_encoder_vit(g: GraphBuilder, enc: ImageEncoderViT, image: str, grid: int) -> tuple[str, str | None]:
+    """ImageEncoderViT on (B, 3, S, S) with grid = S / patch_size -> (image_embeddings (B, C, grid,
+    grid), early (B, grid, grid, E): the output of the first global-attention block, HQ-SAM's
+    `interm_embeddings[0]`, or None when every block is windowed)."""
+    dim = enc.patch_embed.proj.out_features
+    x = g.op("Transpose", conv(g, enc.patch_embed.proj, image), perm=[0, 2, 3, 1])  # (B, g, g, E)
     if enc.pos_embed is not None:
         x = g.op("Add", x, g.param(enc.pos_embed))
+    early = None
     for blk in enc.blocks:
         x = _block(g, x, blk, grid, dim)
-    x = g.op("Transpose", x, perm=[0, 3, 1, 2])  # the neck runs on NCHW, as the official one
-    conv1, ln1, conv2, ln2 = enc.neck
+        early = x if early is None and blk.window_size == 0 else early
+    return neck(g, enc.neck, g.op("Transpose", x, perm=[0, 3, 1, 2])), early
+
+
+def neck(g: GraphBuilder, seq: Sequential, x: str) -> str:
+    """The encoders' neck on NCHW, as the official one: 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d."""
+    conv1, ln1, conv2, ln2 = seq
     x = layer_norm(g, ln1, conv(g, conv1, x), axis=1)
-    x = layer_norm(g, ln2, conv(g, conv2, x), axis=1)
-    return g.to_model(
-        inputs=[("image", np.float32, ["batch", cfg.in_chans, S, S])],
-        outputs=[(x, "image_embeddings", np.float32, ["batch", cfg.prompt_embed_dim, grid, grid])],
-        graph_name="sam_jax_image_encoder",
-    )
-
-
-def export_encoder_onnx(
-    model: Sam,
-    output_path: str | os.PathLike,
-    *,
-    opset: int = 17,
-    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
-    overwrite: bool = False,
-) -> Path:
-    """Writes the image encoder of `model` as ONNX (input `image` (B, 3, S, S) normalised and
-    padded, output `image_embeddings` (B, C, S/16, S/16)) and returns its path; `overwrite` as
-    `export_onnx` (a sam-jax ONNX model only).
-
-    When the weights exceed `external_data_threshold` bytes (protobuf caps a file at 2 GB; vit_h's
-    encoder is 2.5 GB) they go to `<output>.data` beside it, which must travel with it."""
-    onnx = require("onnx")
-    from onnx.external_data_helper import convert_model_to_external_data  # an optional dependency
-
-    path = Path(output_path)
-    check_export_output(path, overwrite, is_own_onnx, ONNX_OUTPUT)
-    if not 11 <= opset <= onnx.defs.onnx_opset_version():
-        raise ValueError(f"opset must be between 11 and {onnx.defs.onnx_opset_version()}, got {opset}")
-    proto = build_encoder_graph(model, opset)
-    data = path.with_name(path.name + ".data")
-    external = sum(len(t.raw_data) for t in proto.graph.initializer) > external_data_threshold
-    if external:
-        convert_model_to_external_data(proto, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
-    # Written in a temporary folder and checked there (from the file: a large model cannot be
-    # checked in memory), then moved into place, the weights before the graph that names them.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
-    tmp.mkdir()
-    try:
-        onnx.save_model(proto, tmp / path.name)
-        onnx.checker.check_model(str(tmp / path.name))
-        if external:
-            os.replace(tmp / data.name, data)
-        os.replace(tmp / path.name, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return layer_norm(g, ln2, conv(g, conv2, x), axis=1)

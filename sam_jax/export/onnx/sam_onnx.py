@@ -11,7 +11,6 @@ are the graph side of the official methods). See `sam_jax.export.onnx` for the i
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -26,12 +25,9 @@ from ...functional import bucket, upscale_masks
 from ...modeling import Sam
 from ...modeling.prompt_encoder import IGNORE_LABEL
 from ...functional.automatic_mask_generator import calculate_stability_score
-from ...io.outputs import atomic_file
 from . import mask_decoder, prompt_encoder
 from .builder import GraphBuilder
-from .files import ONNX_OUTPUT, PRODUCER, check_export_output, is_own_onnx
-
-ONNX_HINT = "pip install sam-jax[onnx]"
+from .files import quantize_onnx, write_onnx
 STABILITY_SCORE_OFFSET = 1.0
 INPUT_NAMES = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
 VALID_LABELS = (-1, 0, 1, 2, 3)
@@ -84,15 +80,8 @@ class SamOnnxModel:
                  ) -> tuple[np.ndarray, ...]:
         """The official forward on NumPy inputs (shapes as the ONNX inputs), with our JAX model.
         Returns masks, iou_predictions[, stability_scores, areas], low_res_masks as the ONNX model."""
-        feed = _check_inputs(self.model, dict(zip(INPUT_NAMES, (
+        feed, n, input_size, original_size = prepare_inputs(self.model, dict(zip(INPUT_NAMES, (
             image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size))))
-        orig_im_size = feed.pop("orig_im_size")
-        input_size = tuple(int(v) for v in self.resize_longest_image_size(orig_im_size, self.img_size))
-        original_size = tuple(int(v) for v in orig_im_size.astype(np.int64))
-        n = feed["point_coords"].shape[1]
-        pad = bucket(max(n, MIN_POINT_BUCKET)) - n
-        feed["point_coords"] = np.pad(feed["point_coords"], ((0, 0), (0, pad), (0, 0)))
-        feed["point_labels"] = np.pad(feed["point_labels"], ((0, 0), (0, pad)), constant_values=IGNORE_LABEL)
         masks, scores = sam_onnx_decode_jit(*nnx.split(self.model), **feed)
         outputs = sam_onnx_postprocess_jit(masks, scores, n, flags=self.flags, config=self.model.config,
                                            input_size=input_size, original_size=original_size)
@@ -112,7 +101,7 @@ class SamOnnxModel:
         """Writes the ONNX model to `f` (what the official notebook's torch.onnx.export call makes)
         and returns its path. gelu_approximate: tanh GELUs, for runtimes without Erf (the export
         script's --gelu-approximate); quantize_out: also write the dynamically uint8-quantized model."""
-        path = export_onnx(self.model, f, **self.flags._asdict(), opset=opset_version, gelu_approximate=gelu_approximate)
+        path = write_onnx(lambda: build_graph(self.model, self.flags, opset_version, gelu_approximate), f, opset_version)
         if quantize_out is not None:
             quantize_onnx(path, quantize_out)
         return path
@@ -160,6 +149,21 @@ sam_onnx_decode_jit = jax.jit(sam_onnx_decode, static_argnames="graphdef")
 sam_onnx_postprocess_jit = jax.jit(sam_onnx_postprocess, static_argnames=("flags", "config", "input_size", "original_size"))
 
 
+def prepare_inputs(model: Sam, feed: dict) -> tuple[dict[str, np.ndarray], int, tuple[int, int], tuple[int, int]]:
+    """The checked inputs (`_check_inputs`) without orig_im_size, the points padded with
+    IGNORE_LABEL slots to a bucket (one compilation for the usual prompt counts); the point
+    count N, the resized input size and the original size."""
+    feed = _check_inputs(model, feed)
+    orig_im_size = feed.pop("orig_im_size")
+    input_size = tuple(int(v) for v in SamOnnxModel.resize_longest_image_size(orig_im_size, model.config.image_size))
+    original_size = tuple(int(v) for v in orig_im_size.astype(np.int64))
+    n = feed["point_coords"].shape[1]
+    pad = bucket(max(n, MIN_POINT_BUCKET)) - n
+    feed["point_coords"] = np.pad(feed["point_coords"], ((0, 0), (0, pad), (0, 0)))
+    feed["point_labels"] = np.pad(feed["point_labels"], ((0, 0), (0, pad)), constant_values=IGNORE_LABEL)
+    return feed, n, input_size, original_size
+
+
 def _check_inputs(model: Sam, feed: dict) -> dict[str, np.ndarray]:
     """The inputs as float32 arrays, or a ValueError naming the first one of the wrong shape."""
     C, (h, w) = model.prompt_encoder.embed_dim, model.prompt_encoder.image_embedding_size
@@ -193,7 +197,7 @@ def forward(g: GraphBuilder, onnx_model: SamOnnxModel) -> list[tuple[str, str]]:
     if flags.return_single_mask:
         num_points = g.op("Gather", g.op("Shape", "point_coords"), g.ints(1), axis=0)
         masks, scores = select_masks(g, masks, scores, num_points, model.mask_decoder.num_mask_tokens)
-    upscaled_masks = mask_postprocessing(g, masks, "orig_im_size", onnx_model.img_size)
+    upscaled_masks = mask_postprocessing(g, masks, "orig_im_size", onnx_model.img_size, model.config.preprocess)
     outputs = [upscaled_masks, scores]
     if flags.return_extra_metrics:
         areas = g.reduce("ReduceSum", g.cast(g.op("Greater", upscaled_masks, g.const(threshold)), np.int64), [2, 3], 0)
@@ -224,8 +228,12 @@ def resize_longest_image_size(g: GraphBuilder, input_image_size: str, longest_si
     return g.cast(g.op("Floor", g.op("Add", g.op("Mul", scale, input_image_size), g.const(0.5))), np.int64)
 
 
-def mask_postprocessing(g: GraphBuilder, masks: str, orig_im_size: str, img_size: int) -> str:
-    """(1, M, 4h, 4w) -> (1, M, H, W): upsample to img_size, crop to the resized image, upsample to orig_im_size."""
+def mask_postprocessing(g: GraphBuilder, masks: str, orig_im_size: str, img_size: int, preprocess: str = "official") -> str:
+    """(1, M, 4h, 4w) -> (1, M, H, W): upsample to img_size, crop to the resized image, upsample to
+    orig_im_size. MedSAM's images fill the square (`preprocess` "medsam"): one resize to orig_im_size,
+    as its inference (`sam_jax.modeling.sam.postprocess_masks`)."""
+    if preprocess == "medsam":
+        return g.resize(masks, g.op("Concat", g.slice(g.op("Shape", masks), [0], [2], [0]), g.cast(orig_im_size, np.int64), axis=0))
     masks = g.resize(masks, g.op("Concat", g.slice(g.op("Shape", masks), [0], [2], [0]), g.ints([img_size, img_size]), axis=0))
     prepadded_size = resize_longest_image_size(g, orig_im_size, img_size)
     masks = g.slice(masks, [0, 0], prepadded_size, [2, 3])
@@ -258,71 +266,3 @@ def build_graph(model: Sam, flags: OnnxFlags, opset: int = 17, gelu_approximate:
     shapes = {"masks": (f32, [1, M, "orig_height", "orig_width"]), "iou_predictions": (f32, [1, M]),
               "stability_scores": (f32, [1, M]), "areas": (np.int64, [1, M]), "low_res_masks": (f32, [1, M, mh, mw])}
     return g.to_model(inputs, [(value, name, *shapes[name]) for value, name in outputs], "sam_jax_decoder")
-
-
-# ---------------------------------------------------------------------------------- files
-def require(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ImportError(f"{module} is not installed: {ONNX_HINT}") from None
-
-
-def export_onnx(
-    model: Sam,
-    output_path: str | os.PathLike,
-    *,
-    return_single_mask: bool = False,
-    use_stability_score: bool = False,
-    return_extra_metrics: bool = False,
-    opset: int = 17,
-    gelu_approximate: bool = False,
-    overwrite: bool = False,
-) -> Path:
-    """Writes the ONNX model of SamOnnxModel(model, ...) (flags as the official export script,
-    see SamOnnxModel) to `output_path`, atomically, and returns its path. opset: 11 or later
-    (default 17, as the official script); gelu_approximate: tanh GELUs, no Erf node; overwrite:
-    replace an existing ONNX model written by sam-jax (`files`)."""
-    onnx = require("onnx")
-    check_export_output(Path(output_path), overwrite, is_own_onnx, ONNX_OUTPUT)
-    if not 11 <= opset <= onnx.defs.onnx_opset_version():
-        raise ValueError(f"opset must be between 11 and {onnx.defs.onnx_opset_version()}, got {opset}")
-    flags = OnnxFlags(return_single_mask, use_stability_score, return_extra_metrics)
-    proto = build_graph(model, flags, opset, gelu_approximate)
-    onnx.checker.check_model(proto)
-    path = Path(output_path)
-    with atomic_file(path) as tmp:
-        onnx.save(proto, tmp)
-    return path
-
-
-def quantize_onnx(in_path: str | os.PathLike, out_path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Dynamic uint8 weight quantization, with the official script's settings. Its producer stays
-    "sam-jax", so that it is recognised as sam-jax's own output (`overwrite` as `export_onnx`).
-
-    onnxruntime logs "Please consider to run pre-processing before quantization" for any model it
-    has not pre-processed (shape inference and graph optimisation). The official export quantizes
-    without that step, and our graph already states its shapes, so the hint is dropped here rather
-    than shown unexplained; the quantized model is the official one."""
-    onnx = require("onnx")
-    require("onnxruntime")
-    from onnxruntime.quantization import QuantType, quantize_dynamic  # an optional dependency
-
-    out = Path(out_path)
-    check_export_output(out, overwrite, is_own_onnx, ONNX_OUTPUT, inputs=[in_path])
-    root = logging.getLogger()
-    root.addFilter(_drop_preprocessing_hint)
-    try:
-        with atomic_file(out) as tmp:
-            quantize_dynamic(model_input=str(in_path), model_output=str(tmp), per_channel=False, reduce_range=False,
-                             weight_type=QuantType.QUInt8)
-            proto = onnx.load(tmp)
-            proto.producer_name = PRODUCER
-            onnx.save(proto, tmp)
-    finally:
-        root.removeFilter(_drop_preprocessing_hint)
-    return out
-
-
-def _drop_preprocessing_hint(record: logging.LogRecord) -> bool:
-    return "pre-processing before quantization" not in record.getMessage()
