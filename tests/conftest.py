@@ -3,6 +3,7 @@ imported only when a test asks for one)."""
 
 from __future__ import annotations
 
+import gc
 import os
 
 # Several simulated CPU devices for sharding tests; must be set before jax is imported.
@@ -17,6 +18,17 @@ import pytest  # noqa: E402
 # The tests' own jnp references (softmax(q @ k.T) @ v, ...) in float32 on any backend, as the
 # model's "exact" default is; a test of the precision setting overrides it in the model.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drops JAX's compiled programs after each test module. Each CPU executable holds about four
+    memory mappings, and a whole run compiles tens of thousands of programs: past the kernel's
+    65,530 mappings per process (vm.max_map_count) LLVM's JIT cannot map code and XLA's compiler
+    segfaults (it did, late in full runs, never in a file run alone)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
