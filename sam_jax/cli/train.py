@@ -20,6 +20,8 @@ any saved step.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import jax
 from jax.sharding import Mesh
@@ -34,6 +36,7 @@ from ..train.lora import LoraSettings
 from ..train.losses import LossSettings
 from ..train.optim import SCHEDULES, OptimizerSettings
 from ..train.prompts import PromptSettings
+from ..train.run_folder import check_run_output
 from ..train.trainer import Trainer
 from . import common
 
@@ -176,6 +179,10 @@ def training_mesh(args: argparse.Namespace) -> Mesh | None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    data = (args.train_data, args.val_data, args.image_dir, args.train_labels, args.val_labels)
+    checkpoint = [args.checkpoint] if args.checkpoint and Path(args.checkpoint).exists() else []
+    # The folder's refusals before the data and the model are read (they take a while); the Trainer checks again.
+    check_run_output(args.output, data, checkpoint, resume=args.resume, overwrite=args.overwrite)
     common.join_processes(args)
     common.setup_runtime(args)
     if args.val_labels and not args.val_data:
@@ -194,8 +201,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"sam-jax train: {dataset.summary()}", flush=True)
     model = common.load_model(args)
     trainer = Trainer(model, train, config, args.output, val, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                      mesh=training_mesh(args), allow_data_changes=args.allow_data_changes)
-    trainer.run()
+                      mesh=training_mesh(args), allow_data_changes=args.allow_data_changes,
+                      inputs=[common.model_spec(args).path(quiet=True)])
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        saved = trainer.saved_step
+        where = f"the last saved state is step {saved}" if saved is not None else "no training state was saved yet"
+        print(f"sam-jax train: interrupted at step {trainer.step}; {where}: continue with --resume", file=sys.stderr, flush=True)
+        return 130
     if not args.quiet:
         print(f"sam-jax train: wrote {args.output} (load it with sam_jax.load)")
     return 0

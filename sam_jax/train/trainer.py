@@ -22,6 +22,7 @@ import functools
 import math
 import os
 import time
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -33,6 +34,7 @@ from jax.sharding import Mesh
 
 from ..evaluation import Protocol, evaluate_protocols
 from ..io.coco import AnnotationSet, read_annotations
+from ..io.outputs import check_not_input
 from ..modeling import Sam
 from ..parallel import fsdp_shardings, make_mesh, place
 from ..runtime.progress import Progress
@@ -74,12 +76,15 @@ class Selection(NamedTuple):
 class Trainer:
     def __init__(self, model: Sam, train_data: MaskDataset, config: TrainConfig, output: str | os.PathLike,
                  val_data: MaskDataset | AnnotationSet | None = None, resume: bool = False, overwrite: bool = False,
-                 quiet: bool = False, mesh: Mesh | None = None, allow_data_changes: bool = False):
+                 quiet: bool = False, mesh: Mesh | None = None, allow_data_changes: bool = False,
+                 inputs: Sequence[str | os.PathLike] = ()):
         """`mesh`: a (data, fsdp) mesh (`parallel.make_mesh`) to train on; None: the model's device
         (in a multi-process run: every device of every process, on the data axis). `val_data`: a
         data set of `open_dataset` or an `AnnotationSet` of `sam_jax.io.coco`, validated as
         `sam-jax eval` evaluates it (see `validate`). `allow_data_changes`: a resume may continue on
-        training data that differ from the run's (`RunFolder.prepare`)."""
+        training data that differ from the run's (`RunFolder.prepare`). `inputs`: what the model
+        was read from (its checkpoint file or folder), which the output may not be, hold or lie
+        inside (the data sets' files and folders are checked too)."""
         self.primary = jax.process_index() == 0
         self.config, self.quiet = config, quiet or not self.primary
         if model.config.decoder == "hq":
@@ -94,7 +99,9 @@ class Trainer:
         self.val_set = validation_set(val_data) if val_data is not None and self.primary else None
         self.base = model
         self.record = run_record(config, model, train_data)
-        self.folder.prepare(self.record, resume, overwrite, train_data, allow_data_changes)
+        if val_data is not None:
+            check_not_input(output, [p for p in (val_data.name, val_data.image_dir) if p is not None])
+        self.folder.prepare(self.record, resume, overwrite, train_data, allow_data_changes, inputs)
         # LoRA: the factors train, the rest of the encoder is frozen; `model()` merges them.
         self.view = add_lora(model, config.lora, config.seed)
         self.freeze = config.freeze + ((LORA_BASE,) if config.lora.rank else ())
@@ -118,6 +125,13 @@ class Trainer:
         self.selection, self.stopped, self.validated = Selection(), False, None
         if resume and self.manager.latest_step() is not None:
             self._restore(self.manager.latest_step())
+        elif resume:  # interrupted before its first saved state: it starts again, its lines forgotten
+            self.folder.drop_metrics_after(0)
+
+    @property
+    def saved_step(self) -> int | None:
+        """The last saved training state's step (what `--resume` continues from), None if none."""
+        return self.manager.latest_step()
 
     @property
     def step(self) -> int:
