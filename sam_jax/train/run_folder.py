@@ -163,11 +163,11 @@ def check_run_output(output: str | os.PathLike, data: Iterable[str | os.PathLike
         return found
     names = ", ".join(found.foreign)
     if found.foreign and overwrite:
-        raise FileExistsError(f"cannot replace the training run in {out}: {names} there was not written by a "
-                              "training run; move it away or choose another --output")
+        raise FileExistsError(f"cannot replace the training run in {out}: no training run wrote {names} there; "
+                              "move that away or choose another --output")
     if found.foreign:
         raise FileExistsError(f"output {out} already holds a training run ({found.summary()}): --resume continues it; "
-                              f"to start again, choose another --output ({names} there was not written by a training run)")
+                              f"to start again, choose another --output (no training run wrote {names} there)")
     if not overwrite:
         raise FileExistsError(f"output {out} already holds a training run ({found.summary()}): --resume continues it, "
                               "--overwrite replaces the run's files")
