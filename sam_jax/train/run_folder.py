@@ -61,7 +61,8 @@ EVENTS_FILE = "events.out.tfevents.sam-jax"
 EMBEDDINGS_FILE = "embeddings.npy"
 BEST_DIR = "best"
 STATE_DIR = "state"
-STATE_ENTRY = re.compile(r"^\d+(\.orbax-checkpoint-tmp-\d+)?$")  # Orbax's step folders (and an interrupted save's)
+# Orbax's step folders, and a killed save's temporary one (never listed as a step; the next save of that step replaces it)
+STATE_ENTRY = re.compile(r"^\d+(\.orbax-checkpoint-tmp(-\d+)?)?$")
 OWN_ENTRIES = (RECORD_FILE, DATA_FILE, STATE_DIR, METRICS_FILE, EVENTS_FILE, EMBEDDINGS_FILE, BEST_DIR, folder.PARAMS_DIR,
                folder.CONFIG_FILE, folder.RECORD_FILE)
 

@@ -18,9 +18,12 @@ Orbax saves and restores from every process at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -153,8 +156,9 @@ class Trainer:
         """The training state, under its optimizer step (what `export_step` takes)."""
         if self.step in self.manager.all_steps():  # saved already (an early stop at a checkpoint step)
             return
-        self.manager.save(self.step, args=ocp.args.Composite(train=ocp.args.StandardSave(self._pure(self.state))))
-        self.manager.wait_until_finished()
+        with _saving():
+            self.manager.save(self.step, args=ocp.args.Composite(train=ocp.args.StandardSave(self._pure(self.state))))
+            self.manager.wait_until_finished()
 
     def _restore(self, step: int) -> None:
         restored = self.manager.restore(step, args=ocp.args.Composite(train=ocp.args.StandardRestore(self._pure(self.state))))
@@ -234,7 +238,8 @@ class Trainer:
         model = self.model()
         if self.val_data is not None and self.validated != self.step:
             self.validate(self.step, model)
-        self.folder.write_model(model, model_record(self.record, self.step))
+        with _saving():
+            self.folder.write_model(model, model_record(self.record, self.step))
         barrier("sam-jax train: model written")
         return model
 
@@ -263,7 +268,8 @@ class Trainer:
             self.log(record)
             self.selection = s = self.selection.update(step, record[SELECTION])
             if s.best_step == step:
-                self.folder.write_best(model, model_record(self.record, step, **{SELECTION: record[SELECTION]}))
+                with _saving():
+                    self.folder.write_best(model, model_record(self.record, step, **{SELECTION: record[SELECTION]}))
             if not self.quiet:
                 print(f"sam-jax train: step {step}: validation mIoU {record['val_miou_1click']:.4f} (1 click), "
                       f"{record['val_miou_3clicks']:.4f} (3 clicks), {record['val_miou_box']:.4f} (box); "
@@ -277,6 +283,24 @@ class Trainer:
         if jax.process_count() > 1:  # every process stops with process 0
             self.stopped = bool(multihost_utils.broadcast_one_to_all(self.stopped))
         return record
+
+
+@contextlib.contextmanager
+def _saving():
+    """Ctrl-C (SIGINT) waits for the block to end: Orbax saves in threads of its own, which an
+    interruption in the middle leaves writing while the interpreter shuts down (errors, and a
+    state that is never finalized). Only in the main thread, and only over Python's own handler."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def validation_set(data: MaskDataset | AnnotationSet) -> AnnotationSet:

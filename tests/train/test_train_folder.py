@@ -6,7 +6,12 @@ flag with its default. No training runs here: the folders are laid out as a run 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +21,13 @@ from sam_jax.cli import build_parser, main
 from sam_jax.cli.train import config_from_args
 from sam_jax.train.config import TrainConfig
 from sam_jax.train.run_folder import MODEL_FORMAT, RECORD_FORMAT, RunFolder, check_run_output
+from sam_jax.train.synthetic_shapes import write_coco
 
 RECORD = {"format": RECORD_FORMAT, "settings": {"steps": 4}}
+ROOT = Path(__file__).resolve().parents[2]
+# One CPU device (not the tests' 8 simulated ones), this checkout importable.
+ENV = {**{k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}, "JAX_PLATFORMS": "cpu",
+       "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
 def _run_folder(out: Path, finished: bool = True) -> Path:
@@ -167,3 +177,33 @@ def test_train_help_documents_every_flag_and_its_default(capsys):
     # What the flags show and use are TrainConfig's defaults, written once.
     args = build_parser().parse_args(["train", "--train-data", "d", "--output", "o"])
     assert config_from_args(args) == TrainConfig()
+
+
+def test_ctrl_c_ends_in_one_line_and_the_folder_resumes(tmp_path):
+    """A real `sam-jax train` interrupted by SIGINT after its third logged step: one line, exit
+    code 130, and `--resume` completes the run from the last saved state. (That a resumed run
+    equals an uninterrupted one bit for bit is test_train_cli's.)"""
+    data = write_coco(tmp_path / "shapes", 4, seed=5)
+    argv = [sys.executable, "-m", "sam_jax.cli", *map(str, _train(tmp_path / "run", data)[:-2]), "--cache-dir", tmp_path / "xla",
+            "--steps", "40", "--checkpoint-every", "2", "--log-every", "1", "--batch-size", "1", "--objects-per-image", "1",
+            "--freeze", "image_encoder", "--correction-points", "0", "--mask-only-steps", "0", "--quiet"]
+    argv = [str(a) for a in argv]
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert re.fullmatch(r"sam-jax train: interrupted at step (\d+); the last saved state is step (\d+): continue with "
+                        r"--resume\n", err), err
+    stopped, saved = map(int, re.match(r".* step (\d+);.* step (\d+):", err).groups())
+    assert 3 <= stopped < 40 and saved <= stopped and saved % 2 == 0
+    # The same command with --resume (the record's settings must match) finishes the run.
+    done = subprocess.run([*argv, "--resume"], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(1, 41))  # the interrupted run's lines after its saved state were dropped, none twice
+    assert json.loads((tmp_path / "run" / "record.json").read_text())["step"] == 40
