@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from . import amg_limits
 from .functional import automatic_mask_generator as device_side
 from .functional import bind_model, bucket
 from .io.rle import area_from_rle, coco_encode_rle, mask_to_rle
@@ -67,6 +68,7 @@ class SamAutomaticMaskGenerator:
         *,
         decoder_dtype: str | None = None,
         hq_token_only: bool = False,
+        allow_large: bool = False,
     ) -> None:
         """Same arguments, defaults and meaning as the official generator. min_mask_region_area
         needs no OpenCV here. Records are returned in the official order.
@@ -76,7 +78,10 @@ class SamAutomaticMaskGenerator:
         throughout); logits, scores and every statistic stay float32 (docs/precision-and-speed.md
         says how far bfloat16 masks are from float32's).
         hq_token_only: for an HQ-SAM model, each point's mask is the HQ mask alone rather than
-        sam-hq's default (the SAM mask plus the HQ mask), as sam-hq's predictor takes it."""
+        sam-hq's default (the SAM mask plus the HQ mask), as sam-hq's predictor takes it.
+        allow_large: run settings whose work passes `amg_limits`' bounds (prompts per crop, the
+        device's memory, a day's estimated time), which are refused otherwise, in one line,
+        before anything is allocated."""
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids must be provided")
         if output_mode not in OUTPUT_MODES:
@@ -102,6 +107,11 @@ class SamAutomaticMaskGenerator:
                         f"crop_n_points_downscale_factor {crop_n_points_downscale_factor}**{layer} < 1; "
                         "use fewer crop layers or a smaller downscale factor"
                     )
+        work = amg_limits.estimate(model, points_per_side, crop_n_layers, crop_n_points_downscale_factor, points_per_batch,
+                                   None if point_grids is None else [len(g) for g in point_grids[: crop_n_layers + 1]])
+        what = (f"points_per_side={points_per_side}" if point_grids is None else "point_grids") + (
+            f", crop_n_layers={crop_n_layers}" if crop_n_layers else "")
+        amg_limits.check(work, *amg_limits.available_memory(model.device), what=what, allow_large=allow_large)
         self.point_grids = point_grids or build_all_layer_point_grids(
             points_per_side, crop_n_layers, crop_n_points_downscale_factor
         )

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, OSError, ImportError) as e:  # ImportError: a missing extra
         print(f"sam-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: outputs are renamed into place only when complete (a command may say more)
+        print(f"sam-jax {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

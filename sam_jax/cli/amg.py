@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         shown = "512/1500" if flag == "--crop-overlap-ratio" else default
         tuning.add_argument(flag, type=type(default), default=default, metavar="N" if isinstance(default, int) else "X",
                             help=f"{help} (default: {shown})")
+    tuning.add_argument("--allow-large", action="store_true",
+                        help="run settings whose work passes the generator's bounds (too many prompts per crop, "
+                             "more memory than the device has, over a day by a rough estimate), refused otherwise")
     tuning.add_argument("--hq-token-only", action="store_true",
                         help="HQ-SAM models: each point's mask is the HQ mask alone (default: the SAM mask plus the HQ mask, as sam-hq)")
 
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     common.setup_runtime(args)
     result = generate_folder(
         common.model_spec(args), args.input, args.output, fmt=fmt,
-        settings={**{_argument(f): getattr(args, _argument(f)) for f in AMG_FLAGS}, "hq_token_only": args.hq_token_only},
+        settings={**{_argument(f): getattr(args, _argument(f)) for f in AMG_FLAGS}, "hq_token_only": args.hq_token_only,
+                  "allow_large": args.allow_large},
         overwrite=args.overwrite, devices=common.local_devices(args), quiet=args.quiet,
     )
     if result.empty and not args.quiet:

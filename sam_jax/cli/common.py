@@ -20,8 +20,10 @@ from ..runtime.compilation_cache import default_cache_path, set_compilation_cach
 
 DEVICES = ("cpu", "gpu", "cuda", "tpu")
 CHECKPOINT_HELP = (
-    "a model name (vit_b, vit_l, vit_h, an official file name such as sam_vit_b_01ec64.pth, or a Hugging Face "
-    "id such as facebook/sam-vit-base: downloaded and converted on first use, then cached under $SAM_JAX_CACHE), "
+    "a model name (shapes_tiny, the small model shipped in the package; vit_b, vit_l, vit_h; the families' vit_t, "
+    "sam_hq_vit_b, medsam_vit_b, lite_medsam, slimsam_50, ...; an official file name such as sam_vit_b_01ec64.pth; "
+    "or a Hugging Face id such as facebook/sam-vit-base: downloaded and converted on first use, then cached under "
+    "$SAM_JAX_CACHE; an unknown name's error lists them all), "
     "a folder written by `sam-jax convert`, an official .pth, or a Hugging Face model.safetensors (or its folder); "
     "default: the official weights of --model-type"
 )
@@ -128,10 +130,11 @@ def add_quiet_argument(p: argparse.ArgumentParser) -> None:
 def add_numerics_arguments(p: argparse.ArgumentParser) -> None:
     """--dtype and --matmul-precision: how the loaded model computes (see `sam_jax.numerics`)."""
     p.add_argument("--dtype", choices=DTYPES, default="float32",
-                   help="compute dtype of matmuls and convolutions (bfloat16: norms, softmax and outputs stay float32)")
+                   help="compute dtype of matmuls and convolutions (default %(default)s; bfloat16: norms, softmax and "
+                        "outputs stay float32)")
     p.add_argument("--matmul-precision", choices=tuple(PRECISIONS), default="exact",
-                   help="exact: float32-equivalent matmuls on every backend (default); fast: the backend's default "
-                        "(bfloat16 passes on TPU, TF32 on GPU; the same as exact on CPU)")
+                   help="exact: float32-equivalent matmuls on every backend; fast: the backend's default "
+                        "(bfloat16 passes on TPU, TF32 on GPU; the same as exact on CPU) (default %(default)s)")
 
 
 def add_overwrite_argument(p: argparse.ArgumentParser, what: str) -> None:

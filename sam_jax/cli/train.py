@@ -20,6 +20,8 @@ any saved step.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import jax
 from jax.sharding import Mesh
@@ -32,8 +34,9 @@ from ..train.data import open_dataset
 from ..train.lora import TARGETS as LORA_TARGETS
 from ..train.lora import LoraSettings
 from ..train.losses import LossSettings
-from ..train.optim import SCHEDULES, OptimizerSettings
+from ..train.optim import SCHEDULES, WARMUP_STEPS, OptimizerSettings
 from ..train.prompts import PromptSettings
+from ..train.run_folder import check_run_output
 from ..train.trainer import Trainer
 from . import common
 
@@ -70,13 +73,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="after the warmup: /10 drops at 2/3 and 26/27 of the steps (the paper's), cosine, or constant "
                         f"(default {D['schedule']})")
     g.add_argument("--warmup-steps", type=int, default=D["warmup_steps"],
-                   help="linear warmup (default: 250, or a tenth of --steps if less)")
+                   help=f"linear warmup (default: {WARMUP_STEPS}, or a tenth of --steps if less)")
     g.add_argument("--weight-decay", type=float, default=D["weight_decay"],
                    help=f"AdamW weight decay, not on biases and norms (default {D['weight_decay']:g})")
     g.add_argument("--clip-norm", type=float, default=D["clip_norm"],
                    help=f"gradient clipping by global norm (0: none; default {D['clip_norm']:g})")
     g.add_argument("--layer-decay", type=float, default=D["layer_decay"],
-                   help=f"layer-wise lr decay over the ViT blocks (the paper: 0.8; default {D['layer_decay']:g})")
+                   help=f"layer-wise lr decay over the ViT blocks (the paper: 0.8; default {D['layer_decay']:g}: none)")
     g.add_argument("--freeze", action="append", default=[], metavar="PART",
                    help="image_encoder, prompt_encoder, mask_decoder, or a regex over parameter paths (repeatable)")
     g.add_argument("--no-embedding-cache", action="store_true", help="with a frozen encoder, embed images at every step anyway")
@@ -98,7 +101,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"loss of the IoU head: mse (the paper's) or l1 (SAM 2.1's) (default {D['iou_loss']})")
     g.add_argument("--supervise-all-iou", action="store_true", help="IoU head loss on every candidate output")
     g = p.add_argument_group("LoRA on the image encoder's attention (its other weights frozen; merged on export)")
-    g.add_argument("--lora-rank", type=int, default=D["lora_rank"], metavar="R", help="rank of the factors (default 0: no LoRA)")
+    g.add_argument("--lora-rank", type=int, default=D["lora_rank"], metavar="R", help=f"rank of the factors (default {D['lora_rank']}: no LoRA)")
     g.add_argument("--lora-scale", type=float, default=D["lora_scale"],
                    help=f"the update is scale * x A B (PEFT's lora_alpha / r; default {D['lora_scale']:g})")
     g.add_argument("--lora-targets", type=_names(LORA_TARGETS), default=D["lora_targets"], metavar="qkv,proj",
@@ -107,20 +110,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", type=_names(AUGMENT_KINDS), default=(), metavar="hflip,vflip,rot90",
                    help="flips (each with probability 1/2) and rotations by a multiple of 90 degrees")
     g.add_argument("--scale-jitter", type=float, default=D["scale_jitter"], metavar="MAX",
-                   help="zoom into a random window, by a factor log-uniform in [1, MAX] (default 1: none)")
+                   help=f"zoom into a random window, by a factor log-uniform in [1, MAX] (default {D['scale_jitter']:g}: none)")
     g.add_argument("--crop-size", type=int, default=D["crop_size"], metavar="N",
-                   help="images larger than N pixels on a side: a random N x N window at full resolution (default 0: none)")
+                   help=f"images larger than N pixels on a side: a random N x N window at full resolution (default {D['crop_size']}: none)")
     g.add_argument("--color-jitter", type=float, default=D["color_jitter"], metavar="C",
-                   help="brightness, contrast and saturation times a factor in [1 - C, 1 + C] (default 0: none)")
+                   help=f"brightness, contrast and saturation times a factor in [1 - C, 1 + C] (default {D['color_jitter']:g}: none)")
     g = p.add_argument_group("run")
     common.add_numerics_arguments(g)
     g.add_argument("--remat", action="store_true", help="recompute encoder activations in the backward pass (less memory)")
     g.add_argument("--log-every", type=int, default=D["log_every"], help=f"steps between metrics lines (default {D['log_every']})")
-    g.add_argument("--val-every", type=int, default=D["val_every"], help="validate every N steps (default: at the end only)")
+    g.add_argument("--val-every", type=int, default=D["val_every"], help=f"validate every N steps (default {D['val_every']}: at the end only)")
     g.add_argument("--val-images", type=int, default=D["val_images"],
-                   help="validate on the first N images, a fixed sample (default 0: all of them)")
+                   help=f"validate on the first N images, a fixed sample (default {D['val_images']}: all of them)")
     g.add_argument("--patience", type=int, default=D["patience"],
-                   help="stop after N validations without a better one-click mIoU (default 0: never); best/ keeps the best")
+                   help=f"stop after N validations without a better one-click mIoU (default {D['patience']}: never); best/ keeps the best")
     g.add_argument("--checkpoint-every", type=int, default=D["checkpoint_every"],
                    help=f"save the training state every N steps (default {D['checkpoint_every']})")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last saved state")
@@ -128,7 +131,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_quiet_argument(p)
     common.add_runtime_arguments(p)
     g.add_argument("--fsdp", type=int, default=1, metavar="N",
-                   help="split parameters and optimizer state over N devices (must divide the device count; default 1: replicated)")
+                   help="split parameters and optimizer state over N devices (must divide the device count; default %(default)s: replicated)")
     common.add_distributed_arguments(p)
 
 
@@ -176,6 +179,10 @@ def training_mesh(args: argparse.Namespace) -> Mesh | None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    data = (args.train_data, args.val_data, args.image_dir, args.train_labels, args.val_labels)
+    checkpoint = [args.checkpoint] if args.checkpoint and Path(args.checkpoint).exists() else []
+    # The folder's refusals before the data and the model are read (they take a while); the Trainer checks again.
+    check_run_output(args.output, data, checkpoint, resume=args.resume, overwrite=args.overwrite)
     common.join_processes(args)
     common.setup_runtime(args)
     if args.val_labels and not args.val_data:
@@ -194,8 +201,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"sam-jax train: {dataset.summary()}", flush=True)
     model = common.load_model(args)
     trainer = Trainer(model, train, config, args.output, val, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                      mesh=training_mesh(args), allow_data_changes=args.allow_data_changes)
-    trainer.run()
+                      mesh=training_mesh(args), allow_data_changes=args.allow_data_changes,
+                      inputs=[common.model_spec(args).path(quiet=True)])
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        saved = trainer.saved_step
+        where = f"the last saved state is step {saved}" if saved is not None else "no training state was saved yet"
+        print(f"sam-jax train: interrupted at step {trainer.step}; {where}: continue with --resume", file=sys.stderr, flush=True)
+        return 130
     if not args.quiet:
         print(f"sam-jax train: wrote {args.output} (load it with sam_jax.load)")
     return 0

@@ -92,12 +92,7 @@ def check_output(
     ValueError for an output that is, or (a folder) contains, one of `inputs`, FileExistsError for
     an existing output that may not be replaced; messages are one line."""
     output = Path(output)
-    target = output.resolve()
-    for source in inputs:
-        source = Path(source).resolve()
-        if source == target or (kind == "dir" and target in source.parents):
-            relation = "is" if source == target else "contains"
-            raise ValueError(f"output {output} {relation} the input {source}: choose another output")
+    check_not_input(output, inputs, kind=kind)
     if not (output.exists() or output.is_symlink()):
         return
     if kind == "dir" and not output.is_dir():
@@ -111,6 +106,24 @@ def check_output(
             f"output {output} is not {what} written by sam-jax: --overwrite replaces only sam-jax's own outputs; "
             "move it away or choose another output"
         )
+
+
+def check_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *, kind: str = "dir",
+                    holders: Iterable[str | os.PathLike] = ()) -> None:
+    """ValueError (one line) for an output that is one of `inputs` or (kind "dir") contains one,
+    or that lies inside one of `holders` (inputs that are folders whose content is the input
+    itself, such as a checkpoint folder)."""
+    output = Path(output)
+    target = output.resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if source == target or (kind == "dir" and target in source.parents):
+            relation = "is" if source == target else "contains"
+            raise ValueError(f"output {output} {relation} the input {source}: choose another output")
+    for holder in holders:
+        holder = Path(holder).resolve()
+        if holder in target.parents:
+            raise ValueError(f"output {output} is inside the input {holder}: choose another output")
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -9,7 +9,7 @@ JSON ("sa1b"). Each output is assembled under a temporary name and renamed into 
 complete-looking output is a complete one; leftovers of killed runs are removed by the next run.
 
 Each output is stamped (`sam_jax.io.stamps`) with what made it: the format, the generation
-settings (every generator argument but points_per_batch, which changes no mask), the model's
+settings (every generator argument but points_per_batch and allow_large, which change no mask), the model's
 content digest and the input image's digest. A rerun skips the images whose output is this very
 work, without loading the model when all are done. Outputs made by other work (settings, format,
 model or image) are refused, naming the differences, unless `overwrite`, which recomputes them;
@@ -74,7 +74,7 @@ class AmgFolderResult(NamedTuple):
 
 def generation_settings(settings: dict) -> dict:
     """Every argument of SamAutomaticMaskGenerator that changes its output, defaults filled in."""
-    skip = ("points_per_batch", "point_grids")
+    skip = ("points_per_batch", "point_grids", "allow_large")
     return {k: settings.get(k, default) for k, default in GENERATOR_DEFAULTS.items() if k not in skip}
 
 

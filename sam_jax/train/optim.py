@@ -24,13 +24,14 @@ NO_DECAY_LEAVES = ("bias", "scale", "attention_biases")
 
 
 SCHEDULES = ("step", "cosine", "constant")
+WARMUP_STEPS = 250  # the paper's linear warmup
 
 
 class OptimizerSettings(NamedTuple):
     learning_rate: float = 1e-4  # peak, after the warmup
     total_steps: int | None = None  # the schedule's length; None: the run's steps (`TrainConfig` fills it in)
     schedule: str = "step"  # after the warmup: "step" (/10 drops at decay_boundaries), "cosine" or "constant"
-    warmup_steps: int | None = None  # None: 250 (the paper's), or a tenth of total_steps when that is less
+    warmup_steps: int | None = None  # None: WARMUP_STEPS (the paper's), or a tenth of total_steps when that is less
     decay_boundaries: tuple[float, ...] = (60000 / 90000, 86666 / 90000)  # fractions of total_steps
     decay_factor: float = 0.1
     weight_decay: float = 0.1
@@ -49,7 +50,8 @@ class OptimizerSettings(NamedTuple):
         total = total if total is not None else total_steps
         if total is None and self.schedule in ("step", "cosine"):
             raise ValueError(f"the {self.schedule!r} schedule needs total_steps (the run's length)")
-        warmup = self.warmup_steps if self.warmup_steps is not None else (250 if total is None else min(250, total // 10))
+        default = WARMUP_STEPS if total is None else min(WARMUP_STEPS, total // 10)
+        warmup = self.warmup_steps if self.warmup_steps is not None else default
         problems = []
         if self.schedule not in SCHEDULES:
             problems.append(f"unknown schedule {self.schedule!r} ({', '.join(SCHEDULES)})")

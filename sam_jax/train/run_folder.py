@@ -16,6 +16,13 @@ its metrics, the Orbax training state and the final model.
     config.json, params/, record.json  the last model, written last (config.json completes it): the
                         folder is then a checkpoint `sam_jax.load` reads
 
+What a run may replace is what a training run wrote, recognised by its records: with a
+train_record.json of this format, the files above by name, state/ holding Orbax's step folders
+alone, best/ and the last model with a record.json of MODEL_FORMAT. Anything else (a user's file
+in state/, a converted checkpoint's config.json and params/) is never deleted: the run refuses,
+naming it. The folder is never an input, never holds one and never lies inside the base
+checkpoint (`check_run_output`).
+
 In a multi-process run every process opens the same folder (a shared file system, as Orbax's
 multi-process checkpoints need); the files are written by process 0 alone, the state by all.
 """
@@ -25,9 +32,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -36,7 +46,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from ..convert import folder
-from ..io.outputs import atomic_file, partial_path
+from ..io.outputs import atomic_file, check_not_input, partial_path, remove_stale_partials
 from ..modeling import Sam
 from .config import TrainConfig
 from .data import MaskDataset
@@ -50,7 +60,10 @@ METRICS_FILE = "metrics.jsonl"
 EVENTS_FILE = "events.out.tfevents.sam-jax"
 EMBEDDINGS_FILE = "embeddings.npy"
 BEST_DIR = "best"
-OWN_ENTRIES = (RECORD_FILE, DATA_FILE, "state", METRICS_FILE, EVENTS_FILE, EMBEDDINGS_FILE, BEST_DIR, folder.PARAMS_DIR,
+STATE_DIR = "state"
+# Orbax's step folders, and a killed save's temporary one (never listed as a step; the next save of that step replaces it)
+STATE_ENTRY = re.compile(r"^\d+(\.orbax-checkpoint-tmp(-\d+)?)?$")
+OWN_ENTRIES = (RECORD_FILE, DATA_FILE, STATE_DIR, METRICS_FILE, EVENTS_FILE, EMBEDDINGS_FILE, BEST_DIR, folder.PARAMS_DIR,
                folder.CONFIG_FILE, folder.RECORD_FILE)
 
 
@@ -108,8 +121,9 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def _read_record(path: Path, optional: bool = False) -> dict | None:
-    """A JSON record of the folder (None when absent and `optional`); a one-line ValueError if unreadable."""
+def _read_record(path: Path, optional: bool = False, quiet: bool = False) -> dict | None:
+    """A JSON record of the folder (None when absent and `optional`); a one-line ValueError if
+    unreadable (`quiet`: None)."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -117,10 +131,100 @@ def _read_record(path: Path, optional: bool = False) -> dict | None:
             return None
         raise ValueError(f"{path}: missing") from None
     except (OSError, ValueError, RecursionError) as e:
+        if quiet:
+            return None
         raise ValueError(f"{path}: not a readable record ({e.__class__.__name__}: {e})") from None
     if not isinstance(data, dict):
+        if quiet:
+            return None
         raise ValueError(f"{path}: not a record sam-jax train wrote")
     return data
+
+
+def check_run_output(output: str | os.PathLike, data: Iterable[str | os.PathLike] = (),
+                     checkpoints: Iterable[str | os.PathLike] = (), *, resume: bool = False,
+                     overwrite: bool = False) -> "Contents":
+    """Refuses (one line, before anything is read or written) an output folder that is, or
+    holds, one of the run's inputs (`data`: its data files and folders; `checkpoints`: the base
+    model), that lies inside the base checkpoint, or that is a file; and one that holds an
+    earlier run, unless `resume` (then `RunFolder.prepare` compares the records) or `overwrite`
+    (then only when every entry there is the run's), or entries no training run wrote. Returns
+    what the folder holds."""
+    out = Path(output).absolute()
+    checkpoints = [c for c in checkpoints if c is not None]
+    check_not_input(out, [*(d for d in data if d is not None), *checkpoints], kind="dir", holders=checkpoints)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output {output} exists and is not a folder")
+    found = folder_contents(out)
+    if found.run is None and found.foreign:
+        start = "nothing to resume: " if resume else ""
+        raise FileExistsError(f"{start}output {out} holds {', '.join(found.foreign)}, which no sam-jax training run wrote "
+                              f"(it has no {RECORD_FILE} of one): move them away or choose another --output")
+    if found.run is None or resume:
+        return found
+    names = ", ".join(found.foreign)
+    if found.foreign and overwrite:
+        raise FileExistsError(f"cannot replace the training run in {out}: no training run wrote {names} there; "
+                              "move that away or choose another --output")
+    if found.foreign:
+        raise FileExistsError(f"output {out} already holds a training run ({found.summary()}): --resume continues it; "
+                              f"to start again, choose another --output (no training run wrote {names} there)")
+    if not overwrite:
+        raise FileExistsError(f"output {out} already holds a training run ({found.summary()}): --resume continues it, "
+                              "--overwrite replaces the run's files")
+    return found
+
+
+class Contents(NamedTuple):
+    """What a folder holds of a run's entries: `run` the training record when train_record.json
+    is one, `own` the entries that run wrote, `foreign` those it did not (named), `steps` the
+    saved training states, `finished` whether the last model is there."""
+
+    run: dict | None
+    own: list[Path]
+    foreign: list[str]
+    steps: list[int]
+    finished: bool
+
+    def summary(self) -> str:
+        saved = f"saved state at step {max(self.steps)}" if self.steps else "no saved state"
+        return f"{saved}, {'finished' if self.finished else 'not finished'}"
+
+
+def folder_contents(out: Path) -> Contents:
+    """The run's entries found in `out` (`OWN_ENTRIES`), sorted into a training run's own and not."""
+    record = _read_record(out / RECORD_FILE, optional=True, quiet=True)
+    run = record if record is not None and record.get("format") == RECORD_FORMAT else None
+    model = _model_record(out) is not None
+    own, foreign, steps = [], [], []
+    for name in OWN_ENTRIES:
+        p = out / name
+        if not (p.exists() or p.is_symlink()):
+            continue
+        if p.is_dir() and not p.is_symlink() and name == STATE_DIR:
+            entries = list(p.iterdir())
+            steps = sorted(int(e.name) for e in entries if e.is_dir() and e.name.isdigit())
+            other = sorted(e.name for e in entries if not (e.is_dir() and STATE_ENTRY.match(e.name)))
+            if run is not None and other:
+                foreign += [f"{STATE_DIR}/{n}" for n in other]
+                continue
+        if name == BEST_DIR:
+            ours = folder.is_own_folder(p) and _model_record(p) is not None
+        elif name in (folder.CONFIG_FILE, folder.PARAMS_DIR, folder.RECORD_FILE):
+            ours = model
+        else:
+            ours = p.is_dir() == (name == STATE_DIR)
+        if run is not None and ours and not p.is_symlink():
+            own.append(p)
+        else:
+            foreign.append(name + ("/" if p.is_dir() else ""))
+    return Contents(run, own, foreign, steps, model and (out / folder.CONFIG_FILE).is_file())
+
+
+def _model_record(path: Path) -> dict | None:
+    """The record.json of a model a run wrote into `path`, or None."""
+    record = _read_record(path / folder.RECORD_FILE, optional=True, quiet=True)
+    return record if record is not None and record.get("format") == MODEL_FORMAT else None
 
 
 class RunFolder:
@@ -133,19 +237,20 @@ class RunFolder:
         self.events = EventWriter(self.path / EVENTS_FILE)
 
     def prepare(self, record: dict, resume: bool, overwrite: bool, data: MaskDataset | None = None,
-                allow_data_changes: bool = False) -> None:
-        """Checks the folder for this run: a resume needs the same record, or with
+                allow_data_changes: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> None:
+        """Checks the folder for this run: never an input (`data`'s files and folders, `inputs`:
+        the base checkpoint; `check_run_output`); a resume needs the same record, or with
         `allow_data_changes` one that differs in its training data alone (the change is reported,
         the record updated, the cached embeddings dropped); an earlier run is replaced only with
-        `overwrite`, and only the entries a run writes (anything else stays). Then writes the
-        record, the data's manifest (`data`) and an empty metrics log (process 0)."""
-        out, record_file = self.path, self.path / RECORD_FILE
+        `overwrite`, and only the entries that run wrote (anything else stays; a run's entry
+        holding anything else is refused). Then writes the record, the data's manifest (`data`)
+        and an empty metrics log (process 0)."""
+        out = self.path
+        data_paths = [] if data is None else [data.name, data.image_dir]  # image_dir None: in the JSON's folder
+        found = check_run_output(out, data_paths, inputs, resume=resume, overwrite=overwrite)
         manifest = None if data is None else data_manifest(data)
-        mine = [out / n for n in OWN_ENTRIES if (out / n).exists()]
-        if mine and resume:
-            if not record_file.is_file():
-                raise ValueError(f"{out} holds no {RECORD_FILE}: nothing to resume")
-            stored = _read_record(record_file)
+        if found.run is not None and resume:
+            stored = found.run
             if stored != record:
                 diff = sorted(k for k in set(stored) | set(record) if stored.get(k) != record.get(k))
                 change = ""
@@ -153,8 +258,9 @@ class RunFolder:
                     change = f" (the training data: {data_changes(_read_record(out / DATA_FILE, optional=True), manifest)})"
                 if diff != ["train_data"] or not allow_data_changes:
                     hint = "; --allow-data-changes continues on the new data" if diff == ["train_data"] else ""
+                    replace = "" if found.foreign else " (or --overwrite)"
                     raise ValueError(f"{out} was trained with different {', '.join(diff)}{change}; --resume needs the same "
-                                     f"work (or --overwrite){hint}")
+                                     f"work{replace}{hint}")
                 barrier("sam-jax train: record checked")
                 if self.primary:
                     print(f"sam-jax train: resuming {out} on changed training data{change}", file=sys.stderr, flush=True)
@@ -162,11 +268,10 @@ class RunFolder:
                     (out / EMBEDDINGS_FILE).unlink(missing_ok=True)  # indexed like the old data
                 barrier("sam-jax train: record updated")
             return
-        if mine and not overwrite:
-            raise FileExistsError(f"{out} already holds a training run (use --resume to continue it or --overwrite to start again)")
         barrier("sam-jax train: output checked")  # every process has seen the folder as it was
         if self.primary:
-            for p in mine:  # only what a sam-jax run writes; anything else in the folder stays
+            remove_stale_partials(out)  # a killed run's half-written model or record
+            for p in found.own:  # only what a training run wrote, recognised by its record; anything else stays
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
             out.mkdir(parents=True, exist_ok=True)
             self._write_record(record, manifest)
@@ -225,7 +330,8 @@ class RunFolder:
                 p = out / name
                 if p.exists():
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
-            for name in (folder.PARAMS_DIR, folder.RECORD_FILE, folder.CONFIG_FILE):
+            # record.json first: params/ never lies there without the record that makes it the run's
+            for name in (folder.RECORD_FILE, folder.PARAMS_DIR, folder.CONFIG_FILE):
                 (tmp / name).rename(out / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

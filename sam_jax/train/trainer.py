@@ -18,10 +18,14 @@ Orbax saves and restores from every process at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
+import signal
+import threading
 import time
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -33,6 +37,7 @@ from jax.sharding import Mesh
 
 from ..evaluation import Protocol, evaluate_protocols
 from ..io.coco import AnnotationSet, read_annotations
+from ..io.outputs import check_not_input
 from ..modeling import Sam
 from ..parallel import fsdp_shardings, make_mesh, place
 from ..runtime.progress import Progress
@@ -74,12 +79,15 @@ class Selection(NamedTuple):
 class Trainer:
     def __init__(self, model: Sam, train_data: MaskDataset, config: TrainConfig, output: str | os.PathLike,
                  val_data: MaskDataset | AnnotationSet | None = None, resume: bool = False, overwrite: bool = False,
-                 quiet: bool = False, mesh: Mesh | None = None, allow_data_changes: bool = False):
+                 quiet: bool = False, mesh: Mesh | None = None, allow_data_changes: bool = False,
+                 inputs: Sequence[str | os.PathLike] = ()):
         """`mesh`: a (data, fsdp) mesh (`parallel.make_mesh`) to train on; None: the model's device
         (in a multi-process run: every device of every process, on the data axis). `val_data`: a
         data set of `open_dataset` or an `AnnotationSet` of `sam_jax.io.coco`, validated as
         `sam-jax eval` evaluates it (see `validate`). `allow_data_changes`: a resume may continue on
-        training data that differ from the run's (`RunFolder.prepare`)."""
+        training data that differ from the run's (`RunFolder.prepare`). `inputs`: what the model
+        was read from (its checkpoint file or folder), which the output may not be, hold or lie
+        inside (the data sets' files and folders are checked too)."""
         self.primary = jax.process_index() == 0
         self.config, self.quiet = config, quiet or not self.primary
         if model.config.decoder == "hq":
@@ -94,7 +102,9 @@ class Trainer:
         self.val_set = validation_set(val_data) if val_data is not None and self.primary else None
         self.base = model
         self.record = run_record(config, model, train_data)
-        self.folder.prepare(self.record, resume, overwrite, train_data, allow_data_changes)
+        if val_data is not None:
+            check_not_input(output, [p for p in (val_data.name, val_data.image_dir) if p is not None])
+        self.folder.prepare(self.record, resume, overwrite, train_data, allow_data_changes, inputs)
         # LoRA: the factors train, the rest of the encoder is frozen; `model()` merges them.
         self.view = add_lora(model, config.lora, config.seed)
         self.freeze = config.freeze + ((LORA_BASE,) if config.lora.rank else ())
@@ -118,6 +128,13 @@ class Trainer:
         self.selection, self.stopped, self.validated = Selection(), False, None
         if resume and self.manager.latest_step() is not None:
             self._restore(self.manager.latest_step())
+        elif resume:  # interrupted before its first saved state: it starts again, its lines forgotten
+            self.folder.drop_metrics_after(0)
+
+    @property
+    def saved_step(self) -> int | None:
+        """The last saved training state's step (what `--resume` continues from), None if none."""
+        return self.manager.latest_step()
 
     @property
     def step(self) -> int:
@@ -139,8 +156,9 @@ class Trainer:
         """The training state, under its optimizer step (what `export_step` takes)."""
         if self.step in self.manager.all_steps():  # saved already (an early stop at a checkpoint step)
             return
-        self.manager.save(self.step, args=ocp.args.Composite(train=ocp.args.StandardSave(self._pure(self.state))))
-        self.manager.wait_until_finished()
+        with _saving():
+            self.manager.save(self.step, args=ocp.args.Composite(train=ocp.args.StandardSave(self._pure(self.state))))
+            self.manager.wait_until_finished()
 
     def _restore(self, step: int) -> None:
         restored = self.manager.restore(step, args=ocp.args.Composite(train=ocp.args.StandardRestore(self._pure(self.state))))
@@ -220,7 +238,8 @@ class Trainer:
         model = self.model()
         if self.val_data is not None and self.validated != self.step:
             self.validate(self.step, model)
-        self.folder.write_model(model, model_record(self.record, self.step))
+        with _saving():
+            self.folder.write_model(model, model_record(self.record, self.step))
         barrier("sam-jax train: model written")
         return model
 
@@ -249,7 +268,8 @@ class Trainer:
             self.log(record)
             self.selection = s = self.selection.update(step, record[SELECTION])
             if s.best_step == step:
-                self.folder.write_best(model, model_record(self.record, step, **{SELECTION: record[SELECTION]}))
+                with _saving():
+                    self.folder.write_best(model, model_record(self.record, step, **{SELECTION: record[SELECTION]}))
             if not self.quiet:
                 print(f"sam-jax train: step {step}: validation mIoU {record['val_miou_1click']:.4f} (1 click), "
                       f"{record['val_miou_3clicks']:.4f} (3 clicks), {record['val_miou_box']:.4f} (box); "
@@ -263,6 +283,24 @@ class Trainer:
         if jax.process_count() > 1:  # every process stops with process 0
             self.stopped = bool(multihost_utils.broadcast_one_to_all(self.stopped))
         return record
+
+
+@contextlib.contextmanager
+def _saving():
+    """Ctrl-C (SIGINT) waits for the block to end: Orbax saves in threads of its own, which an
+    interruption in the middle leaves writing while the interpreter shuts down (errors, and a
+    state that is never finalized). Only in the main thread, and only over Python's own handler."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def validation_set(data: MaskDataset | AnnotationSet) -> AnnotationSet:

@@ -90,7 +90,7 @@ def test_rle_json_and_sa1b(tiny, folder, tmp_path):
     assert len(data["annotations"]) > 0
 
 
-def test_interrupted_write_leaves_no_output(tiny, folder, tmp_path, monkeypatch):
+def test_interrupted_write_leaves_no_output(tiny, folder, tmp_path, monkeypatch, capsys):
     from sam_jax.runners import amg as amg_runner
 
     def broken(records, path):
@@ -99,8 +99,9 @@ def test_interrupted_write_leaves_no_output(tiny, folder, tmp_path, monkeypatch)
 
     monkeypatch.setattr(amg_runner, "write_masks_to_folder", broken)
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        cli(["amg", "--checkpoint", str(tiny.model_dir), "--input", str(folder / "a.png"), "--output", str(out), *FLAGS])
+    capsys.readouterr()
+    assert cli(["amg", "--checkpoint", str(tiny.model_dir), "--input", str(folder / "a.png"), "--output", str(out), *FLAGS]) == 130
+    assert capsys.readouterr().err == "sam-jax amg: interrupted\n"  # Ctrl-C: one line, no traceback
     assert list(out.iterdir()) == []
 
 

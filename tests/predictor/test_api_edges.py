@@ -75,6 +75,9 @@ def test_generator_settings_that_cannot_work(tiny):
     gen = SamAutomaticMaskGenerator(tiny.model, points_per_side=2, crop_n_layers=4)
     with pytest.raises(ValueError, match=r"crop_n_layers=4 is too deep for a 60x40 image .* use crop_n_layers <= [0-3]$"):
         gen.generate(np.zeros((40, 60, 3), np.uint8))
-    # An absurd depth is refused as fast (4^30 crops are never listed).
+    # An absurd depth is refused as fast: for its work (`amg_limits`), and with allow_large for the
+    # image (4^30 crops are never listed).
+    with pytest.raises(ValueError, match="crop_n_layers=30 means 1,537,228,672,809,129,301 crops"):
+        SamAutomaticMaskGenerator(tiny.model, points_per_side=2, crop_n_layers=30)
     with pytest.raises(ValueError, match="too deep"):
-        SamAutomaticMaskGenerator(tiny.model, points_per_side=2, crop_n_layers=30).generate(np.zeros((40, 60, 3), np.uint8))
+        SamAutomaticMaskGenerator(tiny.model, points_per_side=2, crop_n_layers=30, allow_large=True).generate(np.zeros((40, 60, 3), np.uint8))
