@@ -118,7 +118,9 @@ def _event_class():
     T = descriptor_pb2.FieldDescriptorProto
     value = descriptor_pb2.DescriptorProto(name="Value")
     value.field.add(name="tag", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
-    value.field.add(name="simple_value", number=2, type=T.TYPE_FLOAT, label=T.LABEL_OPTIONAL)
+    # In summary.proto simple_value is a member of `oneof value`: set, it is written even when 0.0.
+    value.oneof_decl.add(name="value")
+    value.field.add(name="simple_value", number=2, type=T.TYPE_FLOAT, label=T.LABEL_OPTIONAL, oneof_index=0)
     summary = f.message_type.add(name="Summary")
     summary.nested_type.append(value)
     summary.field.add(name="value", number=1, type=T.TYPE_MESSAGE, type_name=".sam_jax_test.Summary.Value", label=T.LABEL_REPEATED)
