@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     common.setup_runtime(args)
     model = common.load_model(args)
     with common.deferred(".runtime.progress").status("exporting the decoder, compiling the image encoder", args.quiet):
-        server = server_module.make_server(model, args.host, args.port)
+        server = server_module.make_server(model, args.host, args.port, verbose=not args.quiet)
     print(f"sam-jax demo: open {server.url} (Ctrl-C stops)", file=sys.stderr)
 
     def stop(signum, frame):
