@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         # The flags parsed without JAX; its import (and the model code's) takes seconds on a busy machine.
-        with status(f"{args.command}: importing JAX and the model code", getattr(args, "quiet", False)):
-            importlib.import_module(".runners", __package__.rpartition(".")[0])
+        library = f"{__package__.rpartition('.')[0]}.runners"
+        if library not in sys.modules:  # (a program calling main again has them)
+            with status(f"{args.command}: importing JAX and the model code", getattr(args, "quiet", False)):
+                importlib.import_module(library)
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, OSError, ImportError) as e:  # ImportError: a missing extra
         print(f"sam-jax {args.command}: error: {e}", file=sys.stderr)
