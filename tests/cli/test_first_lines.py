@@ -32,9 +32,9 @@ PROBE = """
 import json, sys
 from sam_jax.cli import main
 codes = []
-for argv in (["--help"], ["amg", "--help"], ["amg", "--input", "x", "--output", "y", "--points-per-sid", "4"], ["train"]):
+for argv in (["--help"], ["amg", "--help"], ["amg", "--input", "x", "--output", "y", "--pionts-per-side", "4"], ["train"]):
     try:
-        main(argv)
+        codes.append(("ran", main(argv)))
     except SystemExit as e:
         codes.append(e.code)
 heavy = [m for m in ("jax", "jaxlib", "flax", "optax", "orbax", "sam_jax.modeling", "sam_jax.predictor") if m in sys.modules]
@@ -46,7 +46,7 @@ def test_help_and_bad_flags_import_no_jax():
     r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
     found = json.loads(r.stdout.strip().splitlines()[-1])
     assert found == {"codes": [0, 0, 2, 2], "heavy": []}
-    assert "unrecognized arguments: --points-per-sid" in r.stderr and "the following arguments are required" in r.stderr
+    assert "unrecognized arguments: --pionts-per-side" in r.stderr and "the following arguments are required" in r.stderr
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "sam_jax.cli", "amg", "--help"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--points-per-side" in r.stdout
