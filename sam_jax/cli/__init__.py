@@ -40,10 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         # The flags parsed without JAX; its import (and the model code's) takes seconds on a busy machine.
-        library = f"{__package__.rpartition('.')[0]}.runners"
-        if library not in sys.modules:  # (a program calling main again has them)
+        if "jax" not in sys.modules:  # (a program that has imported JAX calls main: the rest is quick)
             with status(f"{args.command}: importing JAX and the model code", getattr(args, "quiet", False)):
-                importlib.import_module(library)
+                importlib.import_module(".runners", __package__.rpartition(".")[0])
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, OSError, ImportError) as e:  # ImportError: a missing extra
         print(f"sam-jax {args.command}: error: {e}", file=sys.stderr)
