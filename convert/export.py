@@ -42,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from sam_jax.config import SamConfig, available_configs, get_config
+from sam_jax.options import FORMATS, LAYOUTS
 from sam_jax.io.outputs import atomic_dir, atomic_file, check_output, remove_stale_partials
 from sam_jax.runtime.progress import say
 
@@ -54,8 +55,6 @@ from .safetensors import read_metadata, write_safetensors
 from .shapes import check_params
 from .torch_save import write_pth
 
-FORMATS = ("pth", "safetensors")
-LAYOUTS = ("official", "transformers")
 PRODUCER = "sam-jax export-pth"
 HF_WEIGHTS = {"safetensors": "model.safetensors", "pth": "pytorch_model.bin"}  # transformers' names per format
 OWN_OUTPUT = "a file written by sam-jax export-pth"

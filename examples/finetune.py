@@ -29,6 +29,7 @@ from sam_jax.train.optim import OptimizerSettings
 from sam_jax.train.prompts import PromptSettings
 from sam_jax.train.synthetic_shapes import make_example, write_coco
 from sam_jax.io.overlay import overlay_masks
+from sam_jax.runtime.progress import status
 
 
 def fresh_decoder(model: sam_jax.Sam, seed: int = 1) -> sam_jax.Sam:
@@ -50,12 +51,15 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.output)
 
-    model = sam_jax.load(args.checkpoint) if args.checkpoint else fresh_decoder(sam_jax.load(assets.SHAPES_TINY))
+    # Each long step says when it starts and ends (the trainer shows its own steps).
+    with status(f"loading {args.checkpoint or 'the shipped shapes model'}"):
+        model = sam_jax.load(args.checkpoint) if args.checkpoint else fresh_decoder(sam_jax.load(assets.SHAPES_TINY))
     if args.train_data:
         data = args.train_data
     else:
         folder = out.parent / f"{out.name}-data"
-        data = folder / "instances.json" if folder.exists() else write_coco(folder, 300, seed=7)
+        with status(f"writing 300 generated images into {folder}"):
+            data = folder / "instances.json" if folder.exists() else write_coco(folder, 300, seed=7)
     source = open_dataset(data)
     config = TrainConfig(
         steps=args.steps, batch_size=8, objects_per_image=4, freeze=("image_encoder",), log_every=max(1, args.steps // 10),
@@ -64,9 +68,11 @@ def main() -> None:
                                     weight_decay=0.05, clip_norm=1.0),
     )
     # One click at each object's centre, the output of best predicted IoU: `sam-jax eval --prompt point --limit 20`.
-    before = evaluate(model, data, prompt="point", limit=20).miou()
+    with status("one-click mIoU before training (20 images)"):
+        before = evaluate(model, data, prompt="point", limit=20).miou()
     trained = Trainer(model, source, config, out, overwrite=args.overwrite).run()
-    after = evaluate(trained, data, prompt="point", limit=20).miou()
+    with status("one-click mIoU after training (20 images)"):
+        after = evaluate(trained, data, prompt="point", limit=20).miou()
     print(f"one-click mIoU on 20 training images: {before:.3f} before, {after:.3f} after; the model is in {out}")
 
     # One held-out image, one centre click, before and after.

@@ -48,7 +48,8 @@ def main(argv=None) -> None:
     check_output(args.output, kind="file", overwrite=args.overwrite, is_own=is_own_overlay, what=OVERLAY_OUTPUT,
                  inputs=[args.image, args.checkpoint])
 
-    # Each long step says what it does (on a terminal); the first run also compiles, once.
+    # Each long step says when it starts and ends (redrawn on a terminal, plain lines in a log); the first
+    # run also compiles, once.
     with status(f"loading {args.checkpoint}", args.quiet):
         model = sam_jax.load(args.checkpoint, model_type=args.model_type)
     image = read_image(args.image)

@@ -4,29 +4,51 @@ The official package's names, from the same places: `sam_model_registry`, `build
 `SamPredictor`, `SamAutomaticMaskGenerator`; plus `load`, the one entry point for every kind of
 checkpoint, and `enable_compilation_cache`, the opt-in persistent XLA cache. Importing sam_jax
 changes no JAX setting, registers no listener and writes no file.
+
+The names are imported on first use (PEP 562): `import sam_jax` alone loads no JAX, so that
+`sam-jax --help` (and any program that needs one light module of the package) starts at once.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-from . import assets  # sam_jax.assets.SHAPES_TINY after a plain `import sam_jax`
-from .automatic_mask_generator import SamAutomaticMaskGenerator
-from .build_sam import (
-    build_sam,
-    build_sam_from_config,
-    build_sam_vit_b,
-    build_sam_vit_h,
-    build_sam_vit_l,
-    load,
-    sam_model_registry,
-)
-from .config import SamConfig, get_config
-from .modeling import Sam
-from .predictor import SamPredictor
-from .runtime.compilation_cache import enable_compilation_cache
-from .transforms import ResizeLongestSide
+# Public name -> the module that defines it.
+_SOURCES = {
+    "ResizeLongestSide": ".transforms",
+    "Sam": ".modeling",
+    "SamAutomaticMaskGenerator": ".automatic_mask_generator",
+    "SamConfig": ".config",
+    "SamPredictor": ".predictor",
+    "build_sam": ".build_sam",
+    "build_sam_from_config": ".build_sam",
+    "build_sam_vit_b": ".build_sam",
+    "build_sam_vit_h": ".build_sam",
+    "build_sam_vit_l": ".build_sam",
+    "enable_compilation_cache": ".runtime.compilation_cache",
+    "get_config": ".config",
+    "load": ".build_sam",
+    "sam_model_registry": ".build_sam",
+}
+_SUBMODULES = ("assets",)  # sam_jax.assets.SHAPES_TINY after a plain `import sam_jax`
 
 __all__ = [
     "ResizeLongestSide", "Sam", "SamAutomaticMaskGenerator", "SamConfig", "SamPredictor", "build_sam",
     "build_sam_from_config", "build_sam_vit_b", "build_sam_vit_h", "build_sam_vit_l", "enable_compilation_cache",
     "get_config", "load", "sam_model_registry",
 ]
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        value = getattr(importlib.import_module(_SOURCES[name], __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # found once: later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SOURCES, *_SUBMODULES})

@@ -29,6 +29,7 @@ from .masks import (
     uncrop_points,
 )
 from .modeling import Sam, with_numerics
+from .options import GENERATOR
 from .predictor import SamPredictor
 from .validate import check_image
 
@@ -52,26 +53,27 @@ class SamAutomaticMaskGenerator:
     def __init__(
         self,
         model: Sam,
-        points_per_side: int | None = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
-        box_nms_thresh: float = 0.7,
-        crop_n_layers: int = 0,
-        crop_nms_thresh: float = 0.7,
-        crop_overlap_ratio: float = 512 / 1500,
-        crop_n_points_downscale_factor: int = 1,
+        points_per_side: int | None = GENERATOR.points_per_side,
+        points_per_batch: int = GENERATOR.points_per_batch,
+        pred_iou_thresh: float = GENERATOR.pred_iou_thresh,
+        stability_score_thresh: float = GENERATOR.stability_score_thresh,
+        stability_score_offset: float = GENERATOR.stability_score_offset,
+        box_nms_thresh: float = GENERATOR.box_nms_thresh,
+        crop_n_layers: int = GENERATOR.crop_n_layers,
+        crop_nms_thresh: float = GENERATOR.crop_nms_thresh,
+        crop_overlap_ratio: float = GENERATOR.crop_overlap_ratio,
+        crop_n_points_downscale_factor: int = GENERATOR.crop_n_points_downscale_factor,
         point_grids: list[np.ndarray] | None = None,
-        min_mask_region_area: int = 0,
-        output_mode: str = "binary_mask",
+        min_mask_region_area: int = GENERATOR.min_mask_region_area,
+        output_mode: str = GENERATOR.output_mode,
         *,
         decoder_dtype: str | None = None,
         hq_token_only: bool = False,
         allow_large: bool = False,
     ) -> None:
-        """Same arguments, defaults and meaning as the official generator. min_mask_region_area
-        needs no OpenCV here. Records are returned in the official order.
+        """Same arguments, defaults (`sam_jax.options.GeneratorDefaults`) and meaning as the
+        official generator. min_mask_region_area needs no OpenCV here. Records are returned in
+        the official order.
 
         decoder_dtype: "float32" or "bfloat16" to decode the point prompts (most of the work)
         in that compute dtype while the image encoder keeps the model's (None: the model's

@@ -25,11 +25,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-DTYPES = ("float32", "bfloat16")
+from .options import DTYPES, PRECISIONS
+
 # The image encoder's attention (see `sam_jax.modeling.image_encoder.attention`).
 ATTENTION = ("auto", "xla", "pallas", "interpret")
-# Our names -> the values of jax_default_matmul_precision.
-PRECISIONS = {"exact": "highest", "fast": "default"}
 
 
 class Numerics(NamedTuple):

@@ -4,9 +4,11 @@ failures print one line and exit non-zero; no traceback."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from .. import __version__
+from ..runtime.progress import status
 from . import amg, convert, demo, embed, eval, export_onnx, export_pth, export_stablehlo, train, train_export
 
 COMMANDS = {  # name -> (module with add_arguments and run, help)
@@ -37,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        # The flags parsed without JAX; its import (and the model code's) takes seconds on a busy machine.
+        if "jax" not in sys.modules:  # (a program that has imported JAX calls main: the rest is quick)
+            with status(f"{args.command}: importing JAX and the model code", getattr(args, "quiet", False)):
+                importlib.import_module(".runners", __package__.rpartition(".")[0])
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, OSError, ImportError) as e:  # ImportError: a missing extra
         print(f"sam-jax {args.command}: error: {e}", file=sys.stderr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..runners.amg import GENERATOR_DEFAULTS, generate_folder
+from ..options import GENERATOR
 from . import common
 
 AMG_FLAGS = {  # flag -> help; each sets the SamAutomaticMaskGenerator argument of the same name (its type and default)
@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_numerics_arguments(p)
     tuning = p.add_argument_group("mask generation (the official SamAutomaticMaskGenerator arguments)")
     for flag, help in AMG_FLAGS.items():
-        default = GENERATOR_DEFAULTS[_argument(flag)]
+        default = getattr(GENERATOR, _argument(flag))
         shown = "512/1500" if flag == "--crop-overlap-ratio" else default
         tuning.add_argument(flag, type=type(default), default=default, metavar="N" if isinstance(default, int) else "X",
                             help=f"{help} (default: {shown})")
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     # Joined first (no model, no device touched): this process's share of the inputs depends on its index.
     _, count = common.join_processes(args)
     common.setup_runtime(args)
-    result = generate_folder(
+    result = common.deferred(".runners.amg").generate_folder(
         common.model_spec(args), args.input, args.output, fmt=fmt,
         settings={**{_argument(f): getattr(args, _argument(f)) for f in AMG_FLAGS}, "hq_token_only": args.hq_token_only,
                   "allow_large": args.allow_large},

@@ -1,22 +1,21 @@
 """What the `sam-jax` commands share: their common flags, declared once here, and the steps every
 command takes with them (join a multi-process run, pick the device, turn on the compilation
-cache, describe the model to load). Each helper takes the flags its `add_*` declared."""
+cache, describe the model to load). Each helper takes the flags its `add_*` declared.
+
+The flags are declared from light modules only (their choices and defaults come from
+`sam_jax.options` and the settings classes): JAX and the model code are imported by the helpers
+that run a command, after the flags are parsed, so that `--help` and a mistyped flag answer at once."""
 
 from __future__ import annotations
 
 import argparse
-
-import jax
+import importlib
 
 from ..config import FAMILY_TYPES, MODEL_TYPES
 from ..io.annotations import DEFAULT_THREADS, DataOptions
-from ..numerics import DTYPES, PRECISIONS
-from ..parallel import initialize
-from ..parallel.devices import as_device, platform_devices
-from ..parallel.rendezvous import JOIN_TIMEOUT_SECONDS
-from ..runners.model import ModelSpec
-from ..runtime.compilation_cache import ENV as CACHE_ENV
-from ..runtime.compilation_cache import default_cache_path, set_compilation_cache
+from ..options import DTYPES, JOIN_TIMEOUT_SECONDS, PRECISIONS
+from ..runtime.paths import XLA_CACHE_ENV as CACHE_ENV
+from ..runtime.paths import default_cache_path
 
 DEVICES = ("cpu", "gpu", "cuda", "tpu")
 CHECKPOINT_HELP = (
@@ -141,35 +140,44 @@ def add_overwrite_argument(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=f"replace {what}")
 
 
-def model_spec(args: argparse.Namespace, numerics: bool = True) -> ModelSpec:
-    """The model that add_checkpoint_arguments' flags (and, with `numerics`,
-    add_numerics_arguments') describe."""
+def deferred(name: str):
+    """The module `name` (relative to sam_jax when it starts with a dot), imported when a command
+    runs: the commands' `run` and the helpers below reach JAX and the model code through it, so
+    that declaring and parsing the flags imports neither."""
+    return importlib.import_module(name, __package__.rpartition(".")[0])
+
+
+def model_spec(args: argparse.Namespace, numerics: bool = True):
+    """The `sam_jax.runners.model.ModelSpec` that add_checkpoint_arguments' flags (and, with
+    `numerics`, add_numerics_arguments') describe."""
     extra = dict(dtype=args.dtype, precision=args.matmul_precision) if numerics else {}
-    return ModelSpec(args.checkpoint, args.model_type, args.image_size, **extra)
+    return deferred(".runners.model").ModelSpec(args.checkpoint, args.model_type, args.image_size, **extra)
 
 
 def setup_runtime(args: argparse.Namespace) -> None:
     """Applies add_runtime_arguments' --device and --cache-dir; call before any computation (and
     after `join_processes`, for a command that takes the distributed flags)."""
     if args.device:
-        jax.config.update("jax_default_device", select_device(args.device))
-    set_compilation_cache(args.cache_dir or None)
+        deferred("jax").config.update("jax_default_device", select_device(args.device))
+    deferred(".runtime.compilation_cache").set_compilation_cache(args.cache_dir or None)
 
 
 def join_processes(args: argparse.Namespace) -> tuple[int, int]:
     """Joins the multi-process run that add_distributed_arguments' flags (or the environment) ask
     for; returns (this process's index, the process count): (0, 1), touching nothing, when there
     is none. Call it before anything else touches JAX."""
-    if not initialize(args.coordinator_address, args.num_processes, args.process_id, auto=args.auto_distributed,
-                      timeout=args.join_timeout, quiet=getattr(args, "quiet", False)):
+    if not deferred(".parallel").initialize(args.coordinator_address, args.num_processes, args.process_id,
+                                            auto=args.auto_distributed, timeout=args.join_timeout,
+                                            quiet=getattr(args, "quiet", False)):
         return 0, 1
+    jax = deferred("jax")
     return jax.process_index(), jax.process_count()
 
 
 def select_device(platform: str):
     """The first local device of --device's platform; ValueError naming what exists otherwise."""
     try:
-        return as_device(platform)
+        return deferred(".parallel.devices").as_device(platform)
     except ValueError as e:
         raise ValueError(f"--device {platform}: {e}") from None
 
@@ -178,9 +186,9 @@ def local_devices(args: argparse.Namespace) -> list:
     """Every local device of --device's platform (default: JAX's default platform), the devices
     that a command spreads its work over."""
     if not args.device:
-        return jax.local_devices()
+        return deferred("jax").local_devices()
     try:
-        return platform_devices(args.device)
+        return deferred(".parallel.devices").platform_devices(args.device)
     except ValueError as e:
         raise ValueError(f"--device {args.device}: {e}") from None
 

@@ -9,7 +9,6 @@ import argparse
 from pathlib import Path
 
 from ..config import get_config
-from ..convert import convert_checkpoint, fetch, folder, read
 from . import common
 
 
@@ -23,19 +22,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    convert = common.deferred(".convert")
     name = args.checkpoint or args.model_type
     if name is None:
         raise ValueError("give --checkpoint (a file, or a model name such as vit_b) or --model-type")
     if Path(name).exists():
         if args.output is None:
             raise ValueError("--output is required to convert a file")
-        cfg = convert_checkpoint(name, args.output, args.model_type, args.config, args.overwrite, args.image_size)
+        cfg = convert.convert_checkpoint(name, args.output, args.model_type, args.config, args.overwrite, args.image_size)
         verb, output = "wrote", args.output
     else:
         if args.config:
             raise ValueError(f"--config applies to a checkpoint file; {name} is a model name with a known config")
-        cached = fetch(name, quiet=args.quiet)
-        cfg = folder.read_config(cached)
+        cached = convert.fetch(name, quiet=args.quiet)
+        cfg = convert.folder.read_config(cached)
         if args.checkpoint and args.model_type and cfg != get_config(args.model_type):
             raise ValueError(f"{name} is not a {args.model_type} model")
         if args.output is None:
@@ -43,13 +43,13 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--image-size needs --output (the cache keeps the official input size)")
             verb, output = "cached", cached
         else:
-            cfg, params, _ = read(cached, image_size=args.image_size)
+            cfg, params, _ = convert.read(cached, image_size=args.image_size)
             # The cached folder's record says where the weights came from; a copy says the same
             # (so a plain copy is byte-identical to the cache), plus the new input size if any.
-            record = folder.read_record(cached)
+            record = convert.folder.read_record(cached)
             if args.image_size is not None:
                 record["image_size"] = args.image_size
-            folder.save(args.output, cfg, params, overwrite=args.overwrite, record=record)
+            convert.folder.save(args.output, cfg, params, overwrite=args.overwrite, record=record)
             verb, output = "wrote", args.output
     print(
         f"{verb} {output}: image_size {cfg.image_size}, embed dim {cfg.encoder_embed_dim}, "

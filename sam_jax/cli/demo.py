@@ -8,10 +8,6 @@ import importlib.util
 import signal
 import sys
 
-from ..demo.assets import find_dist, install
-from ..demo.server import make_server
-from ..export.onnx import ONNX_HINT
-from ..runtime.progress import status
 from . import common
 
 
@@ -26,13 +22,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("onnx") is None:
-        raise ValueError(f"onnx (to export the decoder) is not installed: {ONNX_HINT}")
-    if find_dist() is None:  # a plain pip install: fetch the browser runtime once, before loading a model
-        install(args.quiet)
+        hint = common.deferred(".export.onnx").ONNX_HINT
+        raise ValueError(f"onnx (to export the decoder) is not installed: {hint}")
+    assets, server_module = common.deferred(".demo.assets"), common.deferred(".demo.server")
+    if assets.find_dist() is None:  # a plain pip install: fetch the browser runtime once, before loading a model
+        assets.install(args.quiet)
     common.setup_runtime(args)
     model = common.load_model(args)
-    with status("exporting the decoder, compiling the image encoder", args.quiet):
-        server = make_server(model, args.host, args.port)
+    with common.deferred(".runtime.progress").status("exporting the decoder, compiling the image encoder", args.quiet):
+        server = server_module.make_server(model, args.host, args.port, verbose=not args.quiet)
     print(f"sam-jax demo: open {server.url} (Ctrl-C stops)", file=sys.stderr)
 
     def stop(signum, frame):

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..export.onnx import EMBEDDING_OUTPUT, is_embedding_npy, save_image_embedding
 from ..io.images import read_image
 from ..io.outputs import check_output
-from ..runtime.progress import status
 from . import common
 
 
@@ -22,12 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output(args.output, kind="file", overwrite=args.overwrite, is_own=is_embedding_npy, what=EMBEDDING_OUTPUT,
-                 inputs=[args.image, args.checkpoint])
+    onnx = common.deferred(".export.onnx")
+    check_output(args.output, kind="file", overwrite=args.overwrite, is_own=onnx.is_embedding_npy,
+                 what=onnx.EMBEDDING_OUTPUT, inputs=[args.image, args.checkpoint])
     common.setup_runtime(args)
     image = read_image(args.image)
     model = common.load_model(args)
-    with status(f"embedding {args.image}", args.quiet):
-        path = save_image_embedding(model, image, args.output, overwrite=args.overwrite)
+    with common.deferred(".runtime.progress").status(f"embedding {args.image}", args.quiet):
+        path = onnx.save_image_embedding(model, image, args.output, overwrite=args.overwrite)
     print(f"wrote {path}: embedding of a {image.shape[1]}x{image.shape[0]} image")
     return 0

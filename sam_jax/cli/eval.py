@@ -13,12 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-import jax
-
-from ..evaluation import PROMPTS, SELECTIONS
-from ..io.coco import read_annotations
-from ..runners.evaluate import EvalFolderResult, evaluate_to_folder
-from ..runtime.progress import checking
+from ..options import PROMPTS, SELECTIONS
 from . import common
 from .common import positive_int
 
@@ -60,12 +55,14 @@ def run(args: argparse.Namespace) -> int:
     # Joined first (no model, no device touched): this process's share of the images depends on its index.
     common.join_processes(args)
     common.setup_runtime(args)
+    jax = common.deferred("jax")
     primary = jax.process_index() == 0
-    data = read_annotations(args.data, args.image_dir, labels=args.labels, options=common.data_options(args),
-                            progress=checking("sam-jax eval: checking", args.quiet or not primary))
+    checking = common.deferred(".runtime.progress").checking("sam-jax eval: checking", args.quiet or not primary)
+    data = common.deferred(".io.coco").read_annotations(args.data, args.image_dir, labels=args.labels,
+                                                        options=common.data_options(args), progress=checking)
     if primary and (data.skipped_text() or not args.quiet):
         print(f"sam-jax eval: {data.summary()}", flush=True)
-    result = evaluate_to_folder(
+    result = common.deferred(".runners.evaluate").evaluate_to_folder(
         common.model_spec(args), data, args.output, prompt=args.prompt, select=args.select, clicks=args.clicks,
         limit=args.limit, image_dir=args.image_dir, overwrite=args.overwrite, devices=common.local_devices(args),
         batch_size=args.batch_size, quiet=args.quiet,
@@ -75,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def report(result: EvalFolderResult) -> list[str]:
-    """The lines `sam-jax eval` prints: the protocol and mIoU, by area, by click, what was skipped, where written."""
+def report(result) -> list[str]:
+    """The lines `sam-jax eval` prints of an `EvalFolderResult`: the protocol and mIoU, by area, by click, what was skipped, where written."""
     r = result.results
     p = r["protocol"]
     prompt = f"{p['clicks']} clicks" if p["prompt"] == "clicks" else p["prompt"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from ..export.onnx import ONNX_HINT, ONNX_OUTPUT, export_encoder_onnx, export_onnx, is_own_onnx, quantize_onnx
 from ..io.outputs import check_output
 from . import common
 
@@ -35,23 +34,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    onnx = common.deferred(".export.onnx")
     need = ["onnx"] + (["onnxruntime"] if args.quantize_out else [])
     missing = [m for m in need if importlib.util.find_spec(m) is None]
     if missing:
-        raise ValueError(f"{', '.join(missing)} not installed: {ONNX_HINT}")
+        raise ValueError(f"{', '.join(missing)} not installed: {onnx.ONNX_HINT}")
     decoder_only = [f for f in ("return_single_mask", "hq_token_only", "multimask_output", "use_stability_score",
                                 "return_extra_metrics", "quantize_out", "gelu_approximate") if getattr(args, f)]
     if args.encoder and decoder_only:
         raise ValueError(f"--{decoder_only[0].replace('_', '-')} applies to the decoder export, not to --encoder")
     outputs = [args.output] + ([args.quantize_out] if args.quantize_out else [])
     for i, output in enumerate(outputs):  # before loading anything
-        check_output(output, kind="file", overwrite=args.overwrite, is_own=is_own_onnx, what=ONNX_OUTPUT,
+        check_output(output, kind="file", overwrite=args.overwrite, is_own=onnx.is_own_onnx, what=onnx.ONNX_OUTPUT,
                      inputs=[args.checkpoint] + outputs[:i])
     model = common.model_spec(args, numerics=False).load(quiet=args.quiet)
     if args.encoder:
-        print(f"wrote {export_encoder_onnx(model, args.output, opset=args.opset, overwrite=args.overwrite)}")
+        print(f"wrote {onnx.export_encoder_onnx(model, args.output, opset=args.opset, overwrite=args.overwrite)}")
         return 0
-    path = export_onnx(
+    path = onnx.export_onnx(
         model, args.output, return_single_mask=args.return_single_mask, use_stability_score=args.use_stability_score,
         return_extra_metrics=args.return_extra_metrics, hq_token_only=args.hq_token_only,
         multimask_output=args.multimask_output, opset=args.opset, gelu_approximate=args.gelu_approximate,
@@ -59,5 +59,5 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {path}")
     if args.quantize_out:
-        print(f"wrote {quantize_onnx(path, args.quantize_out, overwrite=args.overwrite)} (dynamic uint8 quantization)")
+        print(f"wrote {onnx.quantize_onnx(path, args.quantize_out, overwrite=args.overwrite)} (dynamic uint8 quantization)")
     return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import FAMILY_TYPES, MODEL_TYPES
-from ..convert.export import FORMATS, LAYOUTS, export_checkpoint
+from ..options import FORMATS, LAYOUTS
 from . import common
 
 
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     source = args.checkpoint or args.model_type
     if source is None:
         raise ValueError("give --checkpoint (a folder, a file, or a model name such as vit_b) or --model-type")
-    done = export_checkpoint(source, args.output, format=args.format, layout=args.layout, model_type=args.model_type,
+    done = common.deferred(".convert").export_checkpoint(source, args.output, format=args.format, layout=args.layout, model_type=args.model_type,
                              image_size=args.image_size, overwrite=args.overwrite, quiet=args.quiet)
     print(f"wrote {done.path}: {done.tensors} tensors, {done.reference}'s keys, {done.format}")
     if done.unrecorded:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-import jax
-
-from ..export.stablehlo import PLATFORMS, export_encoder_stablehlo
+from ..options import PLATFORMS
 from . import common
 
 
@@ -37,7 +35,8 @@ def platform_list(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     platforms = args.platforms
     model = common.model_spec(args, numerics=False).load(quiet=args.quiet)
-    path = export_encoder_stablehlo(model, args.output, batch_size=args.batch_size, platforms=platforms, overwrite=args.overwrite)
+    path = common.deferred(".export.stablehlo").export_encoder_stablehlo(model, args.output, batch_size=args.batch_size, platforms=platforms, overwrite=args.overwrite)
     S = model.config.image_size
-    print(f"wrote {path}: image encoder for (B, 3, {S}, {S}) inputs on {', '.join(platforms or [jax.default_backend()])}")
+    platforms = platforms or [common.deferred("jax").default_backend()]
+    print(f"wrote {path}: image encoder for (B, 3, {S}, {S}) inputs on {', '.join(platforms)}")
     return 0

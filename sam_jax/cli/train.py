@@ -23,21 +23,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import jax
-from jax.sharding import Mesh
-
-from ..parallel import make_mesh
 from ..train.augment import KINDS as AUGMENT_KINDS
 from ..train.augment import AugmentSettings
-from ..train.config import BOX_NOISE, IOU_LOSSES, TrainConfig, defaults
-from ..train.data import open_dataset
-from ..train.lora import TARGETS as LORA_TARGETS
-from ..train.lora import LoraSettings
-from ..train.losses import LossSettings
-from ..train.optim import SCHEDULES, WARMUP_STEPS, OptimizerSettings
-from ..train.prompts import PromptSettings
-from ..train.run_folder import check_run_output
-from ..train.trainer import Trainer
+from ..train.config import (
+    BOX_NOISE, IOU_LOSSES, SCHEDULES, WARMUP_STEPS, LoraSettings, LossSettings, OptimizerSettings, PromptSettings,
+    TrainConfig, defaults,
+)
+from ..train.config import TARGETS as LORA_TARGETS
 from . import common
 
 D = defaults()  # every default of a run, from the library's settings (`sam_jax.train.config`)
@@ -166,15 +158,16 @@ def _names(allowed: tuple[str, ...]):
     return parse
 
 
-def training_mesh(args: argparse.Namespace) -> Mesh | None:
+def training_mesh(args: argparse.Namespace):
     """Every device of the platform (of every process) on the data axis, or --fsdp of them on the
-    fsdp axis; None for a single device."""
+    fsdp axis (a `jax.sharding.Mesh`); None for a single device."""
+    jax = common.deferred("jax")
     devices = jax.devices(args.device) if args.device else jax.devices()
     if len(devices) == 1 and args.fsdp == 1:
         return None
     if len(devices) % args.fsdp:
         raise ValueError(f"--fsdp {args.fsdp} must divide the device count {len(devices)}")
-    return make_mesh(devices, fsdp=args.fsdp)
+    return common.deferred(".parallel").make_mesh(devices, fsdp=args.fsdp)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,15 +175,16 @@ def run(args: argparse.Namespace) -> int:
     data = (args.train_data, args.val_data, args.image_dir, args.train_labels, args.val_labels)
     checkpoint = [args.checkpoint] if args.checkpoint and Path(args.checkpoint).exists() else []
     # The folder's refusals before the data and the model are read (they take a while); the Trainer checks again.
-    check_run_output(args.output, data, checkpoint, resume=args.resume, overwrite=args.overwrite)
+    common.deferred(".train.run_folder").check_run_output(args.output, data, checkpoint, resume=args.resume, overwrite=args.overwrite)
     common.join_processes(args)
     common.setup_runtime(args)
     if args.val_labels and not args.val_data:
         raise ValueError("--val-labels needs --val-data (the folder of their images)")
     if args.allow_data_changes and not args.resume:
         raise ValueError("--allow-data-changes applies to --resume")
-    primary = jax.process_index() == 0
+    primary = common.deferred("jax").process_index() == 0
     quiet = args.quiet or not primary
+    open_dataset = common.deferred(".train.data").open_dataset
     train = open_dataset(args.train_data, args.image_dir, labels=args.train_labels, quiet=quiet,
                          options=common.data_options(args, crowd=args.include_crowd))
     val = None
@@ -200,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         if dataset is not None and primary and (dataset.skipped_text() or not args.quiet):
             print(f"sam-jax train: {dataset.summary()}", flush=True)
     model = common.load_model(args)
+    Trainer = common.deferred(".train.trainer").Trainer
     trainer = Trainer(model, train, config, args.output, val, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
                       mesh=training_mesh(args), allow_data_changes=args.allow_data_changes,
                       inputs=[common.model_spec(args).path(quiet=True)])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.export import export_step, saved_steps
 from . import common
 
 
@@ -28,13 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    export = common.deferred(".train.export")
     if args.list:
-        print(" ".join(map(str, saved_steps(args.run))))
+        print(" ".join(map(str, export.saved_steps(args.run))))
         return 0
     if not args.output:
         raise ValueError("--output is required (the checkpoint folder to write), unless --list")
     model = common.model_spec(args, numerics=False).load(None, quiet=args.quiet)
-    out = export_step(args.run, model, args.output, args.step, overwrite=args.overwrite)
+    out = export.export_step(args.run, model, args.output, args.step, overwrite=args.overwrite)
     if not args.quiet:
         print(f"sam-jax train-export: wrote {out} (load it with sam_jax.load)")
     return 0

@@ -49,6 +49,7 @@ import numpy as np
 from ..export.onnx import export_onnx
 from ..predictor import SamPredictor
 from ..io.images import read_image
+from ..runtime.progress import status
 from .assets import WEB_DIR, find_dist
 PAGE_FILES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
 ORT_NAME = re.compile(r"^(ort[A-Za-z0-9_.-]*\.mjs|[A-Za-z0-9_.-]+\.wasm)$")
@@ -183,7 +184,9 @@ class Handler(BaseHTTPRequestHandler):
                 raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "busy with other uploads: try again")
             data = self._read_body(length)
             try:
-                meta, body = self.server.app.embed(data)
+                # Logged when it starts and ends: the first request compiles, and can take a minute on a CPU.
+                with status(f"embedding an image of {len(data)} bytes for {self.client_address[0]}", not self.server.verbose):
+                    meta, body = self.server.app.embed(data)
             except ValueError as e:  # undecodable, too large, or an image the predictor refuses (with its reason)
                 raise HttpError(HTTPStatus.BAD_REQUEST, str(e)) from None
             finally:

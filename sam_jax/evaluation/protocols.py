@@ -24,8 +24,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
-PROMPTS = ("box", "point", "clicks")
-SELECTIONS = ("score", "oracle", "single")
+from ..options import PROMPTS, SELECTIONS
+
 # COCO's object sizes by the annotation's `area`: [0, 32^2), [32^2, 96^2), [96^2, inf).
 AREA_RANGES = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, math.inf))
 

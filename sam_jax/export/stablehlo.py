@@ -40,13 +40,13 @@ from flax import nnx
 
 from ..modeling import Sam
 from ..io.outputs import atomic_dir, check_output
+from ..options import PLATFORMS
 from .encoder_interface import encoder_outputs, image_input
 
 PROGRAM = "encoder.jaxexport"
 WEIGHTS = "weights.npz"
 SIGNATURE = "signature.json"
 FORMAT = "sam-jax image encoder, jax.export"
-PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 ARTIFACT_OUTPUT = "an exported encoder folder"
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import socket
 import time
 
+from ..options import JOIN_TIMEOUT_SECONDS
 from ..runtime.progress import say
 
-JOIN_TIMEOUT_SECONDS = 120.0
 GREETING = "sam-jax-join"
 
 

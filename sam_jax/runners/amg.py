@@ -169,13 +169,16 @@ def _generate_share(model: ModelSpec, share: list[Path], targets: list[Path], ou
     if pending:  # the model is loaded only for work to do
         devices = list(devices) if devices is not None else jax.local_devices()
         generators = [SamAutomaticMaskGenerator(m, **settings) for m in replicate(model.load(quiet=quiet), devices)]
+        first = [True] * len(devices)  # each device compiles its programs on its first image
 
         def work(k: int, item: Planned):
             """One image on device k: its output written, or the reason it failed."""
+            doing = f"{item.target.name}: generating" + (" (compiling first, once per device)" if first[k] else "")
+            first[k] = False
             try:
                 image = read_image(item.target)
                 t0 = time.perf_counter()
-                with CompileCounter() as compiles:
+                with CompileCounter() as compiles, progress.running(doing):
                     masks = generators[k].generate(image)
             except (ValueError, MemoryError) as e:  # one bad image never takes the rest down
                 return e if isinstance(e, ValueError) else "out of memory"

@@ -42,7 +42,10 @@ class ModelSpec(NamedTuple):
         weights. The input size is part of the model: a resampled model has another digest."""
         path = self.path(quiet)
         digest = stored_digest(path) if is_checkpoint(path) and self.image_size is None else None
-        return digest or content_digest(*read(path, self.model_type, image_size=self.image_size)[:2])
+        if digest:
+            return digest
+        with status(f"reading {self.name} for its content digest", quiet):
+            return content_digest(*read(path, self.model_type, image_size=self.image_size)[:2])
 
     def load(self, device: jax.Device | None = None, quiet: bool = False) -> Sam:
         """The model, on `device` when given, with a status line while it loads."""

@@ -1,7 +1,7 @@
 """The persistent XLA compilation cache, which a process turns on explicitly.
 
-    import sam_jax
-    sam_jax.enable_compilation_cache()          # $SAM_JAX_XLA_CACHE, else $SAM_JAX_CACHE/xla
+    >>> import sam_jax
+    >>> sam_jax.enable_compilation_cache()      # $SAM_JAX_XLA_CACHE, else $SAM_JAX_CACHE/xla
 
 A new process then loads the programs an earlier one compiled (for AMG on a folder of photos: a
 handful of programs, seconds each). Importing sam_jax changes no JAX setting: the commands turn
@@ -17,9 +17,8 @@ from pathlib import Path
 
 import jax
 
-from .paths import cache_dir
+from .paths import default_cache_path
 
-ENV = "SAM_JAX_XLA_CACHE"
 MIN_COMPILE_SECONDS = 0.5  # quicker compilations are not worth a file
 
 
@@ -31,17 +30,6 @@ def set_compilation_cache(path: str | os.PathLike | None) -> None:
     Path(path).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
-
-
-OFF = ("0", "off", "false", "no")
-
-
-def default_cache_path() -> Path | None:
-    """$SAM_JAX_XLA_CACHE if set (None when it says 0 or off), else $SAM_JAX_CACHE/xla."""
-    choice = os.environ.get(ENV, "").strip()
-    if choice.lower() in OFF:
-        return None
-    return Path(choice).expanduser() if choice else cache_dir("xla")
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 
 KINDS = ("checkpoints", "downloads", "xla", "web")
+XLA_CACHE_ENV = "SAM_JAX_XLA_CACHE"  # the compilation cache's own folder, or 0 / off
+OFF = ("0", "off", "false", "no")
 
 
 def cache_root() -> Path:
@@ -29,3 +31,12 @@ def cache_dir(kind: str) -> Path:
     if kind not in KINDS:
         raise ValueError(f"unknown cache folder {kind!r}; one of {', '.join(KINDS)}")
     return cache_root() / kind
+
+
+def default_cache_path() -> Path | None:
+    """The persistent XLA compilation cache's folder: $SAM_JAX_XLA_CACHE if set (None when it says
+    0 or off), else $SAM_JAX_CACHE/xla."""
+    choice = os.environ.get(XLA_CACHE_ENV, "").strip()
+    if choice.lower() in OFF:
+        return None
+    return Path(choice).expanduser() if choice else cache_dir("xla")

@@ -4,6 +4,7 @@ decoder then trains on them instead of re-running the encoder every step), kept 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import jax
@@ -38,10 +39,12 @@ def embedding_cache(model: Sam, dataset: MaskDataset, path: Path, dtype: str, qu
     progress = Progress(len(mine), "sam-jax train: embedding", quiet)
 
     def embed(i: int) -> np.ndarray:
-        e = dataset.images[i]
-        ex = prepare(dataset.image(i), np.zeros((0, 1, 1), bool), transform_for(cfg), 1, np.random.default_rng(0), (e.height, e.width))
-        progress.step(e.file.name)
-        return np.asarray(embed_images_jit(graphdef, params, jnp.asarray(ex["image"][None]), jnp.asarray(ex["input_size"][None])))[0]
+        e, first, t0 = dataset.images[i], i == mine[0], time.perf_counter()
+        with progress.running(f"{e.file.name}" + (": compiling the image encoder (once)" if first else ""), log=first):
+            ex = prepare(dataset.image(i), np.zeros((0, 1, 1), bool), transform_for(cfg), 1, np.random.default_rng(0), (e.height, e.width))
+            out = np.asarray(embed_images_jit(graphdef, params, jnp.asarray(ex["image"][None]), jnp.asarray(ex["input_size"][None])))[0]
+        progress.step(f"{e.file.name}: {time.perf_counter() - t0:.1f} s")
+        return out
 
     if jax.process_count() == 1:
         with atomic_file(path) as tmp:  # written as computed: the cache never has to fit in memory

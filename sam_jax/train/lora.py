@@ -14,8 +14,6 @@ the paths finds them; `LORA_BASE` freezes everything else of the encoder.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,27 +23,11 @@ from ..build_sam import model_from_params
 from ..modeling import Sam
 from ..modeling.image_encoder import Attention
 from ..modeling.tiny_vit_sam import Attention as TinyViTAttention
+from .config import TARGETS, LoraSettings
 
-TARGETS = ("qkv", "proj")
 LORA_LEAVES = ("lora_a", "lora_b")
 # Every image-encoder parameter but the LoRA factors: frozen under LoRA (a `--freeze` pattern).
 LORA_BASE = r"^image_encoder/(?!.*/lora_[ab]$)"
-
-
-class LoraSettings(NamedTuple):
-    rank: int = 0  # r; 0: no LoRA
-    scale: float = 1.0  # the update is scale * x A B (PEFT's lora_alpha / r)
-    targets: tuple[str, ...] = ("qkv",)  # the attention layers that get factors: qkv, proj or both
-
-    def problems(self) -> list[str]:
-        out = []
-        if not (type(self.rank) is int and self.rank >= 0):
-            out.append(f"lora rank must be an integer >= 0, got {self.rank!r}")
-        if not (isinstance(self.scale, (int, float)) and np.isfinite(self.scale) and self.scale != 0):
-            out.append(f"lora scale must be a finite non-zero number, got {self.scale!r}")
-        if not self.targets or not set(self.targets) <= set(TARGETS) or len(set(self.targets)) != len(self.targets):
-            out.append(f"lora targets must be one or both of {', '.join(TARGETS)}, got {','.join(map(str, self.targets))!r}")
-        return out
 
 
 class LoraLinear(nnx.Linear):

@@ -18,15 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-
-class LossSettings(NamedTuple):
-    focal_weight: float = 20.0
-    dice_weight: float = 1.0
-    iou_weight: float = 1.0
-    focal_alpha: float = 0.25  # < 0: no alpha weighting
-    focal_gamma: float = 2.0
-    iou_loss: str = "mse"  # "mse" or "l1"
-    supervise_all_iou: bool = False  # IoU head loss averaged over all candidate outputs, not only the best
+from .config import LossSettings
 
 
 def _sum_pixels(x: jax.Array, region: jax.Array | None) -> jax.Array:

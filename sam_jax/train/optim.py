@@ -11,68 +11,17 @@ weight decay 0.1, layer-wise decay 0.8. Gradient clipping at 0.1 follows SAM 2's
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from .config import SCHEDULES, OptimizerSettings
+
 # Biases, the scales of every norm (nnx.LayerNorm, TinyViT's BatchNorm) and TinyViT's attention
 # biases (its `no_weight_decay_keywords`).
 NO_DECAY_LEAVES = ("bias", "scale", "attention_biases")
-
-
-SCHEDULES = ("step", "cosine", "constant")
-WARMUP_STEPS = 250  # the paper's linear warmup
-
-
-class OptimizerSettings(NamedTuple):
-    learning_rate: float = 1e-4  # peak, after the warmup
-    total_steps: int | None = None  # the schedule's length; None: the run's steps (`TrainConfig` fills it in)
-    schedule: str = "step"  # after the warmup: "step" (/10 drops at decay_boundaries), "cosine" or "constant"
-    warmup_steps: int | None = None  # None: WARMUP_STEPS (the paper's), or a tenth of total_steps when that is less
-    decay_boundaries: tuple[float, ...] = (60000 / 90000, 86666 / 90000)  # fractions of total_steps
-    decay_factor: float = 0.1
-    weight_decay: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    clip_norm: float | None = 0.1  # None or 0: no clipping
-    layer_decay: float = 1.0  # 1: no layer-wise decay (the paper used 0.8 for ViT-H)
-
-    def resolve(self, total_steps: int | None = None) -> "OptimizerSettings":
-        """These settings with the derived fields computed (total_steps from the run when unset,
-        the warmup default) and every value checked: ValueError naming the field otherwise."""
-        total = self.total_steps
-        if total is not None and total_steps is not None and total != total_steps:
-            raise ValueError(f"optimizer total_steps {total} differs from the run's {total_steps} steps: leave it unset")
-        total = total if total is not None else total_steps
-        if total is None and self.schedule in ("step", "cosine"):
-            raise ValueError(f"the {self.schedule!r} schedule needs total_steps (the run's length)")
-        default = WARMUP_STEPS if total is None else min(WARMUP_STEPS, total // 10)
-        warmup = self.warmup_steps if self.warmup_steps is not None else default
-        problems = []
-        if self.schedule not in SCHEDULES:
-            problems.append(f"unknown schedule {self.schedule!r} ({', '.join(SCHEDULES)})")
-        if not self.learning_rate > 0:
-            problems.append(f"learning_rate must be positive, got {self.learning_rate}")
-        if total is not None and total < 1:
-            problems.append(f"total_steps must be at least 1, got {total}")
-        if warmup < 0:
-            problems.append(f"warmup_steps must not be negative, got {warmup}")
-        if not all(0 < b <= 1 for b in self.decay_boundaries):
-            problems.append(f"decay_boundaries are fractions of the run in (0, 1], got {self.decay_boundaries}")
-        if self.weight_decay < 0:
-            problems.append(f"weight_decay must not be negative, got {self.weight_decay}")
-        if self.clip_norm is not None and self.clip_norm < 0:
-            problems.append(f"clip_norm must not be negative, got {self.clip_norm}")
-        if not 0 < self.layer_decay <= 1:
-            problems.append(f"layer_decay must be in (0, 1], got {self.layer_decay}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self._replace(total_steps=total, warmup_steps=warmup, clip_norm=self.clip_norm or None,
-                             decay_boundaries=tuple(self.decay_boundaries))
 
 
 def learning_rate(step: jax.Array, s: OptimizerSettings) -> jax.Array:

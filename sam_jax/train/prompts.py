@@ -13,30 +13,10 @@ each object's resized image (clicks never land in the padding).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 
-
-class PromptSettings(NamedTuple):
-    correction_points: int = 8  # correction clicks after the first prompt
-    mask_only_steps: int = 2  # steps adding no click: the last one, the others at random positions
-    box_probability: float = 0.5  # first prompt a box (else a point)
-    box_noise: str = "normal"  # "normal": std box_noise_scale * side, clipped; "uniform": SAM 2's
-    box_noise_scale: float = 0.1
-    box_noise_max: float = 20.0  # pixels of the model input
-    grad_through_masks: bool = False  # let gradients flow through the fed-back logits
-
-    @property
-    def num_steps(self) -> int:
-        """Decoder calls per object: the first prompt, the corrections and the mask-only steps."""
-        return 1 + self.correction_points + self.mask_only_steps
-
-    @property
-    def num_point_slots(self) -> int:
-        """Point slots of every prompt (the first point and the corrections)."""
-        return 1 + self.correction_points
+from .config import PromptSettings
 
 
 def sample_points(gt: jax.Array, pred: jax.Array, noise: jax.Array, inside: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -40,7 +40,7 @@ from ..io.coco import AnnotationSet, read_annotations
 from ..io.outputs import check_not_input
 from ..modeling import Sam
 from ..parallel import fsdp_shardings, make_mesh, place
-from ..runtime.progress import Progress
+from ..runtime.progress import Progress, status
 from ..transforms import transform_for
 from .augment import augment
 from .config import TrainConfig
@@ -101,14 +101,16 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         self.val_set = validation_set(val_data) if val_data is not None and self.primary else None
         self.base = model
-        self.record = run_record(config, model, train_data)
-        if val_data is not None:
-            check_not_input(output, [p for p in (val_data.name, val_data.image_dir) if p is not None])
-        self.folder.prepare(self.record, resume, overwrite, train_data, allow_data_changes, inputs)
-        # LoRA: the factors train, the rest of the encoder is frozen; `model()` merges them.
-        self.view = add_lora(model, config.lora, config.seed)
-        self.freeze = config.freeze + ((LORA_BASE,) if config.lora.rank else ())
-        self.graphdef, trainable, self.fixed = split_trainable(prepare_model(self.view, config.dtype, config.remat), self.freeze)
+        with status("preparing the run (its record, the trainable parameters)", self.quiet):
+            self.record = run_record(config, model, train_data)
+            if val_data is not None:
+                check_not_input(output, [p for p in (val_data.name, val_data.image_dir) if p is not None])
+            self.folder.prepare(self.record, resume, overwrite, train_data, allow_data_changes, inputs)
+            # LoRA: the factors train, the rest of the encoder is frozen; `model()` merges them.
+            self.view = add_lora(model, config.lora, config.seed)
+            self.freeze = config.freeze + ((LORA_BASE,) if config.lora.rank else ())
+            self.graphdef, trainable, self.fixed = split_trainable(prepare_model(self.view, config.dtype, config.remat),
+                                                                   self.freeze)
         self.settings = StepSettings(config.prompts, config.loss, config.optimizer_settings, *encoder_layers(model.config),
                                      grad_accum=config.grad_accum, batch_size=config.batch_size)
         self.embeddings = None
@@ -120,11 +122,12 @@ class Trainer:
                 self.embeddings = embedding_cache(model, train_data, self.output / EMBEDDINGS_FILE, config.dtype, self.quiet)
         self.rows = padded_size(config.batch_size, self.mesh)  # the global batch, padded to split evenly
         self._data_from(0)
-        self.state = init_state(trainable, self.settings, config.seed)
-        if self.mesh is not None:
-            self.state = place(self.state, state_shardings(self.state, self.mesh))
-            self.fixed = place(self.fixed, fsdp_shardings(self.fixed, self.mesh))
-        self.manager = self.folder.state_manager()
+        with status("setting up the optimizer state and the data loader", self.quiet):
+            self.state = init_state(trainable, self.settings, config.seed)
+            if self.mesh is not None:
+                self.state = place(self.state, state_shardings(self.state, self.mesh))
+                self.fixed = place(self.fixed, fsdp_shardings(self.fixed, self.mesh))
+            self.manager = self.folder.state_manager()
         self.selection, self.stopped, self.validated = Selection(), False, None
         if resume and self.manager.latest_step() is not None:
             self._restore(self.manager.latest_step())
@@ -156,7 +159,7 @@ class Trainer:
         """The training state, under its optimizer step (what `export_step` takes)."""
         if self.step in self.manager.all_steps():  # saved already (an early stop at a checkpoint step)
             return
-        with _saving():
+        with _saving(), status(f"saving the training state of step {self.step}", self.quiet):
             self.manager.save(self.step, args=ocp.args.Composite(train=ocp.args.StandardSave(self._pure(self.state))))
             self.manager.wait_until_finished()
 
@@ -212,11 +215,15 @@ class Trainer:
         folder and returns it. `stop_after`: save the state at that step and return None (an
         interruption, for tests)."""
         c = self.config
-        progress = Progress(c.steps, "sam-jax train", self.quiet)
-        progress.done = self.step
-        t0, seen = time.perf_counter(), 0
+        progress = Progress(c.steps, "sam-jax train", self.quiet, start=self.step)
+        t0, seen, first = time.perf_counter(), 0, True
         while self.step < c.steps and not self.stopped:
-            metrics = self._optimizer_step()
+            # A line of its own for the first step of the process, which compiles the training step.
+            doing = f"step {self.step + 1}" + (": compiling the training step (once)" if first else "")
+            with progress.running(doing, log=first):
+                metrics = self._optimizer_step()
+                if first:
+                    jax.block_until_ready(metrics)
             step = self.step
             seen += c.batch_size * c.grad_accum
             if step % c.log_every == 0 or step == c.steps:
@@ -224,13 +231,17 @@ class Trainer:
                 rate = seen / (time.perf_counter() - t0)
                 self.log({"step": step, **{k: round(v, 6) for k, v in m.items()}, "examples_per_s": round(rate, 2)})
                 progress.step(f"step {step} loss {m['loss']:.4f} train IoU {m['iou_last']:.3f} {rate:.1f} ex/s")
-                progress.done = step
                 t0, seen = time.perf_counter(), 0
+            else:
+                progress.step(f"step {step}" + (f": {time.perf_counter() - t0:.1f} s, compiling included" if first else ""),
+                              log=first)
+            first = False
             if c.checkpoint_every and step % c.checkpoint_every == 0 and step < c.steps:
                 self._save()
             if self.val_data is not None and c.val_every and step % c.val_every == 0 and step < c.steps:
                 self.validate(step, self.model())
             if step == stop_after:
+                progress.close()
                 self._save()
                 return None
         progress.close()
@@ -238,7 +249,7 @@ class Trainer:
         model = self.model()
         if self.val_data is not None and self.validated != self.step:
             self.validate(self.step, model)
-        with _saving():
+        with _saving(), status(f"writing the model of step {self.step}", self.quiet):
             self.folder.write_model(model, model_record(self.record, self.step))
         barrier("sam-jax train: model written")
         return model
@@ -262,7 +273,9 @@ class Trainer:
         self.validated = step
         record = None
         if self.primary:
-            clicks, box = evaluate_protocols(model, self.val_set, VALIDATION, limit=self.config.val_images or None)
+            count = min(self.config.val_images or len(self.val_set), len(self.val_set))
+            with status(f"step {step}: validating on {count} image{'' if count == 1 else 's'}", self.quiet):
+                clicks, box = evaluate_protocols(model, self.val_set, VALIDATION, limit=self.config.val_images or None)
             record = {"step": step, "val_miou_1click": round(clicks.miou(1), 6), "val_miou_3clicks": round(clicks.miou(3), 6),
                       "val_miou_box": round(box.miou(), 6), "val_objects": clicks.summary["count"]}
             self.log(record)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 
 import jax
@@ -57,10 +58,40 @@ def test_status_says_what_runs_and_when_it_compiled():
     with status("embedding photo.jpg", stream=out):
         f(jnp.ones(7)).block_until_ready()  # compiled before: no compile note
     assert out.getvalue().startswith("sam-jax: embedding photo.jpg ...") and "compiling" not in out.getvalue()
-    for quiet, stream in ((True, Terminal()), (False, io.StringIO())):  # quiet, or not a terminal: nothing
-        with status("loading", quiet=quiet, stream=stream):
-            pass
-        assert stream.getvalue() == ""
+    quiet = Terminal()
+    with status("loading", quiet=True, stream=quiet):
+        pass
+    assert quiet.getvalue() == ""
+    logs = io.StringIO()  # not a terminal: a plain line when the step starts, one when it ends
+    with status("loading", stream=logs):
+        f(jnp.ones(9)).block_until_ready()
+    start, end = logs.getvalue().splitlines()
+    assert start == "sam-jax: loading ..." and re.fullmatch(r"sam-jax: loading: [\d.]+ s \([\d.]+ s of it compiling, a one-time cost\)", end)
+    assert "\r" not in logs.getvalue()
+
+
+def test_progress_uses_the_terminal_width_and_says_when_an_item_starts(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    out = Terminal()
+    p = Progress(2, stream=out)
+    long = "x" * 150  # once cut at 60 characters
+    with p.running("a.png: generating"):
+        pass
+    p.step(f"a.png: {long}")
+    p.close()
+    assert long in out.getvalue() and "a.png: generating ..." in out.getvalue()
+    monkeypatch.setenv("COLUMNS", "80")
+    out = Terminal()
+    Progress(2, stream=out).step(long)
+    assert max(len(line) for line in out.getvalue().split("\r")) < 80  # a wrapped bar could not be redrawn
+    logs = io.StringIO()
+    p = Progress(2, stream=logs)
+    p.step("a.png: done before, skipped")
+    with p.running("b.png: generating"):
+        pass
+    p.step("b.png: 3 masks in 1.0 s")
+    assert logs.getvalue().splitlines() == ["[1/2] a.png: done before, skipped", "[2/2] b.png: generating ...",
+                                            "[2/2] b.png: 3 masks in 1.0 s"]
 
 
 def test_byte_progress_bar():

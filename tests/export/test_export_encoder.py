@@ -67,8 +67,8 @@ def test_stablehlo_cli(tiny, tmp_path, capsys):
 
     capsys.readouterr()
     assert main(args) == 2  # exists, no --overwrite
-    assert capsys.readouterr().err.strip().splitlines() == [
-        f"sam-jax export-stablehlo: error: output {out} already exists (use --overwrite to replace it)"]
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # after the status lines
+    assert errors == [f"sam-jax export-stablehlo: error: output {out} already exists (use --overwrite to replace it)"]
     # --overwrite replaces an artifact folder of ours, never a folder with anything else in it.
     assert main(args + ["--overwrite"]) == 0
     (out / "notes.txt").write_text("mine")

@@ -285,6 +285,7 @@ def test_runtime_installed_on_first_start(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("SAM_JAX_NPM_REGISTRY", f"http://127.0.0.1:{port}")
     assert main(["demo", "--checkpoint", str(tmp_path / "no-such-model"), "--cache-dir", ""]) == 2
     lines = capsys.readouterr().err.strip().splitlines()  # what it tried, then the error in one line
+    lines = [line for line in lines if "importing JAX" not in line]  # the command's first step, when it has one
     assert len(lines) == 2 and "installing onnxruntime-web" in lines[0]
     assert "cannot download" in lines[1] and "npm ci" in lines[1] and str(demo.WEB_DIR) in lines[1]
 
