@@ -56,6 +56,8 @@ def main(argv=None) -> None:
     predictor = sam_jax.SamPredictor(model)
     with status(f"embedding {args.image}", args.quiet):
         predictor.set_image(image)
+        # JAX dispatches asynchronously: wait for the embedding here, or its time lands on the prompt.
+        predictor.get_image_embedding().block_until_ready()
 
     pos, neg = args.point or [], args.negative or []
     if not pos and not neg and args.box is None:
