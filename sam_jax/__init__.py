@@ -10,6 +10,8 @@ The names are imported on first use (PEP 562): `import sam_jax` alone loads no J
 """
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -52,3 +54,17 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_SOURCES, *_SUBMODULES})
+
+
+class _Package(types.ModuleType):
+    """`sam_jax.build_sam` is the function, as `segment_anything.build_sam` is: importing the
+    submodule of that name (`from sam_jax.build_sam import ...`) would otherwise rebind the
+    package's attribute to the module."""
+
+    def __setattr__(self, name, value):
+        if name == "build_sam" and isinstance(value, types.ModuleType):
+            value = value.build_sam
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
