@@ -124,6 +124,7 @@ class Trainer:
         self._data_from(0)
         with status("setting up the optimizer state and the data loader", self.quiet):
             self.state = init_state(trainable, self.settings, config.seed)
+            self._micro_steps, self._compiled = 0, False
             if self.mesh is not None:
                 self.state = place(self.state, state_shardings(self.state, self.mesh))
                 self.fixed = place(self.fixed, fsdp_shardings(self.fixed, self.mesh))
@@ -141,8 +142,10 @@ class Trainer:
 
     @property
     def step(self) -> int:
-        """Optimizer steps taken (each of `grad_accum` batches)."""
-        return int(self.state.step) // self.config.grad_accum
+        """Optimizer steps taken (each of `grad_accum` batches). Counted on the host: an interrupt
+        inside the compiled step leaves `self.state` donated (deleted), and this is what the
+        interrupted run reports."""
+        return self._micro_steps // self.config.grad_accum
 
     def _data_from(self, batch: int) -> None:
         """The batches from number `batch` on. They depend on the seed and their number alone, so
@@ -159,7 +162,7 @@ class Trainer:
         """The training state, under its optimizer step (what `export_step` takes)."""
         if self.step in self.manager.all_steps():  # saved already (an early stop at a checkpoint step)
             return
-        with _saving(), status(f"saving the training state of step {self.step}", self.quiet):
+        with _uninterrupted(), status(f"saving the training state of step {self.step}", self.quiet):
             self.manager.save(self.step, args=ocp.args.Composite(train=ocp.args.StandardSave(self._pure(self.state))))
             self.manager.wait_until_finished()
 
@@ -170,7 +173,8 @@ class Trainer:
         nnx.replace_by_pure_dict(params, pure["params"])
         opt_state = jax.tree.unflatten(jax.tree.structure(self.state.opt_state), jax.tree.leaves(pure["opt_state"]))
         self.state = TrainState(pure["step"], params, opt_state, pure["rng"])
-        self._data_from(int(self.state.step))
+        self._micro_steps = int(self.state.step)
+        self._data_from(self._micro_steps)
         self.folder.drop_metrics_after(step)  # logged after the checkpoint: the interrupted run's
         # The selection so far, from the validations logged up to here (read by every process,
         # so that all of them agree on what comes next).
@@ -204,8 +208,14 @@ class Trainer:
         """`grad_accum` batches through the compiled step; their metrics averaged (objects summed)."""
         total = None
         for _ in range(self.config.grad_accum):
-            self.state, metrics = train_step_jit(self.graphdef, self.state, self.fixed, self._batch(), settings=self.settings,
-                                                 mesh=self.mesh)
+            batch = self._batch()
+            # The first call of a process compiles (long): Ctrl-C stays immediate there, and the
+            # host's step count stays right whatever state an interruption leaves.
+            with _uninterrupted() if self._compiled else contextlib.nullcontext():
+                self.state, metrics = train_step_jit(self.graphdef, self.state, self.fixed, batch, settings=self.settings,
+                                                     mesh=self.mesh)
+                self._micro_steps += 1
+            self._compiled = True
             total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
         n = self.config.grad_accum
         return {k: v if k == "objects" else v / n for k, v in total.items()}
@@ -249,7 +259,7 @@ class Trainer:
         model = self.model()
         if self.val_data is not None and self.validated != self.step:
             self.validate(self.step, model)
-        with _saving(), status(f"writing the model of step {self.step}", self.quiet):
+        with _uninterrupted(), status(f"writing the model of step {self.step}", self.quiet):
             self.folder.write_model(model, model_record(self.record, self.step))
         barrier("sam-jax train: model written")
         return model
@@ -281,7 +291,7 @@ class Trainer:
             self.log(record)
             self.selection = s = self.selection.update(step, record[SELECTION])
             if s.best_step == step:
-                with _saving():
+                with _uninterrupted():
                     self.folder.write_best(model, model_record(self.record, step, **{SELECTION: record[SELECTION]}))
             if not self.quiet:
                 print(f"sam-jax train: step {step}: validation mIoU {record['val_miou_1click']:.4f} (1 click), "
@@ -299,10 +309,12 @@ class Trainer:
 
 
 @contextlib.contextmanager
-def _saving():
-    """Ctrl-C (SIGINT) waits for the block to end: Orbax saves in threads of its own, which an
+def _uninterrupted():
+    """Ctrl-C (SIGINT) waits for the block to end. Orbax saves in threads of its own, which an
     interruption in the middle leaves writing while the interpreter shuts down (errors, and a
-    state that is never finalized). Only in the main thread, and only over Python's own handler."""
+    state that is never finalized); the compiled step donates the state it is given, which an
+    interruption between the call and its assignment leaves deleted. Only in the main thread,
+    and only over Python's own handler."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return

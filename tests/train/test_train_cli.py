@@ -4,6 +4,7 @@ one bit for bit, and the trained output loads with `sam_jax.load`."""
 from __future__ import annotations
 
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from sam_jax import build_sam_from_config, load
 from sam_jax.cli import main
 from sam_jax.train.data import open_dataset
 from sam_jax.train.config import TrainConfig
+from sam_jax.train import trainer as trainer_module
 from sam_jax.train.trainer import Trainer
 from sam_jax.train.optim import OptimizerSettings
 from sam_jax.train.prompts import PromptSettings
@@ -113,3 +115,45 @@ def test_resume_equals_uninterrupted_and_output_loads(tmp_path, shapes):
                               nnx.state(base)["mask_decoder"]["iou_token"]["embedding"].get_value())
     assert np.array_equal(nnx.state(model)["mask_decoder"]["iou_token"]["embedding"].get_value(),
                           nnx.state(base)["mask_decoder"]["iou_token"]["embedding"].get_value())
+
+
+def _interrupting(monkeypatch, at_call: int):
+    """The compiled step, with Ctrl-C arriving while call number `at_call` is on its way back
+    (after the state it was given was donated)."""
+    real, calls = trainer_module.train_step_jit, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        out = real(*args, **kwargs)
+        if len(calls) == at_call:
+            signal.raise_signal(signal.SIGINT)
+        return out
+    monkeypatch.setattr(trainer_module, "train_step_jit", step)
+
+
+def test_ctrl_c_inside_a_step_keeps_the_state_and_its_count(tmp_path, shapes, monkeypatch):
+    """Ctrl-C in the middle of a compiled step: the Trainer reports the steps it took, its state
+    is the one after that step (not a donated, deleted one), and `run()` again continues to the
+    model an uninterrupted run gives, bit for bit."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # what _uninterrupted defers over
+    source = open_dataset(shapes)
+    model = build_sam_from_config("shapes_tiny", seed=1)
+    full = Trainer(model, source, CONFIG, tmp_path / "full", quiet=True).run()
+
+    part = Trainer(model, source, CONFIG, tmp_path / "part", quiet=True)
+    _interrupting(monkeypatch, at_call=3)
+    with pytest.raises(KeyboardInterrupt):
+        part.run()
+    assert part.step == 3 and int(part.state.step) == 3 and part.saved_step == 2
+    monkeypatch.undo()
+    part.run()
+    for (path, x), (_, y) in zip(nnx.to_flat_state(nnx.state(full)), nnx.to_flat_state(nnx.state(load(tmp_path / "part")))):
+        assert np.array_equal(np.asarray(x.get_value()), np.asarray(y.get_value())), path
+
+    # In the first call of a process (which compiles) Ctrl-C is not deferred: the count stays
+    # what was taken, and what --resume continues from is on disk.
+    first = Trainer(model, source, CONFIG, tmp_path / "first", quiet=True)
+    _interrupting(monkeypatch, at_call=1)
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    assert first.step == 0 and first.saved_step is None
