@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -375,6 +376,7 @@ def write_results(path: Path, table_md: str, env: dict) -> None:
     header = (f"\n## {env['date']}: {env['cpu']}, {env['cores']} cores, {env['memory_gib']} GiB "
               f"(jax {env['jax']} on {env['jax_device']}, torch {env['torch']} on {env['torch_device']}; "
               f"measured float32 matmul rate {env['matmul_gflops_jax']} GFLOP/s, "
-              f"{env['matmul_gflops_jax_cpu_time']} GFLOP per CPU second)\n\n")
+              f"{env['matmul_gflops_jax_cpu_time']} GFLOP per CPU second; 1-minute load average "
+              f"{env.get('load_average_start', float('nan')):.2f} at the start, {os.getloadavg()[0]:.2f} at the end)\n\n")
     text = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by `python -m benchmarks.bench`.\n"
     path.write_text(text + header + table_md + "\n")

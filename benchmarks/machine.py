@@ -29,6 +29,9 @@ def environment() -> dict:
         # Per second of this process's CPU time (all threads): unlike the wall-clock rate, it does
         # not drop when other processes share the cores.
         "matmul_gflops_jax_cpu_time": round(matmul_rate(clock=time.process_time) / 1e9, 1),
+        # Rows taken while other work shares the cores are not speed figures: the 1-minute load
+        # average at the start (and, in the header, at the end) says whether they are.
+        "load_average_start": round(os.getloadavg()[0], 2),
     }
 
 
