@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from . import validate
-from .functional import Prompts, bind_model, bucket, decode_prompts, image_features, upscale_masks_jit
+from .functional import Prompts, bind_model, bucket, decode_prompts, dense_pe, image_features, upscale_masks_jit
 from .modeling import Sam, with_numerics
 from .modeling.prompt_encoder import IGNORE_LABEL
 from .parallel import batch_sharding, data_parallel_mesh, pad_batch, replicated
@@ -69,6 +69,8 @@ class SamPredictor:
         self._leaves, treedef = jax.tree.flatten(self.params)
         self._embed = bind_model(image_features, self.graphdef, treedef)
         self._decode = bind_model(decode_prompts, self.graphdef, treedef, ("multimask_output", "hq_token_only"))
+        self._dense_pe = bind_model(dense_pe, self.graphdef, treedef)
+        self._image_pe = None  # the model's dense_pe, made on the first prediction
         self.mesh = data_parallel_mesh(sam_model.device) if mesh == "auto" else mesh
         self._mesh_params = None  # params replicated over the mesh, made on first use
         self.reset_image()
@@ -232,8 +234,11 @@ class SamPredictor:
             prompts = Prompts(*(None if a is None else jax.device_put(pad_batch(a, n), batch_sharding(self.mesh, a.ndim)) for a in prompts))
             params, (features, hq) = self._replicated_params(), jax.device_put((features, hq), replicated(self.mesh))
         hq_token_only = bool(hq_token_only) and hq is not None  # one compilation for models without an HQ token
+        if self._image_pe is None:
+            self._image_pe = self._dense_pe(self._leaves)
+        image_pe = self._image_pe if self.mesh is None or B == 1 else jax.device_put(self._image_pe, replicated(self.mesh))
         low_res, iou = self._decode(params, features, prompts, hq_features=hq, multimask_output=multimask_output,
-                                    hq_token_only=hq_token_only)
+                                    hq_token_only=hq_token_only, image_pe=image_pe)
         low_res, iou = low_res[:B], iou[:B]
         threshold = None if return_logits else self.model.mask_threshold
         masks = upscale_masks_jit(low_res, self.model.config, self.input_size, self.original_size, threshold)

@@ -10,11 +10,11 @@ predictor's functions are the core API and are re-exported here:
 """
 
 from .predictor import (
-    ImageFeatures, Prompts, bind_model, bucket, decode_prompts, decode_prompts_jit, embed_images, embed_images_jit,
+    ImageFeatures, Prompts, bind_model, bucket, decode_prompts, decode_prompts_jit, dense_pe, embed_images, embed_images_jit,
     image_features, image_features_jit, upscale_masks, upscale_masks_jit,
 )
 
 __all__ = [
-    "ImageFeatures", "Prompts", "bind_model", "bucket", "decode_prompts", "decode_prompts_jit", "embed_images",
+    "ImageFeatures", "Prompts", "bind_model", "bucket", "decode_prompts", "decode_prompts_jit", "dense_pe", "embed_images",
     "embed_images_jit", "image_features", "image_features_jit", "upscale_masks", "upscale_masks_jit",
 ]

@@ -25,7 +25,7 @@ from flax import nnx
 from ..modeling.prompt_encoder import IGNORE_LABEL
 from ..resample import BAND_TILE, band_len, band_resample, band_weights
 from .mask_tiles import band_boundaries, band_masks, band_stats, boxes_from_extents
-from .predictor import Prompts, decode_prompts
+from .predictor import Prompts, decode_prompts, dense_pe
 
 
 class AmgSettings(NamedTuple):
@@ -230,6 +230,7 @@ def process_crop(
     logits of every candidate (gather the survivors with `take_rows`).
     """
     features = jax.lax.dynamic_index_in_dim(features, crop_index, keepdims=True)
+    image_pe = dense_pe(graphdef, params)  # once, not per batch of points
     if hq_features is not None:
         hq_features = jax.lax.dynamic_index_in_dim(hq_features, crop_index, keepdims=True)
 
@@ -238,7 +239,7 @@ def process_crop(
         P = pts.shape[0]
         labels = jnp.where(valid, 1, IGNORE_LABEL)[:, None]
         prompts = Prompts(pts[:, None, :], labels, jnp.zeros((P, 4)), jnp.zeros(P, bool))
-        low, iou = decode_prompts(graphdef, params, features, prompts, multimask_output, hq_features, hq_token_only)
+        low, iou = decode_prompts(graphdef, params, features, prompts, multimask_output, hq_features, hq_token_only, image_pe)
         M = iou.shape[1]
         low, iou = low.reshape((P * M,) + low.shape[2:]), iou.reshape(P * M)
 

@@ -18,23 +18,24 @@ _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -
 
 
 def erf(x: jax.Array) -> jax.Array:
-    """erf in the dtype of x (float32 or bfloat16), as one elementwise expression: XLA's CPU
-    lowering of `lax.erf` splits into three passes over the array (and its consumers into a
-    fourth), which made GELU the slowest layer of TinyViT's first stage."""
-    x = jnp.clip(x, -4.0, 4.0)
+    """erf, computed in float32 and returned in the dtype of x, as one elementwise expression:
+    XLA's CPU lowering of `lax.erf` splits into three passes over the array (and its consumers
+    into a fourth), which made GELU the slowest layer of TinyViT's first stage."""
+    dtype, x = x.dtype, jnp.clip(x.astype(jnp.float32), -4.0, 4.0)
     x2 = x * x
-    p, q = jnp.asarray(_ERF_P[0], x.dtype), jnp.asarray(_ERF_Q[0], x.dtype)
+    p, q = jnp.float32(_ERF_P[0]), jnp.float32(_ERF_Q[0])
     for c in _ERF_P[1:]:
-        p = p * x2 + jnp.asarray(c, x.dtype)
+        p = p * x2 + jnp.float32(c)
     for c in _ERF_Q[1:]:
-        q = q * x2 + jnp.asarray(c, x.dtype)
-    return x * p / q
+        q = q * x2 + jnp.float32(c)
+    return (x * p / q).astype(dtype)
 
 
 def gelu(x: jax.Array) -> jax.Array:
-    """torch.nn.GELU: the exact erf form, x (1 + erf(x / sqrt 2)) / 2 (jax.nn.gelu defaults to the
-    tanh approximation)."""
-    return x * (erf(x * jnp.asarray(0.7071067811865476, x.dtype)) + 1) * jnp.asarray(0.5, x.dtype)
+    """torch.nn.GELU: the exact erf form, x (1 + erf(x / sqrt 2)) / 2, in float32 and returned in
+    the dtype of x (jax.nn.gelu defaults to the tanh approximation)."""
+    y = x.astype(jnp.float32)
+    return (y * (erf(y * jnp.float32(0.7071067811865476)) + 1) * jnp.float32(0.5)).astype(x.dtype)
 
 
 class GELU(nnx.Module):

@@ -136,3 +136,24 @@ def test_numerics_options(tiny):
     assert model.numerics == ("bfloat16", "fast", "auto") == model.image_encoder.numerics == model.prompt_encoder.numerics
     assert sam_jax.SamPredictor(model).model.numerics == ("bfloat16", "fast", "auto")
     assert sam_jax.SamPredictor(model, dtype=jnp.float32).model.numerics == ("float32", "fast", "auto")
+
+
+def test_gelu_is_torchs_exact_gelu():
+    """GELU's erf is a rational expression of our own (one pass on XLA's CPU): within float32
+    rounding of torch's exact GELU and of erf itself, over the whole range, in float32; bfloat16
+    inputs get torch's bfloat16 GELU to its rounding."""
+    import math
+    from sam_jax.modeling.common import erf, gelu
+
+    x = np.concatenate([np.linspace(-12, 12, 200_001), [0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0]]).astype(np.float32)
+    exact = np.array([math.erf(v) for v in x.astype(np.float64)])
+    assert np.abs(np.asarray(erf(jnp.asarray(x))) - exact).max() < 4e-7
+    ours = np.asarray(gelu(jnp.asarray(x)))
+    ref = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    # atol: the negative tail, where 1 + erf cancels (XLA's own lax.erf is as far from torch there)
+    assert np.allclose(ours, ref, rtol=1e-6, atol=2e-6)
+    assert np.array_equal(ours[np.abs(x) >= 8], ref[np.abs(x) >= 8])  # saturated: x, or (-)0
+    xb = jnp.asarray(x, jnp.bfloat16)
+    refb = torch.nn.functional.gelu(torch.tensor(np.asarray(xb.astype(jnp.float32))).bfloat16()).float().numpy()
+    got = np.asarray(gelu(xb).astype(jnp.float32))
+    assert gelu(xb).dtype == jnp.bfloat16 and np.allclose(got, refb, rtol=8e-3, atol=1e-6)
