@@ -38,6 +38,15 @@ def gelu(x: jax.Array) -> jax.Array:
     return (y * (erf(y * jnp.float32(0.7071067811865476)) + 1) * jnp.float32(0.5)).astype(x.dtype)
 
 
+def fusion_fence(x: jax.Array) -> jax.Array:
+    """x, unchanged (a float32 value rounded to float32), through an operation that the
+    compiler's fusions do not cross. `lax.optimization_barrier` does not do this on XLA's CPU
+    backend, which removes barriers before it fuses."""
+    if x.dtype != jnp.float32:
+        return x
+    return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=23)
+
+
 class GELU(nnx.Module):
     """Parameter-free activation layer, so Sequential indexes match the official nn.Sequential."""
 
