@@ -31,11 +31,22 @@ def erf(x: jax.Array) -> jax.Array:
     return (x * p / q).astype(dtype)
 
 
+@jax.custom_jvp
 def gelu(x: jax.Array) -> jax.Array:
     """torch.nn.GELU: the exact erf form, x (1 + erf(x / sqrt 2)) / 2, in float32 and returned in
-    the dtype of x (jax.nn.gelu defaults to the tanh approximation)."""
+    the dtype of x (jax.nn.gelu defaults to the tanh approximation). Its derivative is torch's
+    formula, Phi(x) + x phi(x), not the derivative of the rational approximation of erf."""
     y = x.astype(jnp.float32)
     return (y * (erf(y * jnp.float32(0.7071067811865476)) + 1) * jnp.float32(0.5)).astype(x.dtype)
+
+
+@gelu.defjvp
+def _gelu_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = x.astype(jnp.float32)
+    cdf = (erf(y * jnp.float32(0.7071067811865476)) + 1) * jnp.float32(0.5)
+    pdf = jnp.exp(y * y * jnp.float32(-0.5)) * jnp.float32(0.3989422804014327)
+    return gelu(x), (dx.astype(jnp.float32) * (cdf + y * pdf)).astype(dx.dtype)
 
 
 def fusion_fence(x: jax.Array) -> jax.Array:

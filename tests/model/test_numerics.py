@@ -157,3 +157,14 @@ def test_gelu_is_torchs_exact_gelu():
     refb = torch.nn.functional.gelu(torch.tensor(np.asarray(xb.astype(jnp.float32))).bfloat16()).float().numpy()
     got = np.asarray(gelu(xb).astype(jnp.float32))
     assert gelu(xb).dtype == jnp.bfloat16 and np.allclose(got, refb, rtol=8e-3, atol=1e-6)
+
+
+def test_gelu_gradient_is_torchs():
+    """GELU's derivative is torch's backward formula (not the derivative of the erf approximation)."""
+    from sam_jax.modeling.common import gelu
+
+    x = np.linspace(-10, 10, 40_001).astype(np.float32)
+    ours = np.asarray(jax.vmap(jax.grad(lambda v: gelu(v)))(jnp.asarray(x)))
+    t = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.gelu(t).sum().backward()
+    assert np.allclose(ours, t.grad.numpy(), rtol=1e-6, atol=1e-6)
