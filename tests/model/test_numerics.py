@@ -168,3 +168,17 @@ def test_gelu_gradient_is_torchs():
     t = torch.tensor(x, requires_grad=True)
     torch.nn.functional.gelu(t).sum().backward()
     assert np.allclose(ours, t.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_fusion_fence_is_the_identity():
+    """The fence before the encoders' necks changes no float32 bit (infinities, NaN, subnormals
+    included), so it cannot move a result; other dtypes pass through untouched."""
+    from sam_jax.modeling.common import fusion_fence
+
+    x = np.random.default_rng(0).standard_normal(4096).astype(np.float32) * 10.0 ** np.arange(-40, 40, 80 / 4096)
+    x = np.concatenate([x, np.array([np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 3.4e38], np.float32)]).astype(np.float32)
+    out = np.asarray(jax.jit(fusion_fence)(jnp.asarray(x)))
+    assert out.tobytes() == x.tobytes()
+    assert np.isnan(np.asarray(fusion_fence(jnp.float32(np.nan))))
+    b = jnp.asarray(x[:10], jnp.bfloat16)
+    assert fusion_fence(b) is b
