@@ -166,7 +166,8 @@ def test_gelu_gradient_is_torchs():
     x = np.linspace(-10, 10, 40_001).astype(np.float32)
     ours = np.asarray(jax.vmap(jax.grad(lambda v: gelu(v)))(jnp.asarray(x)))
     t = torch.tensor(x, requires_grad=True)
-    torch.nn.functional.gelu(t).sum().backward()
+    with torch.enable_grad():  # other tests of a worker may leave autograd off
+        torch.nn.functional.gelu(t).sum().backward()
     assert np.allclose(ours, t.grad.numpy(), rtol=1e-6, atol=1e-6)
 
 
@@ -175,7 +176,7 @@ def test_fusion_fence_is_the_identity():
     included), so it cannot move a result; other dtypes pass through untouched."""
     from sam_jax.modeling.common import fusion_fence
 
-    x = np.random.default_rng(0).standard_normal(4096).astype(np.float32) * 10.0 ** np.arange(-40, 40, 80 / 4096)
+    x = np.random.default_rng(0).standard_normal(4096).astype(np.float32) * 10.0 ** np.arange(-40, 36, 76 / 4096)
     x = np.concatenate([x, np.array([np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 3.4e38], np.float32)]).astype(np.float32)
     out = np.asarray(jax.jit(fusion_fence)(jnp.asarray(x)))
     assert out.tobytes() == x.tobytes()
