@@ -37,16 +37,21 @@ def gelu(x: jax.Array) -> jax.Array:
     the dtype of x (jax.nn.gelu defaults to the tanh approximation). Its derivative is torch's
     formula, Phi(x) + x phi(x), not the derivative of the rational approximation of erf."""
     y = x.astype(jnp.float32)
-    return (y * (erf(y * jnp.float32(0.7071067811865476)) + 1) * jnp.float32(0.5)).astype(x.dtype)
+    return (y * _normal_cdf(y)).astype(x.dtype)
+
+
+def _normal_cdf(y: jax.Array) -> jax.Array:
+    """Phi(y) = (1 + erf(y / sqrt 2)) / 2 of float32 y: GELU's gate, and half its derivative."""
+    return (erf(y * jnp.float32(0.7071067811865476)) + 1) * jnp.float32(0.5)
 
 
 @gelu.defjvp
 def _gelu_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
     y = x.astype(jnp.float32)
-    cdf = (erf(y * jnp.float32(0.7071067811865476)) + 1) * jnp.float32(0.5)
+    cdf = _normal_cdf(y)
     pdf = jnp.exp(y * y * jnp.float32(-0.5)) * jnp.float32(0.3989422804014327)
-    return gelu(x), (dx.astype(jnp.float32) * (cdf + y * pdf)).astype(dx.dtype)
+    return (y * cdf).astype(x.dtype), (dx.astype(jnp.float32) * (cdf + y * pdf)).astype(dx.dtype)
 
 
 def fusion_fence(x: jax.Array) -> jax.Array:

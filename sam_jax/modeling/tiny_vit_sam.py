@@ -31,12 +31,6 @@ from .image_encoder import window_partition, window_unpartition
 
 
 
-def batch_norm(x: jax.Array, mean, var, scale, bias, eps: float) -> jax.Array:
-    """BatchNorm2d in inference form over the last (channel) axis, in float32."""
-    x = x.astype(jnp.float32)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
-
-
 class BatchNorm2d(nnx.Module):
     """nn.BatchNorm2d on NHWC maps, always with its running statistics (torch's eval mode).
 
@@ -52,8 +46,16 @@ class BatchNorm2d(nnx.Module):
         self.var = nnx.BatchStat(jnp.ones((num_features,)))
         self.eps = eps
 
+    def affine(self) -> tuple[jax.Array, jax.Array]:
+        """The layer as the per-channel map x * factor + shift it is with frozen statistics:
+        factor = scale / sqrt(var + eps), shift = bias - mean * factor, each (C,) float32."""
+        factor = self.scale[...] * jax.lax.rsqrt(self.var[...] + self.eps)
+        return factor, self.bias[...] - self.mean[...] * factor
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        return batch_norm(x, self.mean[...], self.var[...], self.scale[...], self.bias[...], self.eps)
+        """(..., C) -> (..., C) float32."""
+        factor, shift = self.affine()
+        return x.astype(jnp.float32) * factor + shift
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
@@ -98,9 +100,7 @@ class Conv2d_BN(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, H, W, a) -> (B, H', W', b) float32."""
-        bn = self.bn
-        factor = bn.scale[...] * jax.lax.rsqrt(bn.var[...] + bn.eps)
-        shift = bn.bias[...] - bn.mean[...] * factor
+        factor, shift = self.bn.affine()
         dtype = self.c.dtype or jnp.result_type(x, self.c.kernel[...])
         kernel = (self.c.kernel[...] * factor).astype(dtype)
         x = x.astype(dtype)
